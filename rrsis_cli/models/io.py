@@ -1,0 +1,158 @@
+"""Model directories: ``build_model``, ``save_model``, ``load_model`` (DESIGN §3).
+
+```
+MODEL_DIR/config.json        full configuration ({"arch", "format_version", hyper-parameters, provenance})
+MODEL_DIR/model.safetensors  every weight and persistent buffer, text encoder included
+MODEL_DIR/tokenizer/         tokenizer files, loaded offline
+MODEL_DIR/README.md          model card (optional)
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rrsis_cli import __version__
+from rrsis_cli.errors import ModelError, OutputError
+from rrsis_cli.models.base import ReferringSegmenter
+from rrsis_cli.models.registry import FORMAT_VERSION, architecture_class, config_for
+from rrsis_cli.models.text import bundled_tokenizer, load_tokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+
+
+def build_from_config(config: dict[str, Any], seed: int | None = None) -> ReferringSegmenter:
+    """Instantiate the architecture of a full configuration with random weights (eval mode)."""
+    cls = architecture_class(config["arch"])
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = cls(config)
+    model.tokenizer = bundled_tokenizer()
+    return model.eval()
+
+
+def build_model(name: str, seed: int | None = None, **overrides: Any) -> ReferringSegmenter:
+    """A randomly initialised model from a zoo card or an architecture's default card.
+
+    ``overrides`` change single hyper-parameters (e.g. ``window_size=7``, ``image_size=256``;
+    ``preset="tiny"`` swaps the text encoder for a preset). ``seed`` makes the weights reproducible.
+    """
+    return build_from_config(config_for(name, **overrides), seed=seed)
+
+
+def is_model_dir(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors without shared storage (safetensors refuses aliases)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_model(model: ReferringSegmenter, out_dir: str | Path, overwrite: bool = True,
+               readme: str | None = None) -> Path:
+    """Write a model directory atomically: built in a temporary sibling, then renamed into place."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputError("exists and is not empty (use --overwrite)", out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot create the model directory: {exc.strerror}", out_dir) from exc
+    try:
+        config = dict(model.config)
+        config["format_version"] = FORMAT_VERSION
+        config["rrsis_version"] = __version__
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+        save_file(state_dict_for_saving(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        if readme:
+            (tmp / "README.md").write_text(readme)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((model_dir / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"unreadable {CONFIG_FILE}: {exc}", model_dir / CONFIG_FILE) from exc
+    if not isinstance(config, dict) or "arch" not in config:
+        raise ModelError(f"{CONFIG_FILE} has no 'arch'", model_dir / CONFIG_FILE)
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelError(f"format_version {config['format_version']} is newer than this rrsis understands "
+                         f"({FORMAT_VERSION}); upgrade rrsis", model_dir / CONFIG_FILE)
+    return config
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load every weight, reporting missing, unexpected and mis-shaped keys in one error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k} {tuple(state[k].shape)}!={tuple(own[k].shape)}"
+                    for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+        raise ModelError("weights do not match the configuration: " + "; ".join(parts), source)
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(model: str | Path, device: str | torch.device = "cpu") -> ReferringSegmenter:
+    """Load a model directory (or build a zoo card with random weights) in eval mode on ``device``."""
+    path = Path(model)
+    if not is_model_dir(path):
+        if path.exists():
+            raise ModelError(f"not a model directory ({CONFIG_FILE} missing)", path)
+        built = build_model(str(model))
+        built.sha256 = "random-init:" + built.config.get("name", str(model))
+        return built.to(device)
+    config = read_config(path)
+    net = architecture_class(config["arch"])(config)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelError(f"{WEIGHTS_FILE} is missing", path)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"unreadable weights: {exc}", weights) from exc
+    load_state_strict(net, state, weights)
+    tok_dir = path / TOKENIZER_DIR
+    net.tokenizer = load_tokenizer(tok_dir) if tok_dir.is_dir() else bundled_tokenizer()
+    net.sha256 = file_sha256(weights)
+    return net.eval().to(device)
+
