@@ -99,3 +99,7 @@ class LAVT(ReferringSegmenter):
         c1, c2, c3, c4 = self.backbone(pixel_values, text)
         logits = self.classifier(c1, c2, c3, c4)
         return F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=True)
+
+
+MODEL_CLASS = LAVT
+DEFAULT_CARD = "lavt-swin-b"

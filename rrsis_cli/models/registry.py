@@ -9,6 +9,8 @@ config). Cards are looked up in ``$RRSIS_MODEL_CARDS`` (``:``-separated folders)
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -23,32 +25,39 @@ FORMAT_VERSION = 1
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
-_ARCHITECTURES: dict[str, type] = {}
-_DEFAULT_CARD: dict[str, str] = {}
+# Architecture name -> module defining ``MODEL_CLASS`` (a ReferringSegmenter subclass) and ``DEFAULT_CARD``.
+# Modules are imported on first use, so a new architecture is one module plus one line here.
+ARCHITECTURE_MODULES: dict[str, str] = {
+    "lavt": "rrsis_cli.models.lavt",
+    "lgce": "rrsis_cli.models.lgce",
+    "rmsin": "rrsis_cli.models.rmsin",
+    "crobim": "rrsis_cli.models.crobim",
+    "btdnet": "rrsis_cli.models.btdnet",
+}
 
 
-def register_architecture(name: str, cls: type, default_card: str) -> None:
-    _ARCHITECTURES[name] = cls
-    _DEFAULT_CARD[name] = default_card
+def _arch_module(name: str):
+    if name not in ARCHITECTURE_MODULES:
+        raise ModelError(f"unknown architecture {name!r}; known: {', '.join(architectures())}")
+    try:
+        return importlib.import_module(ARCHITECTURE_MODULES[name])
+    except ModuleNotFoundError as exc:
+        if exc.name == ARCHITECTURE_MODULES[name]:
+            raise ModelError(f"architecture {name!r} is not available in this version of rrsis") from exc
+        raise
 
 
 def architecture_class(name: str) -> type:
-    _ensure_architectures()
-    if name not in _ARCHITECTURES:
-        raise ModelError(f"unknown architecture {name!r}; known: {', '.join(sorted(_ARCHITECTURES))}")
-    return _ARCHITECTURES[name]
+    return _arch_module(name).MODEL_CLASS
+
+
+def default_card(name: str) -> str:
+    return _arch_module(name).DEFAULT_CARD
 
 
 def architectures() -> list[str]:
-    _ensure_architectures()
-    return sorted(_ARCHITECTURES)
-
-
-def _ensure_architectures() -> None:
-    if not _ARCHITECTURES:
-        from rrsis_cli.models.lavt import LAVT
-
-        register_architecture("lavt", LAVT, "lavt-swin-b")
+    """Architectures whose module is present in this installation."""
+    return sorted(name for name, module in ARCHITECTURE_MODULES.items() if importlib.util.find_spec(module))
 
 
 def card_dirs() -> list[Path]:
@@ -106,8 +115,15 @@ def resolve_config(card: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set single hyper-parameters: a top-level key, or a key that occurs exactly once in a nested section."""
+    """Set single hyper-parameters: a top-level key, a key that occurs exactly once in a nested section, or an
+    explicit ``section__key`` (e.g. ``backbone__num_heads``)."""
     for key, value in overrides.items():
+        if "__" in key:
+            section, _, leaf = key.partition("__")
+            if not isinstance(cfg.get(section), dict):
+                raise ModelError(f"cannot override {key!r}: no section {section!r} in {cfg.get('name')}")
+            cfg[section][leaf] = value
+            continue
         if key in cfg:
             cfg[key] = value
             continue
@@ -121,14 +137,13 @@ def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
 
 def config_for(name: str, **overrides: Any) -> dict[str, Any]:
     """Full configuration for a card name or an architecture name (its default card), with overrides."""
-    _ensure_architectures()
     if name in card_paths():
         card = read_card(name)
-    elif name in _DEFAULT_CARD:
-        card = read_card(_DEFAULT_CARD[name])
+    elif name in architectures():
+        card = read_card(default_card(name))
     else:
         raise ModelError(f"{name!r} is neither a model card ({', '.join(sorted(card_paths()))}) "
-                         f"nor an architecture ({', '.join(sorted(_ARCHITECTURES))})")
+                         f"nor an architecture ({', '.join(architectures())})")
     cfg = resolve_config(card)
     if "preset" in overrides:
         cfg["text_encoder"] = {"preset": overrides.pop("preset")}
