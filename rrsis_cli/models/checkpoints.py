@@ -30,8 +30,8 @@ def load_torch_checkpoint(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise ModelError(f"refused to load (weights_only=True): {first}", path) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ModelError(f"not a readable PyTorch checkpoint: {exc}", path) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
+        raise ModelError(f"not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})", path) from exc
     if not isinstance(obj, dict):
         raise ModelError(f"expected a dict checkpoint, got {type(obj).__name__}", path)
     return obj

@@ -80,9 +80,10 @@ def infer_swin_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
         depths.append(_count_indexed(state, rf"backbone\.layers\.{i}\.blocks\.(\d+)\."))
         table = state[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"]
         heads.append(int(table.shape[1]))
+    hidden = int(state["backbone.layers.0.blocks.0.mlp.fc1.weight"].shape[0])
     side = math.isqrt(int(state["backbone.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]))
     cfg = {"embed_dim": embed, "depths": depths, "num_heads": heads, "window_size": (side + 1) // 2,
-           "patch_size": patch, "in_chans": in_chans, "mlp_ratio": 4.0, "drop_path_rate": 0.3}
+           "patch_size": patch, "in_chans": in_chans, "mlp_ratio": hidden / embed, "drop_path_rate": 0.3}
     return cfg
 
 
@@ -141,6 +142,7 @@ def convert_checkpoint(arch: str, checkpoint: str | Path, out_dir: str | Path | 
                        overwrite: bool = False) -> ReferringSegmenter:
     """Convert an official checkpoint; write a model directory when ``out_dir`` is given."""
     path = Path(checkpoint)
+    architecture_class(arch)  # fail on an unknown architecture before reading a large file
     state = official_state(load_torch_checkpoint(path), path)
     config = infer_config(arch, state, name)
     config["provenance"] = {"converted_from": path.name, "source": "official release", "arch": arch}

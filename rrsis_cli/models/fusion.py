@@ -1,6 +1,6 @@
 """Vision-language fusion blocks shared by the LAVT family: pixel-word attention (PWAM) and the tanh gate.
 
-Shapes: visual tokens ``x`` (B, N, C); language features ``l`` (B, C_l, L); word mask ``l_mask`` (B, L, 1)
+Shapes: visual tokens ``x`` (B, N, C); language features ``words`` (B, C_l, L); word mask ``l_mask`` (B, L, 1)
 with 1 on real tokens. Attribute names match the official state-dict keys.
 """
 
@@ -30,13 +30,13 @@ class PixelWordAttention(nn.Module):
         self.f_value = nn.Sequential(nn.Conv1d(l_in, value_channels, 1))
         self.W = nn.Sequential(nn.Conv1d(value_channels, value_channels, 1), nn.InstanceNorm1d(value_channels))
 
-    def forward(self, x: torch.Tensor, l: torch.Tensor, l_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, words: torch.Tensor, l_mask: torch.Tensor) -> torch.Tensor:
         b, n = x.shape[0], x.shape[1]
         heads = self.num_heads
         mask = l_mask.permute(0, 2, 1)  # (B, 1, L)
         query = self.f_query(x.permute(0, 2, 1)).permute(0, 2, 1)  # (B, N, Ck)
-        key = self.f_key(l) * mask  # (B, Ck, L)
-        value = self.f_value(l) * mask  # (B, Cv, L)
+        key = self.f_key(words) * mask  # (B, Ck, L)
+        value = self.f_value(words) * mask  # (B, Cv, L)
         words = value.shape[-1]
         query = query.reshape(b, n, heads, self.key_channels // heads).permute(0, 2, 1, 3)
         key = key.reshape(b, heads, self.key_channels // heads, words)
@@ -58,9 +58,9 @@ class PWAM(nn.Module):
         self.image_lang_att = PixelWordAttention(dim, l_in, dim, dim, num_heads=num_heads)
         self.project_mm = nn.Sequential(nn.Conv1d(dim, dim, 1), nn.GELU(), nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, l: torch.Tensor, l_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, words: torch.Tensor, l_mask: torch.Tensor) -> torch.Tensor:
         vis = self.vis_project(x.permute(0, 2, 1))
-        lang = self.image_lang_att(x, l, l_mask).permute(0, 2, 1)
+        lang = self.image_lang_att(x, words, l_mask).permute(0, 2, 1)
         return self.project_mm(vis * lang).permute(0, 2, 1)
 
 

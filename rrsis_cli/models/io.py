@@ -142,10 +142,15 @@ def load_model(model: str | Path, device: str | torch.device = "cpu") -> Referri
         built.sha256 = "random-init:" + built.config.get("name", str(model))
         return built.to(device)
     config = read_config(path)
-    net = architecture_class(config["arch"])(config)
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelError(f"{WEIGHTS_FILE} is missing", path)
+    cls = architecture_class(config["arch"])
+    try:
+        net = cls(config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{CONFIG_FILE} does not describe a valid {config['arch']} model: "
+                         f"{type(exc).__name__} {exc}", path / CONFIG_FILE) from exc
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:

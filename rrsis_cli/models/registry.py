@@ -114,6 +114,15 @@ def resolve_config(card: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _sections_with(cfg: dict[str, Any], key: str):
+    """Nested sections (at any depth below the top level) that contain ``key``."""
+    for value in cfg.values():
+        if isinstance(value, dict):
+            if key in value:
+                yield value
+            yield from _sections_with(value, key)
+
+
 def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Set single hyper-parameters: a top-level key, a key that occurs exactly once in a nested section, or an
     explicit ``section__key`` (e.g. ``backbone__num_heads``)."""
@@ -127,7 +136,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
         if key in cfg:
             cfg[key] = value
             continue
-        holders = [section for section in cfg.values() if isinstance(section, dict) and key in section]
+        holders = list(_sections_with(cfg, key))
         if len(holders) != 1:
             where = "no section" if not holders else "several sections"
             raise ModelError(f"cannot override {key!r}: it is in {where} of the {cfg.get('name')} configuration")

@@ -1,0 +1,44 @@
+# One-command set-up on a fresh machine (Python >= 3.10 with pip and venv).
+#   make test        create .venv, install rrsis + test tools (CPU torch), run the test suite
+#   make quickstart  create .venv, install rrsis, run the offline end-to-end demonstration
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch: on these machines `pip install torch==2.13.0` takes a local CPU wheel; elsewhere
+# override, e.g. make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu".
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv install install-test system-deps test lint quickstart clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+venv: $(PY)
+
+install: venv
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e .
+
+install-test: venv
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e ".[test]"
+
+# GDAL command-line tools give an independent check of the COG outputs (Debian/Ubuntu, as root).
+system-deps:
+	@if command -v gdalinfo >/dev/null 2>&1; then echo "gdal-bin present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gdal-bin python3-gdal >/dev/null; \
+	else echo "gdal-bin missing: install it (apt-get install gdal-bin python3-gdal) for the COG validation tests"; exit 1; fi
+
+test: install-test system-deps
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q --durations=15
+
+lint: install-test
+	$(PY) -m ruff check rrsis_cli tests benchmarks
+
+quickstart: install
+	HF_HUB_OFFLINE=1 PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/quickstart.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
