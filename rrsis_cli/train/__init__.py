@@ -1,0 +1,1 @@
+"""Training: data pipeline, losses, schedule and the (DDP-capable) training loop."""
