@@ -1,0 +1,374 @@
+"""``rrsis data synth``: a referring-segmentation dataset built from real imagery with composited objects.
+
+Chips are windows of real GeoTIFF pixels; procedurally drawn objects (circle, square, triangle in five colours,
+two sizes, with texture and shading) are composited on them, and every expression is chosen so that the
+*language is required* to pick the target among look-alike distractors:
+
+* ``attribute``: "the red circle" — the chip also holds a circle of another colour and a red object of another
+  shape;
+* ``position``: "the blue square in the upper left" — two or three identical squares, one per quadrant;
+* ``comparison``: "the larger of the two green triangles" — two identical triangles of clearly different sizes;
+* ``relation``: "the square left of the circle" — two identical squares on either side of one circle.
+
+Output (the ``folder`` dataset format): ``images/<id>.png``, ``masks/<id>.png`` (255 = target) and
+``<split>.csv`` with columns ``id, image, mask, expression, category, type``; ``synth_report.json`` records
+the parameters, counts per split and type, and the held-out vocabulary check (every word of the val/test
+expressions occurs in train). Seeded: same arguments → identical files.
+
+:func:`make_demo_scene` writes a large georeferenced scene (mirror-tiled real pixels, the source's CRS and
+pixel size) with scattered objects and ground-truth polygons (GeoJSON, EPSG:4326) for a few prompts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rrsis_cli.errors import InputError, OutputError
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (205, 45, 40), "green": (40, 170, 60), "blue": (40, 70, 215), "yellow": (235, 215, 40),
+    "white": (245, 245, 245),
+}
+QUADRANTS = ("upper left", "upper right", "lower left", "lower right")
+EXPRESSION_TYPES = ("attribute", "position", "comparison", "relation")
+
+
+@dataclass
+class Thing:
+    shape: str
+    colour: str
+    cy: float
+    cx: float
+    radius: float
+    limits: tuple | None = None  # optional ((ymin, ymax), (xmin, xmax)) for the centre
+
+
+def shape_mask(thing: Thing, height: int, width: int, oy: int = 0, ox: int = 0) -> np.ndarray:
+    """Boolean mask of ``thing`` on a (height, width) grid whose top-left pixel is (oy, ox)."""
+    yy, xx = np.mgrid[oy:oy + height, ox:ox + width].astype(np.float32) + 0.5
+    dy, dx, r = yy - thing.cy, xx - thing.cx, thing.radius
+    if thing.shape == "circle":
+        return dy * dy + dx * dx <= r * r
+    if thing.shape == "square":
+        side = r * 0.9
+        return (np.abs(dy) <= side) & (np.abs(dx) <= side)
+    if thing.shape == "triangle":  # apex up, base at cy + r
+        t = (dy + r) / (2 * r)
+        return (t >= 0) & (t <= 1) & (np.abs(dx) <= t * r * 1.15)
+    raise ValueError(f"unknown shape {thing.shape!r}")
+
+
+def paint(image: np.ndarray, thing: Thing, rng: np.random.Generator, oy: int = 0, ox: int = 0) -> np.ndarray:
+    """Composite ``thing`` into ``image`` (H, W, 3 uint8) in place with texture and shading; return its mask."""
+    mask = shape_mask(thing, image.shape[0], image.shape[1], oy, ox)
+    if not mask.any():
+        return mask
+    base = np.array(COLOURS[thing.colour], dtype=np.float32)
+    ys, xs = np.nonzero(mask)
+    shade = 1.0 - 0.12 * ((ys + oy - thing.cy) / max(thing.radius, 1.0))[:, None]
+    noise = rng.normal(0.0, 7.0, (len(ys), 3)).astype(np.float32)
+    image[ys, xs] = np.clip(base[None] * shade + noise, 0, 255).astype(np.uint8)
+    return mask
+
+
+def read_source(path: str | Path) -> np.ndarray:
+    """All pixels of a small real raster as (H, W, 3) uint8 (first three bands; 16-bit stretched 2–98 %)."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            bands = src.read(indexes=list(range(1, min(3, src.count) + 1)))
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"cannot read source imagery: {exc}", path) from exc
+    if bands.shape[0] < 3:
+        bands = np.repeat(bands[:1], 3, axis=0)
+    data = bands.astype(np.float32)
+    if bands.dtype != np.uint8:
+        lo, hi = np.percentile(data[data > 0] if (data > 0).any() else data, (2, 98))
+        data = (data - lo) / max(hi - lo, 1e-6) * 255.0
+    return np.clip(data, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def _free(things: list[Thing], cy: float, cx: float, r: float, gap: float = 3.0) -> bool:
+    return all((t.cy - cy) ** 2 + (t.cx - cx) ** 2 >= (t.radius + r + gap) ** 2 for t in things)
+
+
+def _place(rng, things, size, r, ylim=None, xlim=None, tries: int = 200) -> tuple[float, float] | None:
+    ylo, yhi = ylim or (r + 1, size - r - 1)
+    xlo, xhi = xlim or (r + 1, size - r - 1)
+    for _ in range(tries):
+        if yhi <= ylo or xhi <= xlo:
+            return None
+        cy, cx = rng.uniform(ylo, yhi), rng.uniform(xlo, xhi)
+        if _free(things, cy, cx, r):
+            return cy, cx
+    return None
+
+
+def _others(rng, values, exclude):
+    choices = [v for v in values if v != exclude]
+    return choices[int(rng.integers(len(choices)))]
+
+
+def _radius(rng, size, large: bool | None = None) -> float:
+    lo, hi = size * 0.06, size * 0.13
+    if large is None:
+        return float(rng.uniform(lo, hi))
+    return float(rng.uniform(hi * 0.95, hi * 1.15) if large else rng.uniform(lo * 0.8, lo * 1.1))
+
+
+def layout_attribute(rng, size):
+    shape, colour = SHAPES[int(rng.integers(3))], list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    target = Thing(shape, colour, 0, 0, _radius(rng, size))
+    distractors = [Thing(shape, _others(rng, list(COLOURS), colour), 0, 0, _radius(rng, size)),
+                   Thing(_others(rng, SHAPES, shape), colour, 0, 0, _radius(rng, size))]
+    return target, distractors, f"the {colour} {shape}", None
+
+
+def layout_position(rng, size):
+    shape, colour = SHAPES[int(rng.integers(3))], list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    quads = list(rng.permutation(4)[: int(rng.integers(2, 4))])
+    half = size / 2
+    things, target = [], None
+    for k, q in enumerate(quads):
+        r = _radius(rng, size)
+        ylim = (r + 1, half - r - 2) if q in (0, 1) else (half + r + 2, size - r - 1)
+        xlim = (r + 1, half - r - 2) if q in (0, 2) else (half + r + 2, size - r - 1)
+        thing = Thing(shape, colour, 0, 0, r, limits=(ylim, xlim))
+        things.append(thing)
+        if k == 0:
+            target = thing
+    return target, things[1:], f"the {colour} {shape} in the {QUADRANTS[int(quads[0])]}", None
+
+
+def layout_comparison(rng, size):
+    shape, colour = SHAPES[int(rng.integers(3))], list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    larger = bool(rng.integers(2))
+    target = Thing(shape, colour, 0, 0, _radius(rng, size, large=larger))
+    other = Thing(shape, colour, 0, 0, _radius(rng, size, large=not larger))
+    extra = Thing(_others(rng, SHAPES, shape), _others(rng, list(COLOURS), colour), 0, 0, _radius(rng, size))
+    word = "larger" if larger else "smaller"
+    return target, [other, extra], f"the {word} of the two {colour} {shape}s", None
+
+
+def layout_relation(rng, size):
+    shape = SHAPES[int(rng.integers(3))]
+    anchor_shape = _others(rng, SHAPES, shape)
+    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    anchor_colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    side = "left" if rng.integers(2) else "right"
+    anchor = Thing(anchor_shape, anchor_colour, 0, 0, _radius(rng, size))
+    target = Thing(shape, colour, 0, 0, _radius(rng, size))
+    other = Thing(shape, colour, 0, 0, _radius(rng, size))
+    return target, [other, anchor], f"the {shape} {side} of the {anchor_shape}", (side, anchor)
+
+
+LAYOUTS: dict[str, Callable] = {"attribute": layout_attribute, "position": layout_position,
+                                "comparison": layout_comparison, "relation": layout_relation}
+
+
+def place_relation(rng, size, target, other, anchor, side) -> bool:
+    """Anchor near the middle, target on ``side`` of it, the look-alike on the other side."""
+    m = size / 2
+    pos = _place(rng, [], size, anchor.radius, ylim=(m - size * 0.2, m + size * 0.2),
+                 xlim=(m - size * 0.1, m + size * 0.1))
+    if pos is None:
+        return False
+    anchor.cy, anchor.cx = pos
+    left = (target.radius + 1, anchor.cx - anchor.radius - target.radius - 4)
+    right = (anchor.cx + anchor.radius + target.radius + 4, size - target.radius - 1)
+    for thing, lim in ((target, left if side == "left" else right), (other, right if side == "left" else left)):
+        pos = _place(rng, [anchor, target, other][: [anchor, target, other].index(thing)], size, thing.radius,
+                     xlim=lim)
+        if pos is None:
+            return False
+        thing.cy, thing.cx = pos
+    return True
+
+
+def compose_chip(background: np.ndarray, kind: str, rng: np.random.Generator):
+    """One chip of ``kind``: (image, target mask, expression, category) or None if the layout did not fit."""
+    size = background.shape[0]
+    target, distractors, expression, relation = LAYOUTS[kind](rng, size)
+    things = [target, *distractors]
+    if relation is not None:
+        side, anchor = relation
+        if not place_relation(rng, size, target, distractors[0], anchor, side):
+            return None
+    else:
+        placed: list[Thing] = []
+        for thing in things:
+            ylim, xlim = thing.limits or (None, None)
+            pos = _place(rng, placed, size, thing.radius, ylim, xlim)
+            if pos is None:
+                return None
+            thing.cy, thing.cx = pos
+            placed.append(thing)
+    image = background.copy()
+    order = rng.permutation(len(things))
+    masks = {}
+    for k in order:
+        masks[int(k)] = paint(image, things[int(k)], rng)
+    return image, masks[0], expression, target.shape
+
+
+def random_background(source: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    h, w = source.shape[:2]
+    if h < size or w < size:
+        reps = (-(-size // h), -(-size // w), 1)
+        source = np.tile(source, reps)
+        h, w = source.shape[:2]
+    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    chip = source[y:y + size, x:x + size]
+    if rng.integers(2):
+        chip = chip[:, ::-1]
+    return np.ascontiguousarray(chip)
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path, optimize=False, compress_level=6)
+
+
+def make_dataset(sources: list[str | Path], out_dir: str | Path, splits: dict[str, int] | None = None,
+                 chip_size: int = 96, seed: int = 0, types: tuple[str, ...] = EXPRESSION_TYPES,
+                 overwrite: bool = False) -> dict:
+    """Write the dataset (see module docstring); returns the report also written to ``synth_report.json``."""
+    splits = splits or {"train": 2000, "val": 200, "test": 400}
+    unknown = set(types) - set(LAYOUTS)
+    if unknown:
+        raise InputError(f"unknown expression type(s): {', '.join(sorted(unknown))}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputError("exists and is not empty (use --overwrite)", out)
+    images = [read_source(p) for p in sources]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    report: dict = {"sources": [Path(p).name for p in sources], "chip_size": chip_size, "seed": seed,
+                    "types": list(types), "splits": {}}
+    vocab: dict[str, set[str]] = {}
+    for k, (split, count) in enumerate(splits.items()):
+        rng = np.random.default_rng([seed, k])
+        rows, kinds = [], Counter()
+        n = 0
+        while n < count:
+            kind = types[n % len(types)]
+            background = random_background(images[int(rng.integers(len(images)))], chip_size, rng)
+            chip = compose_chip(background, kind, rng)
+            if chip is None:
+                continue
+            image, mask, expression, category = chip
+            sid = f"{split}_{n:05d}"
+            _save_png(image, out / "images" / f"{sid}.png")
+            _save_png(mask.astype(np.uint8) * 255, out / "masks" / f"{sid}.png")
+            rows.append({"id": sid, "image": f"images/{sid}.png", "mask": f"masks/{sid}.png",
+                         "expression": expression, "category": category, "type": kind})
+            kinds[kind] += 1
+            n += 1
+        tmp = out / f".{split}.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["id", "image", "mask", "expression", "category", "type"])
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, out / f"{split}.csv")
+        vocab[split] = set().union(*(words(r["expression"]) for r in rows)) if rows else set()
+        report["splits"][split] = {"samples": len(rows), "by_type": dict(kinds)}
+    train_words = vocab.get("train", set())
+    report["heldout_vocabulary_check"] = {
+        split: {"words": len(v), "unseen_in_train": sorted(v - train_words)}
+        for split, v in vocab.items() if split != "train"
+    }
+    (out / "synth_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "prompt"
+
+
+def make_demo_scene(source: str | Path, out_dir: str | Path, size: int = 2048, cell: int = 128, seed: int = 0,
+                    prompts: tuple[str, ...] = ("the red circle", "the blue square", "the yellow triangle"),
+                    overwrite: bool = False) -> dict:
+    """A large georeferenced scene: the source's real pixels mirror-tiled to ``size``², the source's CRS, pixel
+    size and origin, with one object per ``cell``² cell (random shape/colour, jittered). Writes
+    ``scene.tif`` (tiled, DEFLATE), ``objects.geojson`` (every object with shape/colour, EPSG:4326) and
+    ``gt/<prompt-slug>.geojson`` with the polygons of the objects each "the <colour> <shape>" prompt refers to."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.features import shapes
+    from shapely.geometry import shape as to_shape
+    from shapely.ops import unary_union
+
+    out = Path(out_dir)
+    if (out / "scene.tif").exists() and not overwrite:
+        raise OutputError("scene.tif exists (use --overwrite)", out)
+    (out / "gt").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    try:
+        with rasterio.open(source) as src:
+            crs, transform = src.crs, src.transform
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"cannot read source imagery: {exc}", source) from exc
+    pixels = read_source(source)
+    sh, sw = pixels.shape[:2]
+    rows = np.arange(size) % (2 * sh)
+    rows = np.where(rows < sh, rows, 2 * sh - 1 - rows)
+    cols = np.arange(size) % (2 * sw)
+    cols = np.where(cols < sw, cols, 2 * sw - 1 - cols)
+    records = []
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "crs": crs,
+               "transform": transform, "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+               "photometric": "RGB"}
+    tmp = out / ".scene.tif.tmp"
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for r0 in range(0, size, cell):
+            block = pixels[rows[r0:r0 + cell]][:, cols].copy()
+            h = block.shape[0]
+            for c0 in range(0, size, cell):
+                w = min(cell, size - c0)
+                radius = float(rng.uniform(cell * 0.08, cell * 0.16))
+                margin = radius + 2
+                if h < 2 * margin + 1 or w < 2 * margin + 1:
+                    continue
+                thing = Thing(SHAPES[int(rng.integers(3))], list(COLOURS)[int(rng.integers(len(COLOURS)))],
+                              r0 + float(rng.uniform(margin, h - margin)), c0 + float(rng.uniform(margin, w - margin)),
+                              radius)
+                view = block[:, c0:c0 + w]
+                mask = paint(view, thing, rng, oy=r0, ox=c0)
+                win_transform = rasterio.windows.transform(rasterio.windows.Window(c0, r0, w, h), transform)
+                geom = unary_union([to_shape(g) for g, v in shapes(mask.astype(np.uint8), mask=mask,
+                                                                    transform=win_transform) if v == 1])
+                records.append({"shape": thing.shape, "colour": thing.colour, "pixels": int(mask.sum()),
+                                "geometry": geom})
+            dst.write(block.transpose(2, 0, 1), window=rasterio.windows.Window(0, r0, size, h))
+    os.replace(tmp, out / "scene.tif")
+    objects = gpd.GeoDataFrame(records, geometry="geometry", crs=crs)
+    objects.to_crs("EPSG:4326").to_file(out / "objects.geojson", driver="GeoJSON")
+    written = {}
+    for prompt in prompts:
+        parts = prompt.split()
+        colour, shape_name = parts[-2], parts[-1]
+        chosen = objects[(objects["colour"] == colour) & (objects["shape"] == shape_name)].copy()
+        chosen["prompt"] = prompt
+        path = out / "gt" / f"{slugify(prompt)}.geojson"
+        chosen.to_crs("EPSG:4326").to_file(path, driver="GeoJSON")
+        written[prompt] = {"path": str(path.relative_to(out)), "objects": len(chosen)}
+    report = {"source": Path(source).name, "size": size, "cell": cell, "seed": seed, "crs": str(crs),
+              "objects": len(objects), "prompts": written}
+    (out / "scene_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
