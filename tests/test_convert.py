@@ -145,3 +145,19 @@ def test_models_init_rejects_a_swin_release_of_another_size(tmp_path):
     torch.save(_swin_release_for(other), tmp_path / "swin.pth")
     with pytest.raises(ConversionError, match="shape mismatches"):
         init_model("lavt-tiny", backbone_weights=tmp_path / "swin.pth")
+
+
+def test_packaged_frozen_text_encoder_is_referenced_not_stored(tmp_path):
+    """A card with ``text_encoder: {source: pkg:..., stored: false}`` keeps the model directory small."""
+    from safetensors.torch import load_file
+
+    model = init_model("demo-minilm-swin", tmp_path / "demo", seed=1)
+    keys = load_file(str(tmp_path / "demo" / "model.safetensors")).keys()
+    assert keys and not any(k.startswith("text_encoder.") for k in keys)
+    vision_bytes = 4 * model.parameter_counts()["vision_and_fusion"]
+    assert (tmp_path / "demo" / "model.safetensors").stat().st_size < vision_bytes + 1e6
+    loaded = load_model(tmp_path / "demo")
+    x = torch.randn(1, 3, 96, 96)
+    ids, mask = loaded.tokenize(["the red circle"])
+    with torch.no_grad():
+        assert torch.equal(model(x, ids, mask), loaded(x, ids, mask))

@@ -19,10 +19,13 @@ def init_model(card: str, out_dir: str | Path | None = None, text_encoder: str |
     official Swin ImageNet checkpoint into the backbone; write a model directory when ``out_dir`` is given."""
     config = config_for(card, **overrides)
     encoder = None
+    card_text = config.get("text_encoder", {})
+    if text_encoder is None and card_text.get("source"):
+        text_encoder = card_text["source"]  # the card names a local/packaged pretrained encoder
     if text_encoder is not None:
         encoder, bert_config, path = load_pretrained_text_encoder(text_encoder)
-        config["text_encoder"] = {"bert_config": bert_config, "source": str(text_encoder),
-                                  "pretrained": True}
+        config["text_encoder"] = {"bert_config": bert_config, "source": str(text_encoder), "pretrained": True,
+                                  "stored": bool(card_text.get("stored", True))}
     model = build_from_config(config, seed=seed)
     provenance = dict(config.get("provenance", {}))
     if encoder is not None:

@@ -25,7 +25,7 @@ from rrsis_cli import __version__
 from rrsis_cli.errors import ModelError, OutputError
 from rrsis_cli.models.base import ReferringSegmenter
 from rrsis_cli.models.registry import FORMAT_VERSION, architecture_class, config_for
-from rrsis_cli.models.text import bundled_tokenizer, load_tokenizer
+from rrsis_cli.models.text import bundled_tokenizer, load_pretrained_text_encoder, load_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -63,9 +63,17 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def text_encoder_stored(config: dict[str, Any]) -> bool:
+    """False when the config references a frozen, packaged text encoder instead of storing its weights
+    (``text_encoder: {source: pkg:NAME, stored: false}``); such weights are read from the source at load."""
+    return bool(config.get("text_encoder", {}).get("stored", True))
+
+
+def state_dict_for_saving(model: ReferringSegmenter) -> dict[str, torch.Tensor]:
     """The state dict as contiguous CPU tensors without shared storage (safetensors refuses aliases)."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    keep_text = text_encoder_stored(model.config)
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+            if keep_text or not k.startswith("text_encoder.")}
 
 
 def save_model(model: ReferringSegmenter, out_dir: str | Path, overwrite: bool = True,
@@ -155,6 +163,13 @@ def load_model(model: str | Path, device: str | torch.device = "cpu") -> Referri
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"unreadable weights: {exc}", weights) from exc
+    if not text_encoder_stored(config):
+        source = config["text_encoder"].get("source")
+        if not source:
+            raise ModelError("text_encoder.stored is false but no text_encoder.source is given",
+                             path / CONFIG_FILE)
+        encoder, _, _ = load_pretrained_text_encoder(source)
+        state.update({f"text_encoder.{k}": v for k, v in encoder.state_dict().items()})
     load_state_strict(net, state, weights)
     tok_dir = path / TOKENIZER_DIR
     net.tokenizer = load_tokenizer(tok_dir) if tok_dir.is_dir() else bundled_tokenizer()

@@ -190,7 +190,6 @@ def validate(model: ReferringSegmenter, loader: DataLoader, device: torch.device
     union = torch.cat(unions) if unions else torch.zeros(0, dtype=torch.long)
     if info.world > 1:
         inter, union = _gather(inter, info), _gather(union, info)
-    model.train()
     return summarize_iu(inter.numpy(), union.numpy())
 
 
@@ -230,6 +229,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * options.epochs
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, options.weight_decay, options.text_layers),
                                            lr=self.lr, weight_decay=options.weight_decay)
+        self.text_frozen = not any(p.requires_grad for p in self.model.text_encoder.parameters())
+        self.train_mode()
         self.scaler = torch.amp.GradScaler(enabled=options.precision == "fp16" and self.device.type == "cuda")
         step: torch.nn.Module = LossStep(self.model, options.loss)
         if self.info.world > 1:
@@ -242,6 +243,12 @@ class Trainer:
         self.batch_in_epoch = 0
         self.best = -math.inf
         self.history: list[dict[str, Any]] = []
+
+    def train_mode(self) -> None:
+        """Training mode, except a fully frozen text encoder, which stays deterministic (no dropout)."""
+        self.model.train()
+        if self.text_frozen:
+            self.model.text_encoder.eval()
 
     # ------------------------------------------------------------------------------------------ state
     def prepare_output(self) -> None:
@@ -385,6 +392,7 @@ class Trainer:
         if val_loader is not None:
             metrics = validate(self.model, val_loader, self.device, self.options.precision,
                                self.options.val_limit_batches, self.info)
+            self.train_mode()
         self.epoch += 1
         self.batch_in_epoch = 0
         self.record(metrics, running, lr, validated=metrics is not None)
