@@ -197,7 +197,8 @@ def place_relation(rng, size, target, other, anchor, side) -> bool:
 
 
 def compose_chip(background: np.ndarray, kind: str, rng: np.random.Generator):
-    """One chip of ``kind``: (image, target mask, expression, category) or None if the layout did not fit."""
+    """One chip of ``kind``: (image, target mask, expression, category, things) or None if the layout did not
+    fit; ``things[0]`` is the target."""
     size = background.shape[0]
     target, distractors, expression, relation = LAYOUTS[kind](rng, size)
     things = [target, *distractors]
@@ -219,7 +220,7 @@ def compose_chip(background: np.ndarray, kind: str, rng: np.random.Generator):
     masks = {}
     for k in order:
         masks[int(k)] = paint(image, things[int(k)], rng)
-    return image, masks[0], expression, target.shape
+    return image, masks[0], expression, target.shape, things
 
 
 def random_background(source: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -272,7 +273,7 @@ def make_dataset(sources: list[str | Path], out_dir: str | Path, splits: dict[st
             chip = compose_chip(background, kind, rng)
             if chip is None:
                 continue
-            image, mask, expression, category = chip
+            image, mask, expression, category, _ = chip
             sid = f"{split}_{n:05d}"
             _save_png(image, out / "images" / f"{sid}.png")
             _save_png(mask.astype(np.uint8) * 255, out / "masks" / f"{sid}.png")
