@@ -54,6 +54,10 @@ class LanguageSwinBackbone(nn.Module):
         window = int(cfg["window_size"])
         self.num_features = [embed * 2 ** i for i in range(len(depths))]
         self.patch_embed = PatchEmbed(int(cfg.get("in_chans", 3)), embed, int(cfg.get("patch_size", 4)))
+        if cfg.get("ape"):  # Swin's optional absolute position embedding, resized bicubically to the input
+            grid = int(cfg.get("ape_grid", 24))
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, embed, grid, grid))
+            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
         rates = drop_path_schedule(depths, float(cfg.get("drop_path_rate", 0.3)))
         fusion_heads = list(fusion_cfg.get("num_heads", [1] * len(depths)))
         self.layers = nn.ModuleList(
@@ -70,6 +74,8 @@ class LanguageSwinBackbone(nn.Module):
     def forward(self, image: torch.Tensor, text: TextFeatures) -> list[torch.Tensor]:
         x = self.patch_embed(image)
         h, w = x.shape[-2:]
+        if hasattr(self, "absolute_pos_embed"):
+            x = x + F.interpolate(self.absolute_pos_embed, size=(h, w), mode="bicubic", align_corners=False)
         x = x.flatten(2).transpose(1, 2)
         outs = []
         for i, stage in enumerate(self.layers):

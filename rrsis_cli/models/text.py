@@ -68,12 +68,14 @@ def load_pretrained_text_encoder(spec: str | Path) -> tuple[BertModel, dict, Pat
         raise ModelError(f"text encoder model_type {cfg.get('model_type')!r} is not BERT-like", path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         encoder = BertModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load text encoder weights: {exc}", path) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     return encoder.float(), bert_config_dict(cfg), path
 
 
