@@ -103,3 +103,18 @@ def test_epoch_sampler_shards_are_disjoint_and_complete():
     full = EpochSampler(10, seed=1)
     full.set_epoch(2)
     assert list(one) == list(full)[4:]
+
+
+def test_parameter_groups_follow_the_official_recipe():
+    from rrsis_cli.train.schedule import parameter_groups
+
+    model = build_model("lavt-tiny", seed=0)
+    decay, no_decay = parameter_groups(model, 0.01, text_layers=1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert "backbone.layers.0.blocks.0.norm1.weight" in no_decay_names
+    assert "backbone.layers.0.blocks.0.attn.relative_position_bias_table" in no_decay_names
+    assert "classifier.bn1_4.weight" not in no_decay_names  # the decoder decays, as officially
+    trainable = {names[id(p)] for g in (decay, no_decay) for p in g["params"]}
+    assert any(n.startswith("text_encoder.encoder.layer.0.") for n in trainable)
+    assert not any(n.startswith(("text_encoder.encoder.layer.1.", "text_encoder.embeddings.")) for n in trainable)

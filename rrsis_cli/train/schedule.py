@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 
@@ -15,12 +14,16 @@ def poly_lr_factor(step: int, total_steps: int, power: float = 0.9, warmup_steps
     return max(0.0, 1.0 - t / span) ** power
 
 
-def _is_no_decay(name: str, param: torch.Tensor) -> bool:
-    return param.ndim <= 1 or name.endswith(".bias") or "relative_position_bias_table" in name
+NO_DECAY_MARKS = ("norm", "absolute_pos_embed", "relative_position_bias_table")
+
+
+def _is_no_decay(name: str) -> bool:
+    """The official LAVT rule: backbone norms and position tables get no weight decay; everything else does."""
+    return name.startswith("backbone.") and any(mark in name for mark in NO_DECAY_MARKS)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, text_layers: int | None) -> list[dict]:
-    """AdamW groups: no decay for norms/biases/position tables; the text encoder trains only its first
+    """AdamW groups: no decay for backbone norms and position tables (official rule); the text encoder trains only its first
     ``text_layers`` transformer layers when set (the official LAVT recipe trains layers 0-9 of BERT, not the
     embeddings); ``None`` trains the whole text encoder."""
     text = getattr(model, "text_encoder", None)
@@ -36,5 +39,5 @@ def parameter_groups(model: nn.Module, weight_decay: float, text_layers: int | N
             continue
         if not param.requires_grad:
             continue
-        (no_decay if _is_no_decay(name, param) else decay).append(param)
+        (no_decay if _is_no_decay(name) else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
