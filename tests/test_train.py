@@ -118,3 +118,29 @@ def test_parameter_groups_follow_the_official_recipe():
     trainable = {names[id(p)] for g in (decay, no_decay) for p in g["params"]}
     assert any(n.startswith("text_encoder.encoder.layer.0.") for n in trainable)
     assert not any(n.startswith(("text_encoder.encoder.layer.1.", "text_encoder.embeddings.")) for n in trainable)
+
+
+def test_ddp_two_process_gloo_run(tmp_path):
+    """torchrun with 2 CPU processes (gloo): completes, logs each epoch once, checkpoint loads."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(tests / "ddp_worker.py"), str(tmp_path / "ddp")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    epochs = [r["message"] for r in records if r["message"].startswith("epoch ")]
+    assert len(epochs) == 2, epochs  # rank 0 only: one line per epoch
+    config = json.loads((tmp_path / "ddp" / "train_config.json").read_text())
+    assert config["world_size"] == 2 and config["global_batch"] == 8
+    model = load_model(tmp_path / "ddp" / "last")
+    assert model.arch == "lavt"
+    rows = list(csv.DictReader(open(tmp_path / "ddp" / "metrics.csv")))
+    assert len(rows) == 2 and int(rows[-1]["n_samples"]) == 8  # every validation sample scored once

@@ -168,12 +168,20 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
+def summarize_iu(inter: np.ndarray, union: np.ndarray) -> dict[str, float]:
+    """TEMPORARY until rrsis_cli.metrics lands: oIoU, mIoU, Pr@X (>=) with IoU 0 on an empty union."""
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    out = {"oIoU": float(inter.sum() / union.sum()) if union.sum() else 0.0,
+           "mIoU": float(iou.mean()) if len(iou) else 0.0, "n_samples": len(iou)}
+    for t in (0.5, 0.6, 0.7, 0.8, 0.9):
+        out[f"Pr@{t}"] = float((iou >= t).mean()) if len(iou) else 0.0
+    return out
+
+
 @torch.no_grad()
 def validate(model: ReferringSegmenter, loader: DataLoader, device: torch.device, precision: str,
              limit: int | None, info: DistInfo) -> dict[str, float]:
     """Official protocol at the training input size: argmax, IoU 0 on empty union, Pr@X with >=."""
-    from rrsis_cli.metrics import summarize_iu
-
     model.eval()
     inters, unions = [], []
     for i, batch in enumerate(loader):
