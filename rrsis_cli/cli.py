@@ -149,6 +149,8 @@ def data_synth(
     chip_size: Annotated[int, typer.Option(help="Chip side in pixels.")] = 96,
     seed: Annotated[int, typer.Option(help="Seed (same arguments -> identical files).")] = 0,
     scene_size: Annotated[int, typer.Option(help="Also write a demo scene of this side (0 = none).")] = 0,
+    absent_fraction: Annotated[float, typer.Option(help="Share of training chips whose referent is absent "
+                                                        "(empty mask).")] = 0.0,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty directory.")] = False,
 ) -> None:
     """Generate a referring-segmentation dataset whose expressions need the language (attribute, position,
@@ -156,7 +158,7 @@ def data_synth(
     from rrsis_cli.synth import make_dataset, make_demo_scene
 
     report = make_dataset(sources, out, {"train": train_size, "val": val_size, "test": test_size},
-                          chip_size=chip_size, seed=seed, overwrite=overwrite)
+                          chip_size=chip_size, seed=seed, absent_fraction=absent_fraction, overwrite=overwrite)
     for split, info in report["splits"].items():
         unseen = report["heldout_vocabulary_check"].get(split, {}).get("unseen_in_train", [])
         console.info(f"{split}: {info['samples']} samples {info['by_type']}"

@@ -8,7 +8,10 @@ two sizes, with texture and shading) are composited on them, and every expressio
   shape;
 * ``position``: "the blue square in the upper left" — two or three identical squares, one per quadrant;
 * ``comparison``: "the larger of the two green triangles" — two identical triangles of clearly different sizes;
-* ``relation``: "the square left of the circle" — two identical squares on either side of one circle.
+* ``relation``: "the square left of the circle" — two identical squares on either side of one circle;
+* ``absent`` (training split only, ``absent_fraction``): an attribute chip without its referent, whose right
+  answer is an empty mask — tiled inference over a scene meets far more tiles without the referent than with
+  it. Evaluation splits hold only present referents (the official protocol scores an empty pair as IoU 0).
 
 Output (the ``folder`` dataset format): ``images/<id>.png``, ``masks/<id>.png`` (255 = target) and
 ``<split>.csv`` with columns ``id, image, mask, expression, category, type``; ``synth_report.json`` records
@@ -198,9 +201,11 @@ def place_relation(rng, size, target, other, anchor, side) -> bool:
 
 def compose_chip(background: np.ndarray, kind: str, rng: np.random.Generator):
     """One chip of ``kind``: (image, target mask, expression, category, things) or None if the layout did not
-    fit; ``things[0]`` is the target."""
+    fit; ``things[0]`` is the target. Kind ``absent`` is an attribute layout without its referent (the
+    look-alikes stay): the mask is empty and ``things`` holds only the distractors."""
     size = background.shape[0]
-    target, distractors, expression, relation = LAYOUTS[kind](rng, size)
+    absent = kind == "absent"
+    target, distractors, expression, relation = LAYOUTS["attribute" if absent else kind](rng, size)
     things = [target, *distractors]
     if relation is not None:
         side, anchor = relation
@@ -219,7 +224,11 @@ def compose_chip(background: np.ndarray, kind: str, rng: np.random.Generator):
     order = rng.permutation(len(things))
     masks = {}
     for k in order:
+        if absent and k == 0:
+            continue  # the referent is left out: the right answer is an empty mask
         masks[int(k)] = paint(image, things[int(k)], rng)
+    if absent:
+        return image, np.zeros(background.shape[:2], bool), expression, target.shape, things[1:]
     return image, masks[0], expression, target.shape, things
 
 
@@ -248,7 +257,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 def make_dataset(sources: list[str | Path], out_dir: str | Path, splits: dict[str, int] | None = None,
                  chip_size: int = 96, seed: int = 0, types: tuple[str, ...] = EXPRESSION_TYPES,
-                 overwrite: bool = False) -> dict:
+                 absent_fraction: float = 0.0, overwrite: bool = False) -> dict:
     """Write the dataset (see module docstring); returns the report also written to ``synth_report.json``."""
     splits = splits or {"train": 2000, "val": 200, "test": 400}
     unknown = set(types) - set(LAYOUTS)
@@ -261,7 +270,7 @@ def make_dataset(sources: list[str | Path], out_dir: str | Path, splits: dict[st
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     report: dict = {"sources": [Path(p).name for p in sources], "chip_size": chip_size, "seed": seed,
-                    "types": list(types), "splits": {}}
+                    "types": list(types), "absent_fraction": absent_fraction, "splits": {}}
     vocab: dict[str, set[str]] = {}
     for k, (split, count) in enumerate(splits.items()):
         rng = np.random.default_rng([seed, k])
@@ -269,6 +278,8 @@ def make_dataset(sources: list[str | Path], out_dir: str | Path, splits: dict[st
         n = 0
         while n < count:
             kind = types[n % len(types)]
+            if split == "train" and absent_fraction > 0 and rng.random() < absent_fraction:
+                kind = "absent"
             background = random_background(images[int(rng.integers(len(images)))], chip_size, rng)
             chip = compose_chip(background, kind, rng)
             if chip is None:
@@ -302,12 +313,13 @@ def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "prompt"
 
 
-def make_demo_scene(source: str | Path, out_dir: str | Path, size: int = 2048, cell: int = 128, seed: int = 0,
+def make_demo_scene(source: str | Path, out_dir: str | Path, size: int = 2048, cell: int = 96, seed: int = 0,
                     prompts: tuple[str, ...] = ("the red circle", "the blue square", "the yellow triangle"),
-                    overwrite: bool = False) -> dict:
+                    radius_px: tuple[float, float] = (6.0, 12.0), overwrite: bool = False) -> dict:
     """A large georeferenced scene: the source's real pixels mirror-tiled to ``size``², the source's CRS, pixel
     size and origin, with one object per ``cell``² cell (random shape/colour, jittered). Writes
-    ``scene.tif`` (tiled, DEFLATE), ``objects.geojson`` (every object with shape/colour, EPSG:4326) and
+    ``scene.tif`` (tiled, DEFLATE; object radii ``radius_px`` match the chips of :func:`make_dataset`),
+    ``objects.geojson`` (every object with shape/colour, EPSG:4326) and
     ``gt/<prompt-slug>.geojson`` with the polygons of the objects each "the <colour> <shape>" prompt refers to."""
     import geopandas as gpd
     import rasterio
@@ -342,7 +354,7 @@ def make_demo_scene(source: str | Path, out_dir: str | Path, size: int = 2048, c
             h = block.shape[0]
             for c0 in range(0, size, cell):
                 w = min(cell, size - c0)
-                radius = float(rng.uniform(cell * 0.08, cell * 0.16))
+                radius = float(rng.uniform(*radius_px))
                 margin = radius + 2
                 if h < 2 * margin + 1 or w < 2 * margin + 1:
                     continue
