@@ -116,3 +116,26 @@ def test_demo_scene_is_georeferenced_with_exact_ground_truth(tmp_path):
         gt = gpd.read_file(tmp_path / "demo" / info["path"])
         colour, shape = prompt.split()[-2:]
         assert len(gt) == info["objects"] == int(((objects.colour == colour) & (objects["shape"] == shape)).sum())
+
+
+def test_absent_referent_chips_have_empty_masks_and_look_alikes():
+    rng = np.random.default_rng(0)
+    background = np.full((96, 96, 3), 120, np.uint8)
+    chip = None
+    while chip is None:
+        chip = compose_chip(background, "absent", rng)
+    image, mask, expression, category, things = chip
+    colour, shape = expression.split()[1:3]
+    assert not mask.any() and category == shape
+    assert all((t.colour, t.shape) != (colour, shape) for t in things)
+    assert any(t.shape == shape for t in things) and any(t.colour == colour for t in things)
+    assert (image != 120).any()
+
+
+def test_absent_fraction_only_affects_training(tmp_path):
+    report = make_dataset([SOURCE], tmp_path / "d", {"train": 40, "val": 12}, chip_size=64, seed=1,
+                          absent_fraction=0.5)
+    assert report["splits"]["train"]["by_type"].get("absent", 0) >= 10
+    assert "absent" not in report["splits"]["val"]["by_type"]
+    empty = [r for r in csv.DictReader(open(tmp_path / "d" / "train.csv")) if r["type"] == "absent"]
+    assert all(not np.array(Image.open(tmp_path / "d" / r["mask"])).any() for r in empty)
