@@ -113,10 +113,25 @@ def models_init(
                  f"{counts['text_encoder']:,} in the text encoder)")
 
 
+@models_app.command("export")
+def models_export(
+    model: Annotated[str, typer.Argument(help="Model directory to copy.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
+    dtype: Annotated[str, typer.Option(help="Storage dtype of floating weights: float32, float16, bfloat16.")]
+    = "float16",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model directory.")] = False,
+) -> None:
+    """Re-write a model directory, e.g. with float16 weights for distribution (loaded back as float32)."""
+    from rrsis_cli.models import load_model, save_model
+
+    save_model(load_model(model), out, overwrite=overwrite, weights_dtype=dtype)
+    console.info(f"wrote {out} ({dtype} weights)")
+
+
 # ---------------------------------------------------------------------------------------------- convert
 @app.command()
 def convert(
-    arch: Annotated[str, typer.Option(help="Architecture of the official checkpoint: lavt.")],
+    arch: Annotated[str, typer.Option(help="Architecture of the official checkpoint: lavt, lgce or rmsin.")],
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint saved by the official training code (.pth).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
     tokenizer: Annotated[Path | None, typer.Option(

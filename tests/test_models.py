@@ -149,3 +149,17 @@ def test_official_swin_b_structure_and_parameter_count():
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     official = {k.replace("bert_model/", "text_encoder."): s for k, s, _ in read_manifest("lavt-swin-b-w12.keys.tsv")}
     assert ours == official
+
+
+def test_float16_export_halves_the_size_and_loads_as_float32(tiny, tmp_path):
+    save_model(tiny, tmp_path / "fp32")
+    save_model(tiny, tmp_path / "fp16", weights_dtype="float16")
+    a = (tmp_path / "fp32" / "model.safetensors").stat().st_size
+    b = (tmp_path / "fp16" / "model.safetensors").stat().st_size
+    assert b < 0.6 * a
+    half = load_model(tmp_path / "fp16")
+    assert half.backbone.patch_embed.proj.weight.dtype == torch.float32
+    x = torch.randn(1, 3, 64, 64)
+    ids, mask = tiny.tokenize(["the red car"])
+    with torch.no_grad():
+        assert torch.allclose(half(x, ids, mask), tiny(x, ids, mask), atol=5e-2)

@@ -69,16 +69,24 @@ def text_encoder_stored(config: dict[str, Any]) -> bool:
     return bool(config.get("text_encoder", {}).get("stored", True))
 
 
-def state_dict_for_saving(model: ReferringSegmenter) -> dict[str, torch.Tensor]:
-    """The state dict as contiguous CPU tensors without shared storage (safetensors refuses aliases)."""
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def state_dict_for_saving(model: ReferringSegmenter, weights_dtype: str = "float32") -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors without shared storage (safetensors refuses aliases); floating
+    tensors stored as ``weights_dtype`` (float32 keeps a bit-exact round trip; float16 halves the size)."""
     keep_text = text_encoder_stored(model.config)
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
-            if keep_text or not k.startswith("text_encoder.")}
+    dtype = WEIGHT_DTYPES[weights_dtype]
+    return {k: (v.to(dtype) if v.is_floating_point() else v).detach().to("cpu").contiguous().clone()
+            for k, v in model.state_dict().items() if keep_text or not k.startswith("text_encoder.")}
 
 
 def save_model(model: ReferringSegmenter, out_dir: str | Path, overwrite: bool = True,
-               readme: str | None = None) -> Path:
-    """Write a model directory atomically: built in a temporary sibling, then renamed into place."""
+               readme: str | None = None, weights_dtype: str = "float32") -> Path:
+    """Write a model directory atomically: built in a temporary sibling, then renamed into place.
+    Weights are loaded back as float32 whatever ``weights_dtype`` they were stored in."""
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise OutputError(f"unknown weights dtype {weights_dtype!r}; known: {', '.join(WEIGHT_DTYPES)}")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise OutputError("exists and is not empty (use --overwrite)", out_dir)
@@ -91,8 +99,9 @@ def save_model(model: ReferringSegmenter, out_dir: str | Path, overwrite: bool =
         config = dict(model.config)
         config["format_version"] = FORMAT_VERSION
         config["rrsis_version"] = __version__
+        config["weights_dtype"] = weights_dtype
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
-        save_file(state_dict_for_saving(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_file(state_dict_for_saving(model, weights_dtype), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         if readme:
