@@ -25,6 +25,8 @@ changes the output (the official behaviour); everything else is padding invarian
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -135,7 +137,7 @@ class MultiScaleBlock(nn.Module):
         self.revert_projs = nn.ModuleList(_projection(dims[(d + 1) % n], dims[d]) for d in range(n))
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        outs = [block(x) for x, block in zip(xs, self.blocks)]
+        outs = [block(x) for x, block in zip(xs, self.blocks, strict=True)]
         result = []
         for i in range(self.num_branches):
             other = outs[(i + 1) % self.num_branches]
@@ -158,13 +160,14 @@ class GuidedMultiScaleBlock(nn.Module):
     def __init__(self, dims: tuple[int, int], cfg: dict):
         super().__init__()
         self.patch_embed = nn.ModuleList(
-            ImagePatchEmbed(3, d, p) for d, p in zip(dims, cfg.get("patch_sizes", [8, 16]))
+            ImagePatchEmbed(3, d, p) for d, p in zip(dims, cfg.get("patch_sizes", [8, 16]), strict=True)
         )
-        self.msb = MultiScaleBlock(list(dims), list(cfg.get("msb_depths", [1, 3])), list(cfg.get("msb_heads", [8, 16])),
-                                   float(cfg.get("msb_mlp_ratio", 2.0)), int(cfg.get("cross_depth", 1)))
+        self.msb = MultiScaleBlock(list(dims), list(cfg.get("msb_depths", [1, 3])),
+                                   list(cfg.get("msb_heads", [8, 16])), float(cfg.get("msb_mlp_ratio", 2.0)),
+                                   int(cfg.get("cross_depth", 1)))
 
     def forward(self, tokens: list[torch.Tensor], guides: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self.msb([torch.cat([g, t], dim=1) for g, t in zip(guides, tokens)])
+        return self.msb([torch.cat([g, t], dim=1) for g, t in zip(guides, tokens, strict=True)])
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -197,11 +200,21 @@ class LGCEDecoder(SimpleDecoder):
 
 
 class GateInitBackbone(LanguageSwinBackbone):
-    """LAVT's backbone; ``gate_init: zero`` zero-initialises both Linear layers of every language gate."""
+    """LAVT's backbone with a choice of language-gate initialisation (``fusion.gate_init``).
+
+    The published LGCE stage constructor zero-initialises both Linear layers of every gate, but its factory then
+    calls the backbone's ``init_weights``, which re-draws every Linear weight trunc-normal(0.02): the published
+    training starts from LAVT's initialisation. That is the default here (``trunc_normal``). ``zero`` reproduces
+    the constructor alone; note that with both Linear layers at zero the gates receive exactly zero gradient and
+    stay closed for the whole training. Converted weights are identical either way.
+    """
 
     def __init__(self, cfg: dict, text_dim: int, fusion_cfg: dict):
         super().__init__(cfg, text_dim, fusion_cfg)
-        if fusion_cfg.get("gate_init", "zero") == "zero":
+        mode = fusion_cfg.get("gate_init", "trunc_normal")
+        if mode not in ("trunc_normal", "zero"):
+            raise ValueError(f"fusion.gate_init must be 'trunc_normal' or 'zero', not {mode!r}")
+        if mode == "zero":
             for stage in self.layers:
                 nn.init.zeros_(stage.res_gate[0].weight)
                 nn.init.zeros_(stage.res_gate[2].weight)
@@ -230,6 +243,29 @@ class LGCE(LAVT):
             raise ValueError(f"decoder.sentence_pool must be 'all' or 'masked', not {self.sentence_pool!r}")
         self.backbone = GateInitBackbone(config["backbone"], self.text_dim, config.get("fusion", {}))
         self.classifier = LGCEDecoder(tuple(self.backbone.num_features), self.text_dim, decoder_cfg)
+
+    @staticmethod
+    def official_config_extras(state: dict[str, torch.Tensor]) -> dict:
+        """Decoder settings read off the checkpoint: ViT blocks per branch, cross blocks, patch sizes.
+
+        Head counts leave no trace in the shapes; the published values (8, 16) are used.
+        """
+        prefix = "classifier.msb1."
+
+        def count(pattern: str) -> int:
+            found = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + pattern, k))}
+            return max(found) + 1 if found else 0
+
+        decoder = {"sentence_pool": "all", "msb_heads": [8, 16], "msb_mlp_ratio": 2.0,
+                   "msb_depths": [count(r"msb\.blocks\.0\.(\d+)\."), count(r"msb\.blocks\.1\.(\d+)\.")],
+                   "cross_depth": count(r"msb\.fusion\.0\.(\d+)\.")}
+        sizes = [state.get(f"{prefix}patch_embed.{i}.proj.weight") for i in (0, 1)]
+        if all(w is not None for w in sizes):
+            decoder["patch_sizes"] = [int(w.shape[-1]) for w in sizes]
+        fc1 = state.get(f"{prefix}msb.blocks.0.0.mlp.fc1.weight")
+        if fc1 is not None:
+            decoder["msb_mlp_ratio"] = fc1.shape[0] / fc1.shape[1]
+        return {"decoder": decoder}
 
     def forward_with_text(self, pixel_values: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         text = text.expand(pixel_values.shape[0])

@@ -35,7 +35,6 @@ from rrsis_cli.models.lavt import LAVT, LanguageSwinBackbone, LanguageSwinStage
 from rrsis_cli.models.rotated_conv import AdaptiveRotatedConv2d
 from rrsis_cli.models.swin import init_transformer_weights
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Intra-scale ("various receptive") branch
 # ----------------------------------------------------------------------------------------------------------
@@ -279,7 +278,7 @@ class CIM(nn.Module):
         for layer in self.block:
             x = layer(x)
         x = self.up_channel(self.bn(x))
-        return [gate(f, g) for gate, f, g in zip(self.fusion, feats, x.split(self.channels, dim=1))]
+        return [gate(f, g) for gate, f, g in zip(self.fusion, feats, x.split(self.channels, dim=1), strict=True)]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -354,7 +353,9 @@ class RMSIN(LAVT):
             n_grid = int(proj.shape[0])
             side = int(round(n_grid ** 0.5))
             if side * side == n_grid and cim_tokens((side, side)) == int(proj.shape[1]):
-                extras["cim"] = {"grid": [side, side], "num_layers": _count_cim_layers(state), "mlp_ratio": 2}
+                ff = state.get("backbone.cim.block.0.ff.m.conv1.weight")
+                ratio = int(ff.shape[0] // ff.shape[1]) if ff is not None else 2
+                extras["cim"] = {"grid": [side, side], "num_layers": _count_cim_layers(state), "mlp_ratio": ratio}
                 if stage4_size(480) != side:
                     extras["image_size"] = side * 32
         return extras
