@@ -13,7 +13,7 @@ from PIL import Image
 
 from rrsis_cli.synth import Thing, compose_chip, make_dataset, make_demo_scene, shape_mask
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "examples" / "data"
 SOURCE = DATA / "rgbn_5m.tif"
 
 
