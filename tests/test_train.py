@@ -90,7 +90,7 @@ def test_losses():
     wrong = perfect.flip(1)
     ce_only = segmentation_loss(wrong, target, {"type": "weighted_ce"})
     mixed = segmentation_loss(wrong, target, {"type": "ce_dice", "ce_weight": 0.9, "dice_weight": 0.1})
-    assert mixed == pytest.approx(0.9 * ce_only + 0.1 * dice_loss(wrong, target), rel=1e-5)
+    assert float(mixed) == pytest.approx(float(0.9 * ce_only + 0.1 * dice_loss(wrong, target)), rel=1e-5)
 
 
 def test_epoch_sampler_shards_are_disjoint_and_complete():
