@@ -184,6 +184,36 @@ def data_synth(
                      f"{', '.join(scene['prompts'])})")
 
 
+@data_app.command("scene")
+def data_scene(
+    source: Annotated[Path, typer.Argument(help="Real GeoTIFF whose pixels are mirror-tiled into the scene.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for scene.tif, objects and ground truth.")],
+    size: Annotated[int, typer.Option(help="Scene side in pixels.")] = 2048,
+    seed: Annotated[int, typer.Option(help="Seed (same arguments -> identical files).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing scene.")] = False,
+) -> None:
+    """Write a large georeferenced demo scene with composited objects and ground-truth polygons (GeoJSON)."""
+    from rrsis_cli.synth import make_demo_scene
+
+    report = make_demo_scene(source, out, size=size, seed=seed, overwrite=overwrite)
+    console.info(f"wrote {out / 'scene.tif'} ({size}x{size}, {report['crs']}, {report['objects']} objects); "
+                 "ground truth: " + ", ".join(f"{v['path']} ({v['objects']})" for v in report["prompts"].values()))
+
+
+@app.command()
+def overlay(
+    scene: Annotated[Path, typer.Argument(help="Scene GeoTIFF.")],
+    mask: Annotated[Path, typer.Argument(help="Mask GeoTIFF written by rrsis predict (1 = target).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
+    gt: Annotated[Path | None, typer.Option(help="Ground-truth vectors to outline (GeoJSON/GPKG).")] = None,
+    max_side: Annotated[int, typer.Option(help="Longest side of the preview in pixels.")] = 1024,
+) -> None:
+    """Render a PNG preview: the scene, the predicted mask in magenta, ground-truth outlines in yellow."""
+    from rrsis_cli.overlay import render_overlay
+
+    console.info(f"wrote {render_overlay(scene, mask, out, gt=gt, max_side=max_side)}")
+
+
 # ------------------------------------------------------------------------------------------------ train
 class Precision(str, Enum):
     fp32 = "fp32"
