@@ -282,12 +282,11 @@ def train(
     config: Annotated[Path | None, typer.Option(help="YAML file with any of these options (flags win).")] = None,
 ) -> None:
     """Train a model on RefSegRS / RRSIS-D / RISBench / folder data; writes OUT/best, OUT/last, OUT/metrics.csv."""
+    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items() if k != "config"}
     from rrsis_cli.errors import UsageError
     from rrsis_cli.train.run import run_training
     from rrsis_cli.yaml_config import merge_options
 
-    values = {k: v for k, v in locals().items() if k not in ("config",)}
-    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in values.items()}
     opts = merge_options(config, values)
     missing = [name for name in ("dataset", "root", "model", "out") if not opts.get(name)]
     if missing:

@@ -164,3 +164,28 @@ def test_every_architecture_trains_through_the_registry(card, tmp_path):
     trained = load_model(tmp_path / card / "last")
     assert trained.arch == cfg["arch"]
     assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items() if v.is_floating_point())
+
+
+def test_cli_train_on_a_folder_dataset_then_resume(tmp_path):
+    """`rrsis train --dataset folder` end to end (YAML config + flags), then --resume continues to more steps."""
+    import subprocess
+    import sys
+
+    from synthetic import write_folder_dataset
+
+    root = write_folder_dataset(tmp_path / "data", {"train": 8, "val": 2})
+    config = tmp_path / "train.yaml"
+    config.write_text(f"dataset: folder\nroot: {root}\nmodel: lavt-tiny\nepochs: 2\nbatch-size: 4\nlr: 0.001\n")
+    base = [sys.executable, "-m", "rrsis_cli", "train", "--config", str(config), "--out", str(tmp_path / "run")]
+    first = subprocess.run(base + ["--max-steps", "3"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "resuming at step 3" in second.stderr
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows][-1] == 8  # 16 samples / batch 4 x 2 epochs
+    assert load_model(tmp_path / "run" / "best").arch == "lavt"
+    bad = subprocess.run([sys.executable, "-m", "rrsis_cli", "train", "--dataset", "folder", "--root",
+                          str(tmp_path / "nowhere"), "--model", "lavt-tiny", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "nowhere: dataset root not found" in bad.stderr
