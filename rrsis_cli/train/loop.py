@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from rrsis_cli import console
 from rrsis_cli.errors import OutputError, RrsisError, UsageError
+from rrsis_cli.metrics import summarize_iu
 from rrsis_cli.models.base import ReferringSegmenter
 from rrsis_cli.models.io import save_model
 from rrsis_cli.train.data import EpochSampler, ReferringTrainSet
@@ -166,16 +167,6 @@ class LossStep(torch.nn.Module):
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
-def summarize_iu(inter: np.ndarray, union: np.ndarray) -> dict[str, float]:
-    """TEMPORARY until rrsis_cli.metrics lands: oIoU, mIoU, Pr@X (>=) with IoU 0 on an empty union."""
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-    out = {"oIoU": float(inter.sum() / union.sum()) if union.sum() else 0.0,
-           "mIoU": float(iou.mean()) if len(iou) else 0.0, "n_samples": len(iou)}
-    for t in (0.5, 0.6, 0.7, 0.8, 0.9):
-        out[f"Pr@{t}"] = float((iou >= t).mean()) if len(iou) else 0.0
-    return out
 
 
 @torch.no_grad()
