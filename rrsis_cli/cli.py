@@ -214,6 +214,55 @@ def overlay(
     console.info(f"wrote {render_overlay(scene, mask, out, gt=gt, max_side=max_side)}")
 
 
+# --------------------------------------------------------------------------------------------- evaluate
+@app.command(epilog=EXIT_CODES_HELP)
+def evaluate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for metrics.json and the per-sample CSV.")],
+    dataset: Annotated[str | None, typer.Option(help="Dataset format (folder).", rich_help_panel="Dataset")] = None,
+    root: Annotated[Path | None, typer.Option(help="Dataset root.", rich_help_panel="Dataset")] = None,
+    split: Annotated[str, typer.Option(help="Split to score.", rich_help_panel="Dataset")] = "test",
+    model: Annotated[str | None, typer.Option(help="Model directory or card.", rich_help_panel="Dataset")] = None,
+    protocol: Annotated[str, typer.Option(help="official (scored at the model's input size) or native.",
+                                          rich_help_panel="Dataset")] = "official",
+    empty_union: Annotated[str, typer.Option(help="IoU of an empty union: zero (official), one, exclude.",
+                                             rich_help_panel="Dataset")] = "zero",
+    strict: Annotated[bool, typer.Option("--strict", help="Pr@X counts IoU > X instead of >= X.",
+                                         rich_help_panel="Dataset")] = False,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.", rich_help_panel="Dataset")] = 8,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N.", rich_help_panel="Dataset")] = "cpu",
+    pred: Annotated[Path | None, typer.Option(help="Prediction mask GeoTIFF(s) (file or folder).",
+                                              rich_help_panel="Scenes")] = None,
+    gt: Annotated[Path | None, typer.Option(help="Ground-truth vectors (file or folder).",
+                                            rich_help_panel="Scenes")] = None,
+) -> None:
+    """Score a model on a dataset split (official protocol), or scene masks against ground-truth vectors."""
+    from rrsis_cli.errors import UsageError
+    from rrsis_cli.evaluate import evaluate_dataset, evaluate_scenes, pair_scenes
+
+    if pred is not None or gt is not None:
+        if pred is None or gt is None:
+            raise UsageError("scene evaluation needs both --pred and --gt")
+        evaluate_scenes(pair_scenes(pred, gt), out)
+        return
+    if not (dataset and root and model):
+        raise UsageError("dataset evaluation needs --dataset, --root and --model (or use --pred/--gt)")
+    from rrsis_cli.data import open_dataset
+    from rrsis_cli.models import load_model
+
+    summary = evaluate_dataset(load_model(model, device=device), open_dataset(dataset, root, split), out,
+                               protocol=protocol, empty_union=empty_union, strict=strict,
+                               batch_size=batch_size, device=device)
+    table = Table(title=f"{dataset}:{split} ({summary['n_samples']} samples, {protocol} protocol)")
+    keys = ["oIoU", "mIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9"]
+    table.add_column("group")
+    for key in keys:
+        table.add_column(key, justify="right")
+    table.add_row("all", *(f"{100 * summary[k]:.2f}" for k in keys))
+    for group, values in summary["per_category"].items():
+        table.add_row(group, *(f"{100 * values[k]:.2f}" for k in keys))
+    console.stdout.print(table)
+
+
 # ------------------------------------------------------------------------------------------------ train
 class Precision(str, Enum):
     fp32 = "fp32"
