@@ -214,6 +214,65 @@ def overlay(
     console.info(f"wrote {render_overlay(scene, mask, out, gt=gt, max_side=max_side)}")
 
 
+# ---------------------------------------------------------------------------------------------- predict
+class VectorFormat(str, Enum):
+    geojson = "geojson"
+    gpkg = "gpkg"
+    parquet = "parquet"
+    fgb = "fgb"
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="GeoTIFF/VRT files, folders (recursive) or .txt lists.")],
+    model: Annotated[str, typer.Option(help="Model directory or zoo card.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory: OUT/<scene>/<prompt-slug>/.")],
+    prompt: Annotated[list[str] | None, typer.Option(help="Referring expression (repeatable).")] = None,
+    prompts_file: Annotated[Path | None, typer.Option(help="File with one prompt per line.")] = None,
+    tile_size: Annotated[int | None, typer.Option(help="Tile side [the model's image size].")] = None,
+    overlap: Annotated[float, typer.Option(help="Tile overlap fraction.")] = 0.25,
+    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast on GPU).")] = "fp32",
+    threshold: Annotated[float, typer.Option(help="Probability threshold for the mask.")] = 0.5,
+    bands: Annotated[str | None, typer.Option(help="Bands to use as RGB, e.g. 3,2,1 [first three].")] = None,
+    save_prob: Annotated[bool, typer.Option("--save-prob", help="Also write prob.tif (uint8 0-254).")] = False,
+    vector_format: Annotated[VectorFormat, typer.Option(help="Vector output format.")] = VectorFormat.geojson,
+    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (m²).")] = 0.0,
+    simplify: Annotated[float, typer.Option(help="Simplify polygons with this tolerance (m).")] = 0.0,
+    glob: Annotated[str | None, typer.Option(help="Pattern for folder inputs [*.tif|*.tiff|*.vrt].")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute outputs that exist.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List scenes and tiles; compute nothing.")] = False,
+) -> None:
+    """Segment the objects each prompt refers to in every scene: COG mask + vectors per (scene, prompt)."""
+    from rrsis_cli.errors import UsageError
+    from rrsis_cli.predict import PredictOptions
+    from rrsis_cli.predict import predict as run_predict
+
+    prompts = list(prompt or [])
+    if prompts_file is not None:
+        try:
+            prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise UsageError(f"cannot read prompts file: {exc.strerror}", prompts_file) from exc
+    try:
+        band_list = [int(b) for b in bands.split(",")] if bands else None
+    except ValueError as exc:
+        raise UsageError(f"--bands must be comma-separated integers, got {bands!r}") from exc
+    options = PredictOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
+                             precision=precision, threshold=threshold, bands=band_list, save_prob=save_prob,
+                             vector_format=vector_format.value, min_area=min_area, simplify=simplify,
+                             overwrite=overwrite, dry_run=dry_run)
+    manifest = run_predict(inputs, model, prompts, out, options, glob=glob)
+    counts: dict[str, int] = {}
+    for result in manifest.results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    console.info(f"{len(manifest.inputs)} scene(s) x {len(prompts)} prompt(s): "
+                 + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+                 + f"; {manifest.tiles_per_second:.1f} tiles/s; manifest {out / 'manifest.json'}")
+    raise typer.Exit(manifest.exit_code)
+
+
 # --------------------------------------------------------------------------------------------- evaluate
 @app.command(epilog=EXIT_CODES_HELP)
 def evaluate(
