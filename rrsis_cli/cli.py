@@ -412,7 +412,8 @@ def train(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the app and maps project errors to exit codes in one place."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # typer.Exit(n) comes back as the return value here
+        sys.exit(code if isinstance(code, int) else 0)
     except RrsisError as exc:
         if console.SETTINGS.debug:
             traceback.print_exc()

@@ -279,14 +279,17 @@ def vectorise(mask_path: Path, prob_store, out_path: Path, prompt: str, vector_f
                     parts.append((poly, int(inside.sum()), float(prob[inside].sum())))
     merged = unary_union([p for p, _, _ in parts]) if parts else None
     components = list(getattr(merged, "geoms", [merged])) if merged is not None and not merged.is_empty else []
-    tree = STRtree([p for p, _, _ in parts]) if parts else None
-    records = []
-    for comp in components:
-        idx = tree.query(comp, predicate="intersects") if tree is not None else []
-        pixels = sum(parts[i][1] for i in idx)
-        prob_sum = sum(parts[i][2] for i in idx)
-        records.append({"prompt": prompt, "score": prob_sum / max(pixels, 1), "pixels": pixels,
-                        "geometry": comp})
+    # each window part lies in exactly one merged component: assign it by an interior point
+    tree = STRtree(components) if components else None
+    pixels = [0] * len(components)
+    prob_sums = [0.0] * len(components)
+    for poly, count, prob_sum in parts:
+        hit = tree.query(poly.representative_point(), predicate="within") if tree is not None else []
+        if len(hit):
+            pixels[int(hit[0])] += count
+            prob_sums[int(hit[0])] += prob_sum
+    records = [{"prompt": prompt, "score": prob_sums[i] / max(pixels[i], 1), "pixels": pixels[i], "geometry": comp}
+               for i, comp in enumerate(components)]
     frame = gpd.GeoDataFrame(records, geometry="geometry", crs=crs) if records else gpd.GeoDataFrame(
         {"prompt": [], "score": [], "pixels": []}, geometry=[], crs=crs)
     if crs is not None and len(frame):
