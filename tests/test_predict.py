@@ -170,3 +170,12 @@ def test_exit_codes(tmp_path):
     usage = _cli("predict", scene, "--model", model, "--out", str(tmp_path / "o2"), "--overlap", "1.5",
                  "--prompt", "x")
     assert usage.returncode == 2
+
+
+@pytest.mark.parametrize("card", ["rmsin-tiny", "lgce-tiny"])
+def test_predict_runs_every_architecture_through_the_registry(card, tmp_path):
+    manifest = predict([DATA / "rgbn_5m.tif"], card, ["the roof"], tmp_path,
+                       PredictOptions(tile_size=128, batch_size=8, device="cpu"))
+    assert manifest.exit_code == 0 and manifest.results[0].status == "done"
+    with rasterio.open(tmp_path / "rgbn_5m" / "the-roof" / "mask.tif") as ds:
+        assert set(np.unique(ds.read(1))) <= {0, 1}
