@@ -6,6 +6,7 @@ were written) · 130 interrupted.
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from enum import Enum
@@ -154,6 +155,52 @@ data_app = typer.Typer(help="Datasets: inspect benchmark folders, generate synth
 app.add_typer(data_app, name="data")
 
 
+@data_app.command("info")
+def data_info(
+    root: Annotated[Path, typer.Argument(help="Dataset root.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="folder, refsegrs, rrsisd, risbench.")] = "folder",
+    splits: Annotated[list[str] | None, typer.Option("--split", help="Split(s) to inspect [train, val, test].")] = None,
+    check: Annotated[bool, typer.Option(help="Read every image header and mask (sizes, empty masks).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Split counts, categories, expression lengths and problems found in a dataset."""
+    from rrsis_cli.data import open_dataset
+    from rrsis_cli.errors import DatasetError
+
+    reports = []
+    for split in splits or ["train", "val", "test"]:
+        try:
+            reports.append(open_dataset(format, root, split).info(check=check))
+        except DatasetError as exc:
+            if splits:  # a split the user asked for must open
+                raise
+            reports.append({"format": format, "split": split, "root": str(root), "error": exc.message})
+    if all("error" in r for r in reports):
+        raise DatasetError(f"no readable split ({reports[0]['error']})", root)
+    if as_json:
+        console.stdout.print_json(json.dumps(reports))
+        return
+    table = Table(title=f"{format} dataset at {root}")
+    for column in ("split", "samples", "images", "categories", "words mean/median/max", "problems"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for r in reports:
+        if "error" in r:
+            table.add_row(r["split"], "-", "-", "-", "-", r["error"])
+            continue
+        w = r["expression_words"]
+        problems = "not checked" if r["problems"] is None else str(len(r["problems"]))
+        table.add_row(r["split"], str(r["n_samples"]), str(r["n_images"]), str(len(r["categories"])),
+                      f"{w['mean']}/{w['median']}/{w['max']}", problems)
+    console.stdout.print(table)
+    for r in reports:
+        if r.get("categories"):
+            console.stdout.print(f"{r['split']} categories: " + ", ".join(f"{k} {v}" for k, v in r["categories"].items()))
+        for problem in (r.get("problems") or [])[:10]:
+            console.stdout.print(f"{r['split']}: {problem}", markup=False)
+        if r.get("problems") and len(r["problems"]) > 10:
+            console.stdout.print(f"{r['split']}: ... {len(r['problems']) - 10} more problems (use --json)")
+
+
 @data_app.command("synth")
 def data_synth(
     sources: Annotated[list[Path], typer.Argument(help="Real GeoTIFFs whose pixels become the backgrounds.")],
@@ -276,50 +323,78 @@ def predict(
 # --------------------------------------------------------------------------------------------- evaluate
 @app.command(epilog=EXIT_CODES_HELP)
 def evaluate(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for metrics.json and the per-sample CSV.")],
-    dataset: Annotated[str | None, typer.Option(help="Dataset format (folder).", rich_help_panel="Dataset")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for metrics.json, CSV and plots.")],
+    dataset: Annotated[str | None, typer.Option(help="Dataset format: folder, refsegrs, rrsisd, risbench.",
+                                                rich_help_panel="Dataset")] = None,
     root: Annotated[Path | None, typer.Option(help="Dataset root.", rich_help_panel="Dataset")] = None,
     split: Annotated[str, typer.Option(help="Split to score.", rich_help_panel="Dataset")] = "test",
     model: Annotated[str | None, typer.Option(help="Model directory or card.", rich_help_panel="Dataset")] = None,
-    protocol: Annotated[str, typer.Option(help="official (scored at the model's input size) or native.",
-                                          rich_help_panel="Dataset")] = "official",
+    predictions: Annotated[Path | None, typer.Option(
+        help="Score saved masks instead of a model: <sample_id>.png|.tif at the image's size, non-zero = target.",
+        rich_help_panel="Dataset")] = None,
+    protocol: Annotated[str, typer.Option(help="official (scored at the model's input size, 480 without a "
+                                          "model) or native (original size).", rich_help_panel="Dataset")] = "official",
     empty_union: Annotated[str, typer.Option(help="IoU of an empty union: zero (official), one, exclude.",
                                              rich_help_panel="Dataset")] = "zero",
     strict: Annotated[bool, typer.Option("--strict", help="Pr@X counts IoU > X instead of >= X.",
                                          rich_help_panel="Dataset")] = False,
+    image_size: Annotated[int | None, typer.Option(help="Scoring size of the official protocol [model's size].",
+                                                   rich_help_panel="Dataset")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.", rich_help_panel="Dataset")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N.", rich_help_panel="Dataset")] = "cpu",
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).", rich_help_panel="Dataset")] = "fp32",
+    save_masks: Annotated[bool, typer.Option("--save-masks", help="Write each prediction to OUT/masks/<id>.png.",
+                                             rich_help_panel="Dataset")] = False,
+    plots: Annotated[bool, typer.Option(help="Write iou_histogram.png and precision_curve.png.",
+                                        rich_help_panel="Dataset")] = True,
     pred: Annotated[Path | None, typer.Option(help="Prediction mask GeoTIFF(s) (file or folder).",
                                               rich_help_panel="Scenes")] = None,
-    gt: Annotated[Path | None, typer.Option(help="Ground-truth vectors (file or folder).",
-                                            rich_help_panel="Scenes")] = None,
+    gt: Annotated[Path | None, typer.Option(help="Ground truth: vector files (GeoJSON, GPKG, ...) or mask GeoTIFFs "
+                                            "(file or folder).", rich_help_panel="Scenes")] = None,
+    pairs: Annotated[Path | None, typer.Option(help="CSV with columns pred,gt naming the pairs explicitly.",
+                                               rich_help_panel="Scenes")] = None,
 ) -> None:
-    """Score a model on a dataset split (official protocol), or scene masks against ground-truth vectors."""
+    """Score a model (or saved masks) on a dataset split with the official protocol, or scene masks against
+    ground truth aligned by georeference."""
     from rrsis_cli.errors import UsageError
-    from rrsis_cli.evaluate import evaluate_dataset, evaluate_scenes, pair_scenes
+    from rrsis_cli.evaluate import evaluate_dataset, evaluate_scenes, pair_scenes, read_pairs_csv
 
-    if pred is not None or gt is not None:
-        if pred is None or gt is None:
-            raise UsageError("scene evaluation needs both --pred and --gt")
-        evaluate_scenes(pair_scenes(pred, gt), out)
+    if pred is not None or gt is not None or pairs is not None:
+        if pairs is not None:
+            evaluate_scenes(read_pairs_csv(pairs), out)
+        elif pred is None or gt is None:
+            raise UsageError("scene evaluation needs both --pred and --gt (or --pairs FILE.csv)")
+        else:
+            evaluate_scenes(pair_scenes(pred, gt), out)
         return
-    if not (dataset and root and model):
-        raise UsageError("dataset evaluation needs --dataset, --root and --model (or use --pred/--gt)")
+    if not (dataset and root) or (model is None) == (predictions is None):
+        raise UsageError("dataset evaluation needs --dataset, --root and one of --model / --predictions "
+                         "(or use --pred/--gt for scenes)")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise UsageError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
     from rrsis_cli.data import open_dataset
-    from rrsis_cli.models import load_model
 
-    summary = evaluate_dataset(load_model(model, device=device), open_dataset(dataset, root, split), out,
-                               protocol=protocol, empty_union=empty_union, strict=strict,
-                               batch_size=batch_size, device=device)
+    data = open_dataset(dataset, root, split)
+    loaded = None
+    if model is not None:
+        from rrsis_cli.models import load_model
+
+        loaded = load_model(model, device=device)
+    summary = evaluate_dataset(loaded, data, out, protocol=protocol, empty_union=empty_union, strict=strict,
+                               batch_size=batch_size, device=device, precision=precision, image_size=image_size,
+                               predictions=predictions, save_masks=save_masks, plots=plots)
     table = Table(title=f"{dataset}:{split} ({summary['n_samples']} samples, {protocol} protocol)")
     keys = ["oIoU", "mIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9"]
     table.add_column("group")
+    table.add_column("N", justify="right")
     for key in keys:
         table.add_column(key, justify="right")
-    table.add_row("all", *(f"{100 * summary[k]:.2f}" for k in keys))
-    for group, values in summary["per_category"].items():
-        table.add_row(group, *(f"{100 * values[k]:.2f}" for k in keys))
+    table.add_row("all", str(summary["n_samples"]), *(f"{100 * summary[k]:.2f}" for k in keys))
+    for kind in ("per_category", "per_attribute"):
+        for group, values in summary[kind].items():
+            table.add_row(group, str(values["n_samples"]), *(f"{100 * values[k]:.2f}" for k in keys))
     console.stdout.print(table)
+    console.info(f"wrote {out / 'metrics.json'} and {out / 'per_sample.csv'}")
 
 
 # ------------------------------------------------------------------------------------------------ train

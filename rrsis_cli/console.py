@@ -58,3 +58,30 @@ def error(message: str, **fields) -> None:
 def progress_enabled() -> bool:
     """Progress bars only for people: not with --quiet, JSON logs, or when stderr is not a terminal."""
     return not SETTINGS.quiet and SETTINGS.log_format == "text" and sys.stderr.isatty()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, unit: str = "it", initial: int = 0):
+    """A tqdm bar on stderr when :func:`progress_enabled`, else an object with the same methods that does
+    nothing. Use as a context manager."""
+    if not progress_enabled():
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)

@@ -10,6 +10,7 @@ rasterised onto its grid window by window (bounded memory); nodata (255) pixels 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -53,55 +54,174 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _predict_batch(model, images: list[np.ndarray], expressions: list[str], size: int, protocol: str,
-                   device: torch.device) -> list[np.ndarray]:
+def _predict_batch(model, images: list[np.ndarray], expressions: list[str], size: int, device: torch.device,
+                   precision: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Masks at the scoring size (argmax of the ``size``² logits) and at each image's own size (logits
+    upsampled bilinearly, align_corners=True, then argmax) for one batch."""
+    from rrsis_cli.train.loop import autocast
+
     cfg = model.config
     mean = torch.tensor(cfg["mean"]).view(3, 1, 1)
     std = torch.tensor(cfg["std"]).view(3, 1, 1)
     pixels = torch.stack([(resize_image(im, size) - mean) / std for im in images]).to(device)
     ids, mask = model.tokenize(expressions)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         logits = model(pixels, ids.to(device), mask.to(device)).float().cpu()
-    if protocol == "official":
-        return [lg.argmax(0).numpy().astype(bool) for lg in logits]
-    return [F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=True)[0].argmax(0)
-            .numpy().astype(bool) for lg, im in zip(logits, images, strict=True)]
+    at_size = [lg.argmax(0).numpy().astype(bool) for lg in logits]
+    native = [F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=True)[0].argmax(0)
+              .numpy().astype(bool) for lg, im in zip(logits, images, strict=True)]
+    return at_size, native
+
+
+def read_prediction(folder: Path, sample_id: str) -> np.ndarray:
+    """``folder/<sample_id>.png|.tif|.tiff`` as a boolean mask (non-zero = target)."""
+    from rrsis_cli.data.common import find_file, read_mask
+
+    path = find_file(folder, sample_id)
+    if path is None:
+        raise InputError(f"no prediction for sample {sample_id}", folder)
+    return read_mask(path, 0)
+
+
+def _check_predictions(folder: Path, samples: list) -> None:
+    from rrsis_cli.data.common import find_file
+
+    if not folder.is_dir():
+        raise InputError("predictions folder not found", folder)
+    missing = [s.id for s in samples if find_file(folder, s.id) is None]
+    if missing:
+        raise InputError(f"{len(missing)} of {len(samples)} predictions missing (expected <sample_id>.png or "
+                         f".tif), e.g. {', '.join(missing[:5])}", folder)
+
+
+def _save_mask(folder: Path, sample_id: str, mask: np.ndarray) -> None:
+    from PIL import Image
+
+    tmp = folder / f".{sample_id}.png.tmp"
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+    os.replace(tmp, folder / f"{sample_id}.png")
+
+
+def _scored_pairs(model, dataset, samples: list, size: int, protocol: str, batch_size: int,
+                  device: torch.device, precision: str, predictions: Path | None, save_dir: Path | None):
+    """(sample, prediction, ground truth) at the scoring resolution, batch by batch."""
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start:start + batch_size]
+        loaded = [dataset.load_sample(s) for s in batch]
+        if predictions is not None:
+            native = [read_prediction(predictions, s.id) for s in batch]
+            for s, pred, (_, gt) in zip(batch, native, loaded, strict=True):
+                if pred.shape != gt.shape:
+                    raise InputError(f"prediction for {s.id} is {pred.shape[1]}x{pred.shape[0]}, the image is "
+                                     f"{gt.shape[1]}x{gt.shape[0]} (save predictions at the original size)",
+                                     predictions)
+            at_size = [resize_mask(p, size).numpy().astype(bool) for p in native]
+        else:
+            at_size, native = _predict_batch(model, [im for im, _ in loaded], [s.expression for s in batch], size,
+                                             device, precision)
+            if save_dir is not None:
+                for s, pred in zip(batch, native, strict=True):
+                    _save_mask(save_dir, s.id, pred)
+        for s, small, full, (_, gt) in zip(batch, at_size, native, loaded, strict=True):
+            if protocol == "official":
+                yield s, small, resize_mask(gt, size).numpy().astype(bool)
+            else:
+                yield s, full, gt
+
+
+def _attribute(sample) -> str | None:
+    return sample.extra.get("attribute") or sample.extra.get("type") or None
 
 
 def evaluate_dataset(model, dataset, out_dir: str | Path, protocol: str = "official", empty_union: str = "zero",
-                     strict: bool = False, batch_size: int = 8, device: str = "cpu",
-                     image_size: int | None = None) -> dict[str, Any]:
-    """Score every (image, expression) sample of ``dataset`` (see ``rrsis_cli.data``); writes
-    ``metrics.json`` and ``per_sample.csv`` in ``out_dir`` and returns the summary."""
+                     strict: bool = False, batch_size: int = 8, device: str = "cpu", precision: str = "fp32",
+                     image_size: int | None = None, predictions: str | Path | None = None,
+                     save_masks: bool = False, plots: bool = True) -> dict[str, Any]:
+    """Score every (image, expression) sample of ``dataset`` (see ``rrsis_cli.data``) with ``model``, or the saved
+    masks in ``predictions`` (``<sample_id>.png|.tif`` at the image's size, non-zero = target).
+
+    Writes ``metrics.json``, ``per_sample.csv`` and (``plots``) ``iou_histogram.png`` / ``precision_curve.png``
+    in ``out_dir``; ``save_masks`` writes each prediction at the image's size to ``out_dir/masks/<id>.png`` (the
+    layout ``predictions`` reads). Returns the summary."""
     if protocol not in PROTOCOLS:
         raise UsageError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if (model is None) == (predictions is None):
+        raise UsageError("give either a model or a predictions folder")
+    samples = list(dataset.samples)
+    if not samples:
+        raise UsageError(f"{dataset.format}:{dataset.split} has no samples")
+    pred_dir = None if predictions is None else Path(predictions)
+    if pred_dir is not None:
+        _check_predictions(pred_dir, samples)
     out = _prepare_out(out_dir)
+    save_dir = None
+    if save_masks and model is not None:
+        save_dir = out / "masks"
+        save_dir.mkdir(exist_ok=True)
     dev = torch.device(device)
-    model = model.to(dev).eval()
-    size = int(image_size or (480 if protocol == "official" and "image_size" not in model.config
-                              else model.config["image_size"]))
+    if model is not None:
+        model = model.to(dev).eval()
+        size = int(image_size or model.config.get("image_size", 480))
+    else:
+        size = int(image_size or 480)
     acc = MetricAccumulator(empty_union, strict)
     rows: list[dict[str, Any]] = []
-    samples = list(dataset.samples)
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start:start + batch_size]
-        loaded = [dataset.load_training_sample(s) for s in batch]
-        preds = _predict_batch(model, [im for im, _, _ in loaded], [e for _, _, e in loaded], size, protocol, dev)
-        for sample, (_, gt, expression), pred in zip(batch, loaded, preds, strict=True):
-            target = resize_mask(gt, size).numpy().astype(bool) if protocol == "official" else gt
+    pairs = _scored_pairs(model, dataset, samples, size, protocol, batch_size, dev, precision, pred_dir, save_dir)
+    with console.progress_bar(len(samples), "evaluate") as bar:
+        for sample, pred, target in pairs:
             inter, union = intersection_union(pred, target)
-            iou = acc.add(inter, union, sample.category)
-            rows.append({"id": sample.id, "expression": expression, "category": sample.category or "",
-                         "I": inter, "U": union, "IoU": iou})
+            iou = acc.add(inter, union, sample.category, attribute=_attribute(sample))
+            rows.append({"id": sample.id, "expression": sample.expression, "category": sample.category or "",
+                         "attribute": _attribute(sample) or "", "I": inter, "U": union, "IoU": iou})
+            bar.update(1)
     summary: dict[str, Any] = acc.summary()
-    summary.update({"protocol": protocol, "scored_at": size if protocol == "official" else "native",
-                    "empty_union": empty_union, "strict": strict, "dataset": dataset.format,
-                    "split": dataset.split, "root": str(dataset.root),
-                    "model": model.config.get("name"), "model_sha256": getattr(model, "sha256", None),
-                    "per_category": acc.by_group()})
+    summary.update({
+        "protocol": protocol, "scored_at": size if protocol == "official" else "native",
+        "empty_union": empty_union, "strict": strict,
+        "dataset": {"format": dataset.format, "split": dataset.split, "root": str(dataset.root),
+                    "fingerprint": dataset.fingerprint()},
+        "model": None if model is None else {"name": model.config.get("name"), "arch": model.config.get("arch"),
+                                             "sha256": getattr(model, "sha256", None)},
+        "predictions": None if pred_dir is None else str(pred_dir),
+        "per_category": acc.by_group("category"), "per_attribute": acc.by_group("attribute"),
+    })
     _atomic_write(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     _write_rows(out / "per_sample.csv", rows)
+    if plots:
+        write_plots(acc.ious(), summary, out)
     return summary
+
+
+def write_plots(ious: np.ndarray, summary: dict[str, Any], out: Path) -> None:
+    """``iou_histogram.png`` (per-sample IoU) and ``precision_curve.png`` (Pr@X for X in 0.50 … 0.95)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = ious[~np.isnan(ious)]
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.hist(values, bins=20, range=(0, 1), color="#3a7ca5")
+    ax.set(xlabel="IoU", ylabel="samples", title=f"IoU per sample (mIoU {summary['mIoU']:.3f}, N {values.size})")
+    _save_figure(fig, out / "iou_histogram.png")
+    thresholds = np.linspace(0.5, 0.95, 10)
+    hits = [float((values > t).mean() if summary["strict"] else (values >= t).mean()) if values.size else 0.0
+            for t in thresholds]
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot(thresholds, hits, marker="o", color="#d1495b")
+    ax.set(xlabel="IoU threshold X", ylabel="Pr@X", ylim=(0, 1), title=f"Pr@X (oIoU {summary['oIoU']:.3f})")
+    ax.grid(alpha=0.3)
+    _save_figure(fig, out / "precision_curve.png")
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------- scenes
@@ -116,29 +236,68 @@ def _rasterize_gt(gt_frame, dataset, window) -> np.ndarray:
                      fill=0, default_value=1, dtype="uint8").astype(bool)
 
 
-def score_scene(pred_path: str | Path, gt_path: str | Path) -> dict[str, Any]:
-    """I, U, TP/FP/FN of one prediction mask (1 target, 0 background, 255 nodata) against GT vectors."""
-    import geopandas as gpd
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
+
+
+def _open_ground_truth(gt_path: Path, dataset, stack: contextlib.ExitStack):
+    """A function ``window -> (target, valid)`` on the prediction's grid. Vectors are reprojected to its CRS and
+    rasterised (all pixels valid); rasters are warped onto its grid with nearest resampling through a WarpedVRT
+    (their nodata, and everything outside their extent, is invalid)."""
     import rasterio
 
-    try:
-        dataset = rasterio.open(pred_path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"cannot read prediction mask: {exc}", pred_path) from exc
+    if gt_path.suffix.lower() in RASTER_SUFFIXES:
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        try:
+            src = stack.enter_context(rasterio.open(gt_path))
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(f"cannot read ground-truth mask: {exc}", gt_path) from exc
+        if src.crs is None or dataset.crs is None:
+            raise InputError("ground-truth mask and prediction must both be georeferenced", gt_path)
+        vrt = stack.enter_context(WarpedVRT(src, crs=dataset.crs, transform=dataset.transform,
+                                            width=dataset.width, height=dataset.height,
+                                            resampling=Resampling.nearest, add_alpha=src.nodata is None))
+
+        def raster_window(window):
+            valid = vrt.dataset_mask(window=window) > 0
+            return (vrt.read(1, window=window) > 0) & valid, valid
+
+        return raster_window
+    import geopandas as gpd
+
     try:
         frame = gpd.read_file(gt_path)
     except Exception as exc:  # noqa: BLE001 - pyogrio raises several types
         raise InputError(f"cannot read ground-truth vectors: {exc}", gt_path) from exc
-    with dataset:
-        if frame.crs is not None and dataset.crs is not None:
-            frame = frame.to_crs(dataset.crs)
+    if frame.crs is not None and dataset.crs is not None:
+        frame = frame.to_crs(dataset.crs)
+
+    def vector_window(window):
+        target = _rasterize_gt(frame, dataset, window)
+        return target, np.ones_like(target)
+
+    return vector_window
+
+
+def score_scene(pred_path: str | Path, gt_path: str | Path) -> dict[str, Any]:
+    """TP/FP/FN and scores of one prediction mask (1 target, 0 background, 255 nodata) against ground truth
+    (vectors or a mask raster), aligned by georeference and counted window by window."""
+    import rasterio
+
+    with contextlib.ExitStack() as stack:
+        try:
+            dataset = stack.enter_context(rasterio.open(pred_path))
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(f"cannot read prediction mask: {exc}", pred_path) from exc
+        ground_truth = _open_ground_truth(Path(gt_path), dataset, stack)
         tp = fp = fn = 0
         for _, window in dataset.block_windows(1):
             pred = dataset.read(1, window=window)
-            valid = pred != 255
-            gt = _rasterize_gt(frame, dataset, window)
+            g, valid = ground_truth(window)
+            valid &= pred != 255
             p = (pred == 1) & valid
-            g = gt & valid
+            g &= valid
             tp += int((p & g).sum())
             fp += int((p & ~g).sum())
             fn += int((~p & g).sum())
@@ -179,10 +338,10 @@ def _files(path: Path, patterns: tuple[str, ...]) -> list[Path]:
 
 
 def pair_scenes(pred: str | Path, gt: str | Path) -> list[tuple[Path, Path]]:
-    """Match prediction masks to ground-truth vector files: one file each, or by name — a GT file stem equal to
+    """Match prediction masks to ground-truth files (vectors or mask GeoTIFFs): one file each, or by name — a GT file stem equal to
     the mask's stem, its prompt folder (``OUT/<scene>/<prompt>/mask.tif``) or its scene folder."""
     preds = _files(Path(pred), ("*.tif", "*.tiff"))
-    gts = _files(Path(gt), ("*.geojson", "*.gpkg", "*.json", "*.fgb", "*.shp"))
+    gts = _files(Path(gt), ("*.geojson", "*.gpkg", "*.json", "*.fgb", "*.shp", "*.tif", "*.tiff"))
     if len(preds) == 1 and len(gts) == 1:
         return [(preds[0], gts[0])]
     by_stem = {g.stem: g for g in gts}
@@ -193,4 +352,21 @@ def pair_scenes(pred: str | Path, gt: str | Path) -> list[tuple[Path, Path]]:
         (pairs.append((p, match)) if match else unmatched.append(p))
     if unmatched:
         console.warn(f"{len(unmatched)} prediction(s) without ground truth, e.g. {unmatched[0]}")
+    return pairs
+
+
+def read_pairs_csv(path: str | Path) -> list[tuple[Path, Path]]:
+    """(prediction, ground truth) pairs from a CSV with columns ``pred`` and ``gt`` (paths relative to the CSV)."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise InputError(f"cannot read the pairs file: {exc.strerror}", path) from exc
+    if not rows or not {"pred", "gt"} <= set(rows[0]):
+        raise InputError("the pairs file needs a header with columns pred,gt and at least one row", path)
+    pairs = [(path.parent / r["pred"], path.parent / r["gt"]) for r in rows]
+    missing = [str(f) for pair in pairs for f in pair if not f.exists()]
+    if missing:
+        raise InputError(f"{len(missing)} listed files are missing, e.g. {', '.join(missing[:3])}", path)
     return pairs

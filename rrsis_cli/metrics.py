@@ -54,27 +54,33 @@ def summarize_iu(inter: np.ndarray, union: np.ndarray, empty_union: str = "zero"
 
 
 class MetricAccumulator:
-    """Collects per-sample I/U (with an optional group such as the category) and summarises them."""
+    """Collects per-sample I/U, each optionally labelled (``category=...``, ``attribute=...``), and summarises
+    them overall and per label value. A positional ``group`` is the ``category`` label."""
 
     def __init__(self, empty_union: str = "zero", strict: bool = False):
         self.empty_union = empty_union
         self.strict = strict
         self.inter: list[int] = []
         self.union: list[int] = []
-        self.groups: dict[str, list[int]] = defaultdict(list)
+        self.labels: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
 
-    def add(self, inter: int, union: int, group: str | None = None) -> float:
+    def add(self, inter: int, union: int, group: str | None = None, **labels: str | None) -> float:
         index = len(self.inter)
         self.inter.append(int(inter))
         self.union.append(int(union))
-        if group is not None:
-            self.groups[str(group)].append(index)
+        for kind, value in {"category": group, **labels}.items():
+            if value is not None and value != "":
+                self.labels[kind][str(value)].append(index)
         return float(sample_ious([inter], [union], self.empty_union)[0])
 
     def summary(self) -> dict[str, float]:
         return summarize_iu(np.array(self.inter), np.array(self.union), self.empty_union, self.strict)
 
-    def by_group(self) -> dict[str, dict[str, float]]:
+    def by_group(self, kind: str = "category") -> dict[str, dict[str, float]]:
         inter, union = np.array(self.inter), np.array(self.union)
         return {g: summarize_iu(inter[idx], union[idx], self.empty_union, self.strict)
-                for g, idx in sorted(self.groups.items())}
+                for g, idx in sorted(self.labels.get(kind, {}).items())}
+
+    def ious(self) -> np.ndarray:
+        """Per-sample IoU under this accumulator's empty-union rule (NaN = excluded)."""
+        return sample_ious(np.array(self.inter), np.array(self.union), self.empty_union)

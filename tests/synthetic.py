@@ -39,19 +39,19 @@ def make_samples(n_images: int, seed: int, size: int = 64) -> list[tuple[np.ndar
 
 def write_folder_dataset(root: Path, splits: dict[str, int], seed: int = 0, size: int = 64) -> Path:
     """The samples in the ``folder`` format: images/*.png, masks/*.png and ``<split>.csv``
-    (columns image, mask, expression, category)."""
+    (columns image, mask, expression, category, attribute)."""
     from PIL import Image
 
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     for k, (split, n) in enumerate(splits.items()):
-        rows = ["image,mask,expression,category"]
+        rows = ["image,mask,expression,category,attribute"]
         for i, (image, mask, expression) in enumerate(make_samples(n, seed + k, size)):
             stem = f"{split}_{i // 2:04d}"
             colour = expression.split()[1]
             if i % 2 == 0:
                 Image.fromarray(image).save(root / "images" / f"{stem}.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{stem}_{colour}.png")
-            rows.append(f"images/{stem}.png,masks/{stem}_{colour}.png,{expression},{colour}")
+            rows.append(f"images/{stem}.png,masks/{stem}_{colour}.png,{expression},{colour},colour")
         (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
     return root

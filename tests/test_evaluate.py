@@ -20,22 +20,57 @@ from rrsis_cli.models import build_model, save_model
 from synthetic import write_folder_dataset
 
 
+def _evaluate(*args, timeout=300):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "rrsis_cli", "evaluate", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
 def test_dataset_evaluation_cli_writes_all_outputs(tmp_path):
     root = write_folder_dataset(tmp_path / "data", {"test": 5})
     save_model(build_model("lavt-tiny", seed=0), tmp_path / "model")
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    res = subprocess.run([sys.executable, "-m", "rrsis_cli", "evaluate", "--dataset", "folder", "--root", str(root),
-                          "--split", "test", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "ev"),
-                          "--batch-size", "4"], capture_output=True, text=True, env=env, timeout=300)
+    res = _evaluate("--dataset", "folder", "--root", root, "--split", "test", "--model", tmp_path / "model",
+                    "--out", tmp_path / "ev", "--batch-size", "4", "--save-masks")
     assert res.returncode == 0, res.stderr
-    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    for key in ("oIoU", "mIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9", "n_samples", "protocol"):
+    ev = tmp_path / "ev"
+    metrics = json.loads((ev / "metrics.json").read_text())
+    for key in ("oIoU", "mIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9", "n_samples", "protocol",
+                "empty_union", "strict", "scored_at", "dataset", "model", "per_category", "per_attribute"):
         assert key in metrics
     assert metrics["n_samples"] == 10 and 0 <= metrics["mIoU"] <= 1 and metrics["protocol"] == "official"
-    rows = list(csv.DictReader(open(tmp_path / "ev" / "per_sample.csv")))
+    assert len(metrics["dataset"]["fingerprint"]) == 64 and len(metrics["model"]["sha256"]) == 64
+    rows = list(csv.DictReader(open(ev / "per_sample.csv")))
     assert len(rows) == 10 and set(metrics["per_category"]) == {"red", "blue"}
+    assert metrics["per_attribute"]["colour"]["n_samples"] == 10  # the fixture's attribute column
     assert np.mean([float(r["IoU"]) for r in rows]) == pytest.approx(metrics["mIoU"])
     assert "mIoU" in res.stdout  # the table
+    for plot in ("iou_histogram.png", "precision_curve.png"):
+        assert (ev / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.stem for p in (ev / "masks").glob("*.png")) == sorted(r["id"] for r in rows)
+
+
+def test_saved_predictions_score_like_the_model_and_missing_ones_are_listed(tmp_path):
+    """--predictions scores the masks written by --save-masks: with the native protocol the numbers equal the
+    model's own run exactly; a missing prediction file is an error that names the sample ids."""
+    root = write_folder_dataset(tmp_path / "data", {"test": 4})
+    save_model(build_model("lavt-tiny", seed=1), tmp_path / "model")
+    common = ("--dataset", "folder", "--root", root, "--split", "test", "--protocol", "native")
+    res = _evaluate(*common, "--model", tmp_path / "model", "--out", tmp_path / "run", "--save-masks")
+    assert res.returncode == 0, res.stderr
+    res = _evaluate(*common, "--predictions", tmp_path / "run" / "masks", "--out", tmp_path / "saved",
+                    "--no-plots")
+    assert res.returncode == 0, res.stderr
+    ran = list(csv.DictReader(open(tmp_path / "run" / "per_sample.csv")))
+    scored = list(csv.DictReader(open(tmp_path / "saved" / "per_sample.csv")))
+    assert [(r["id"], r["I"], r["U"]) for r in ran] == [(r["id"], r["I"], r["U"]) for r in scored]
+    assert not (tmp_path / "saved" / "iou_histogram.png").exists()
+    first = ran[0]["id"]
+    (tmp_path / "run" / "masks" / f"{first}.png").unlink()
+    res = _evaluate(*common, "--predictions", tmp_path / "run" / "masks", "--out", tmp_path / "bad")
+    assert res.returncode == 1 and "1 of 8 predictions missing" in res.stderr and first in res.stderr
+    assert not (tmp_path / "bad").exists()  # nothing written for a refused run
+    res = _evaluate("--dataset", "folder", "--root", root, "--out", tmp_path / "x")
+    assert res.returncode == 2 and "--model / --predictions" in res.stderr
 
 
 def test_scene_iou_against_wgs84_polygons_at_another_resolution(tmp_path):
@@ -61,3 +96,41 @@ def test_scene_iou_against_wgs84_polygons_at_another_resolution(tmp_path):
     assert summary["precision"] == pytest.approx(150 * 150 / (300 * 200), rel=0.02)
     written = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert {"IoU", "precision", "recall", "F1", "n_scenes"} <= set(written)
+
+
+def test_scene_iou_against_a_wgs84_mask_raster_at_another_resolution(tmp_path):
+    """GT as a mask GeoTIFF in EPSG:4326 (about 3 m pixels, nodata outside a footprint) against a 10 m UTM
+    prediction: warped onto the prediction grid by georeference; IoU within 1 % of the polygon computation."""
+    from rasterio.features import rasterize
+    from rasterio.transform import from_bounds
+
+    crs = "EPSG:32633"
+    x0, y0 = 500_000.0, 5_000_000.0
+    pred = np.zeros((100, 100), np.uint8)
+    pred[20:40, 10:40] = 1
+    profile = {"driver": "GTiff", "width": 100, "height": 100, "count": 1, "dtype": "uint8", "crs": crs,
+               "transform": from_origin(x0, y0, 10.0, 10.0), "nodata": 255}
+    with rasterio.open(tmp_path / "scene.tif", "w", **profile) as dst:
+        dst.write(pred, 1)
+    pred_poly = box(x0 + 100, y0 - 400, x0 + 400, y0 - 200)
+    gt_utm = Polygon([(x0 + 250, y0 - 450), (x0 + 600, y0 - 450), (x0 + 600, y0 - 250), (x0 + 250, y0 - 250)])
+    gt_wgs = gpd.GeoSeries([gt_utm], crs=crs).to_crs("EPSG:4326")
+    west, south, east, north = gpd.GeoSeries([box(x0, y0 - 1000, x0 + 1000, y0)], crs=crs).to_crs(
+        "EPSG:4326").total_bounds
+    width, height = 330, 330  # about 3 m pixels
+    transform = from_bounds(west, south, east, north, width, height)
+    gt = rasterize(gt_wgs, out_shape=(height, width), transform=transform, fill=0, default_value=1, dtype="uint8")
+    gt[:, : width // 20] = 255  # a strip of nodata far from both shapes: excluded, changes nothing
+    gt_profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
+                  "crs": "EPSG:4326", "transform": transform, "nodata": 255}
+    (tmp_path / "gt").mkdir()
+    with rasterio.open(tmp_path / "gt" / "scene.tif", "w", **gt_profile) as dst:
+        dst.write(gt, 1)
+    expected = pred_poly.intersection(gt_utm).area / pred_poly.union(gt_utm).area
+    pairs = pair_scenes(tmp_path / "scene.tif", tmp_path / "gt" / "scene.tif")
+    summary = evaluate_scenes(pairs, tmp_path / "ev")
+    assert summary["IoU"] == pytest.approx(expected, rel=0.01)
+    (tmp_path / "pairs.csv").write_text("pred,gt\nscene.tif,gt/scene.tif\n")
+    res = _evaluate("--pairs", tmp_path / "pairs.csv", "--out", tmp_path / "ev2")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "ev2" / "metrics.json").read_text())["IoU"] == pytest.approx(summary["IoU"])
