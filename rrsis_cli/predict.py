@@ -1,13 +1,12 @@
 """``rrsis predict``: stream GeoTIFF scenes through a model tile by tile, blend overlapping tiles on disk, write
 a Cloud-Optimised GeoTIFF mask and vector polygons per (scene, prompt).
 
-Data path: tile grid → windowed boundless reads (first three bands or ``bands``) + nodata mask → scene-level
-normalisation (uint8 /255; other types a 2–98 % stretch estimated on a decimated read) → batched model with the
-prompt's text features computed once per run → separable sine² weights accumulated in a zarr store in the work
-directory → finalised block by block (probability ≥ threshold → 1, nodata → 255) → COG (DEFLATE, internal
-tiles, nearest overviews, tags) → windowed vectorisation merged across windows → GeoJSON/GPKG/Parquet/FGB.
-Memory depends on the tile and block sizes, not on the scene size. Every output is written under a temporary
-name and renamed. A CRS-less raster is processed in pixel space with a warning (vectors without CRS, area null).
+Data path, one module per stage: :mod:`rrsis_cli.scene` (windowed boundless reads with read-ahead, nodata mask,
+scene-level normalisation, optional resampling to a GSD) → batched model here, with each prompt's text features
+computed once per run → :mod:`rrsis_cli.tiling` (per-tile probabilities in a zarr store with a batch journal in
+the work directory, blended block by block with sine² weights) → :mod:`rrsis_cli.outputs` (COG mask and
+probability, vectors merged across windows). Memory depends on the tile and block sizes, not on the scene size.
+Every output is written under a temporary name and renamed; a killed run resumes from its journal.
 """
 
 from __future__ import annotations
@@ -26,19 +25,15 @@ import numpy as np
 import torch
 
 from rrsis_cli import __version__, console
-from rrsis_cli.errors import (
-    EXIT_FATAL,
-    EXIT_OK,
-    EXIT_PARTIAL,
-    InputError,
-    OutputError,
-    RrsisError,
-    UsageError,
-)
+from rrsis_cli.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, OutputError, RrsisError, UsageError
+from rrsis_cli.outputs import VECTOR_DRIVERS, mask_profile, to_cog, vectorise
+from rrsis_cli.scene import SceneReader, prefetch
+from rrsis_cli.tiling import TileGrid, TileStore, blend_weights, tile_origins
+
+__all__ = ["PredictOptions", "RunManifest", "SceneResult", "blend_weights", "predict", "tile_origins"]
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
-VECTOR_DRIVERS = {"geojson": ("GeoJSON", "geojson"), "gpkg": ("GPKG", "gpkg"), "fgb": ("FlatGeobuf", "fgb"),
-                  "parquet": (None, "parquet")}
+WORK_DIR = ".rrsis-work"
 
 
 @dataclass
@@ -57,6 +52,9 @@ class PredictOptions:
     overwrite: bool = False
     dry_run: bool = False
     block_size: int = 1024
+    gsd: float | None = None
+    stretch: tuple[list[float], list[float]] | None = None
+    read_ahead: int = 2
 
 
 @dataclass
@@ -67,6 +65,7 @@ class SceneResult:
     outputs: dict[str, str] = field(default_factory=dict)
     tiles: int = 0
     tiles_skipped_nodata: int = 0
+    tiles_resumed: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -84,10 +83,11 @@ class RunManifest:
     seconds: float = 0.0
     tiles_per_second: float = 0.0
     km2_per_hour: float | None = None
+    shard: str | None = None
     exit_code: int = 0
 
 
-# ------------------------------------------------------------------------------------------- inputs / grid
+# ------------------------------------------------------------------------------------------- inputs
 def find_inputs(inputs: list[str | Path], glob: str | None = None) -> list[Path]:
     """Files, folders (recursive ``*.tif|*.tiff|*.vrt`` or ``glob``), or ``.txt`` lists of paths."""
     found: list[Path] = []
@@ -103,90 +103,8 @@ def find_inputs(inputs: list[str | Path], glob: str | None = None) -> list[Path]
     return found
 
 
-def tile_origins(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets covering ``[0, length)``: ``0, stride, ...`` with the last tile ending at ``length``
-    (a scene shorter than a tile gets one tile, padded)."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
-
-
-def blend_weights(tile: int, floor: float = 0.05) -> np.ndarray:
-    """Separable sine² window (Hann-like) with a floor, so the scene's outer edges still count: (tile, tile)."""
-    ramp = np.sin(np.pi * (np.arange(tile) + 0.5) / tile) ** 2
-    ramp = np.maximum(ramp, floor).astype(np.float32)
-    return np.outer(ramp, ramp)
-
-
 def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80] or "prompt"
-
-
-# ------------------------------------------------------------------------------------------------ reading
-class SceneReader:
-    """Owns one open raster: band selection, nodata mask, scene-level normalisation, windowed reads."""
-
-    def __init__(self, path: Path, bands: list[int] | None):
-        import rasterio
-
-        self.path = path
-        if not path.exists():
-            raise InputError("file not found", path)
-        if path.stat().st_size == 0:
-            raise InputError("empty file (0 bytes)", path)
-        try:
-            self.ds = rasterio.open(path)
-        except rasterio.errors.RasterioIOError as exc:
-            raise InputError(f"not a readable raster ({str(exc).splitlines()[0]})", path) from exc
-        ds = self.ds
-        if ds.width == 0 or ds.height == 0:
-            raise InputError("raster has zero size", path)
-        self.bands = bands or list(range(1, min(3, ds.count) + 1))
-        if max(self.bands) > ds.count or min(self.bands) < 1:
-            raise InputError(f"band selection {self.bands} outside 1..{ds.count}", path)
-        dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
-        if dtype.kind not in "uif":
-            raise InputError(f"unsupported data type {dtype}", path)
-        if ds.crs is None:
-            console.warn(f"{path}: no CRS; outputs are in pixel coordinates and areas are not computed")
-        self.dtype = dtype
-        self.lo, self.hi = self.statistics()
-
-    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-band value range mapped to [0, 1]: uint8 → 0..255; else the 2–98 % percentiles of a decimated
-        read (overviews when present) over valid pixels."""
-        n = len(self.bands)
-        if self.dtype == np.uint8:
-            return np.zeros(n, np.float32), np.full(n, 255.0, np.float32)
-        scale = min(1.0, 1024 / max(self.ds.width, self.ds.height))
-        shape = (n, max(1, int(self.ds.height * scale)), max(1, int(self.ds.width * scale)))
-        data = self.ds.read(self.bands, out_shape=shape, masked=True).astype(np.float64)
-        lo, hi = [], []
-        for band in data:
-            values = band.compressed() if np.ma.isMaskedArray(band) else band.ravel()
-            values = values[np.isfinite(values)]
-            a, b = np.percentile(values, (2, 98)) if values.size else (0.0, 1.0)
-            lo.append(a)
-            hi.append(b if b > a else a + 1)
-        return np.array(lo, np.float32), np.array(hi, np.float32)
-
-    def read(self, row: int, col: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
-        """(C, tile, tile) float in [0, 1] and a (tile, tile) valid mask; outside the scene is invalid."""
-        from rasterio.windows import Window
-
-        window = Window(col, row, tile, tile)
-        data = self.ds.read(self.bands, window=window, boundless=True, fill_value=0).astype(np.float32)
-        valid = self.ds.read_masks(self.bands, window=window, boundless=True).min(axis=0) > 0
-        data = np.clip((data - self.lo[:, None, None]) / (self.hi - self.lo)[:, None, None], 0, 1)
-        if data.shape[0] < 3:
-            data = np.repeat(data[:1], 3, axis=0)
-        return data[:3], valid
-
-    def close(self) -> None:
-        self.ds.close()
 
 
 # ------------------------------------------------------------------------------------------------ engine
@@ -228,94 +146,11 @@ def infer(model, text, tiles: list[np.ndarray], device: torch.device, precision:
     return logits.float().softmax(1)[:, 1].cpu().numpy()
 
 
-# ------------------------------------------------------------------------------------------------ writing
-def mask_profile(reader: SceneReader, block: int = 512) -> dict[str, Any]:
-    ds = reader.ds
-    return {"driver": "GTiff", "width": ds.width, "height": ds.height, "count": 1, "dtype": "uint8",
-            "crs": ds.crs, "transform": ds.transform, "nodata": 255, "tiled": True, "blockxsize": block,
-            "blockysize": block, "compress": "deflate"}
-
-
-def to_cog(src: Path, dst: Path, tags: dict[str, str]) -> None:
-    """Translate a tiled GTiff into a COG (DEFLATE, 512 tiles, nearest overviews) at ``dst`` atomically."""
-    from rio_cogeo.cogeo import cog_translate
-    from rio_cogeo.profiles import cog_profiles
-
-    profile = cog_profiles.get("deflate")
-    profile.update(blockxsize=512, blockysize=512)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    cog_translate(str(src), str(tmp), profile, overview_resampling="nearest", quiet=True,
-                  additional_cog_metadata=tags, use_cog_driver=False, in_memory=False)
-    os.replace(tmp, dst)
-
-
-def vectorise(mask_path: Path, prob_store, out_path: Path, prompt: str, vector_format: str,
-              min_area: float, simplify: float, block: int) -> int:
-    """Polygons of mask == 1, window by window, merged across window borders; returns the feature count."""
-    import geopandas as gpd
-    import rasterio
-    from rasterio.features import shapes
-    from rasterio.windows import Window
-    from shapely.geometry import shape
-    from shapely.ops import unary_union
-    from shapely.strtree import STRtree
-
-    parts = []
-    with rasterio.open(mask_path) as ds:
-        crs = ds.crs
-        pixel_area = abs(ds.transform.a * ds.transform.e)
-        for row in range(0, ds.height, block):
-            for col in range(0, ds.width, block):
-                window = Window(col, row, min(block, ds.width - col), min(block, ds.height - row))
-                data = ds.read(1, window=window)
-                hit = data == 1
-                if not hit.any():
-                    continue
-                prob = prob_store[row:row + window.height, col:col + window.width]
-                transform = ds.window_transform(window)
-                for geom, _ in shapes(hit.astype(np.uint8), mask=hit, transform=transform):
-                    poly = shape(geom)
-                    inside = rasterio.features.geometry_mask([geom], hit.shape, transform, invert=True)
-                    parts.append((poly, int(inside.sum()), float(prob[inside].sum())))
-    merged = unary_union([p for p, _, _ in parts]) if parts else None
-    components = list(getattr(merged, "geoms", [merged])) if merged is not None and not merged.is_empty else []
-    # each window part lies in exactly one merged component: assign it by an interior point
-    tree = STRtree(components) if components else None
-    pixels = [0] * len(components)
-    prob_sums = [0.0] * len(components)
-    for poly, count, prob_sum in parts:
-        hit = tree.query(poly.representative_point(), predicate="within") if tree is not None else []
-        if len(hit):
-            pixels[int(hit[0])] += count
-            prob_sums[int(hit[0])] += prob_sum
-    records = [{"prompt": prompt, "score": prob_sums[i] / max(pixels[i], 1), "pixels": pixels[i], "geometry": comp}
-               for i, comp in enumerate(components)]
-    frame = gpd.GeoDataFrame(records, geometry="geometry", crs=crs) if records else gpd.GeoDataFrame(
-        {"prompt": [], "score": [], "pixels": []}, geometry=[], crs=crs)
-    if crs is not None and len(frame):
-        utm = frame.estimate_utm_crs() if crs.is_geographic else crs
-        frame["area_m2"] = frame.to_crs(utm).area if crs.is_geographic else frame["pixels"] * pixel_area
-        if min_area > 0:
-            frame = frame[frame["area_m2"] >= min_area]
-        if simplify > 0:
-            frame["geometry"] = frame.to_crs(utm).simplify(simplify).to_crs(crs)
-        frame = frame.to_crs("EPSG:4326")
-    else:
-        frame["area_m2"] = None
-    driver, _ = VECTOR_DRIVERS[vector_format]
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    if vector_format == "parquet":
-        frame.to_parquet(tmp)
-    else:
-        frame.to_file(tmp, driver=driver)
-    os.replace(tmp, out_path)
-    return len(frame)
-
-
-# ------------------------------------------------------------------------------------------------ scenes
+# ------------------------------------------------------------------------------------------------ hashes
 def config_hash(model_sha: str | None, prompt: str, options: PredictOptions, tile: int) -> str:
     payload = {"model": model_sha, "prompt": prompt, "tile": tile, "overlap": options.overlap,
-               "threshold": options.threshold, "bands": options.bands, "version": __version__}
+               "threshold": options.threshold, "bands": options.bands, "gsd": options.gsd,
+               "stretch": options.stretch, "version": __version__}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -329,73 +164,93 @@ def existing_hash(mask_path: Path) -> str | None:
         return None
 
 
-def predict_scene(reader: SceneReader, model, text, prompt: str, out_dir: Path, work: Path,
-                  options: PredictOptions, tile: int, device: torch.device, result: SceneResult) -> None:
+# ------------------------------------------------------------------------------------------------ scenes
+def run_tiles(reader: SceneReader, model, text, grid: TileGrid, store: TileStore, options: PredictOptions,
+              device: torch.device, result: SceneResult, label: str) -> None:
+    """Run every batch of the grid not yet in the journal: reads happen ``read_ahead`` batches ahead in a
+    background thread; each finished batch is stored and journaled."""
+    batches = [b for b in grid.batches(options.batch_size) if b.start not in store.done]
+    result.tiles_resumed = sum(len(b) for b in grid.batches(options.batch_size) if b.start in store.done)
+    seconds = {"read": 0.0, "read_wait": 0.0, "infer": 0.0, "store": 0.0}
+
+    def read_job(batch: range):
+        def job():
+            started = time.perf_counter()
+            tiles, nodata = {}, []
+            for index in batch:
+                data, valid = reader.read(*grid.origin(index), grid.tile)
+                if valid.any():
+                    tiles[index] = data
+                else:
+                    nodata.append(index)
+            return batch, tiles, nodata, time.perf_counter() - started
+        return job
+
+    with console.progress_bar(len(grid), label, unit="tile", initial=result.tiles_resumed) as bar:
+        for (batch, tiles, nodata, read_seconds), waited in prefetch(map(read_job, batches), options.read_ahead):
+            seconds["read"] += read_seconds
+            seconds["read_wait"] += waited
+            started = time.perf_counter()
+            probs = infer(model, text, list(tiles.values()), device, options.precision) if tiles else []
+            seconds["infer"] += time.perf_counter() - started
+            started = time.perf_counter()
+            store.write_batch(batch.start, dict(zip(tiles, probs, strict=True)), nodata)
+            seconds["store"] += time.perf_counter() - started
+            result.tiles += len(tiles)
+            bar.update(len(batch))
+    result.tiles_skipped_nodata = len(store.skipped)
+    result.seconds.update(seconds)
+
+
+def finalise(reader: SceneReader, store: TileStore, options: PredictOptions, mask_raw: Path, prob_raw: Path) -> None:
+    """Blend the stored tiles block by block into the mask (probability ≥ threshold → 1, nodata → 255) and the
+    uint8 probability raster (probability × 254, nodata 255), both tiled GTiffs in the work directory."""
     import rasterio
-    import zarr
     from rasterio.windows import Window
 
     ds = reader.ds
-    stride = max(1, int(round(tile * (1 - options.overlap))))
-    rows, cols = tile_origins(ds.height, tile, stride), tile_origins(ds.width, tile, stride)
-    weights = blend_weights(tile)
-    work.mkdir(parents=True, exist_ok=True)
-    chunks = (min(tile, ds.height), min(tile, ds.width))
-    acc = zarr.open_group(str(work / "acc.zarr"), mode="w")
-    psum = acc.create_array("prob", shape=(ds.height, ds.width), chunks=chunks, dtype="float32", fill_value=0)
-    wsum = acc.create_array("weight", shape=(ds.height, ds.width), chunks=chunks, dtype="float32", fill_value=0)
-    started = time.perf_counter()
-    origins = [(r, c) for r in rows for c in cols]
-    for start in range(0, len(origins), options.batch_size):
-        batch, tiles = [], []
-        for r, c in origins[start:start + options.batch_size]:
-            data, valid = reader.read(r, c, tile)
-            if not valid.any():
-                result.tiles_skipped_nodata += 1
-                continue
-            batch.append((r, c))
-            tiles.append(data)
-        if not tiles:
-            continue
-        probs = infer(model, text, tiles, device, options.precision)
-        for (r, c), prob in zip(batch, probs, strict=True):
-            h, w = min(tile, ds.height - r), min(tile, ds.width - c)
-            psum[r:r + h, c:c + w] = psum[r:r + h, c:c + w] + (prob * weights)[:h, :w]
-            wsum[r:r + h, c:c + w] = wsum[r:r + h, c:c + w] + weights[:h, :w]
-        result.tiles += len(tiles)
-    result.seconds["infer_and_blend"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    raw = work / "mask_raw.tif"
-    prob_raw = work / "prob_raw.tif"
+    weights = blend_weights(store.grid.tile)
     block = options.block_size
     profile = mask_profile(reader)
-    prob_ds = rasterio.open(prob_raw, "w", **profile) if options.save_prob else None
-    with rasterio.open(raw, "w", **profile) as dst:
+    with rasterio.open(mask_raw, "w", **profile) as mask_dst, rasterio.open(prob_raw, "w", **profile) as prob_dst:
         for r in range(0, ds.height, block):
             for c in range(0, ds.width, block):
                 window = Window(c, r, min(block, ds.width - c), min(block, ds.height - r))
-                sl = (slice(r, r + window.height), slice(c, c + window.width))
-                wsum_b = wsum[sl]
-                prob = np.where(wsum_b > 0, psum[sl] / np.maximum(wsum_b, 1e-12), 0.0)
-                valid = ds.read_masks(reader.bands, window=window).min(axis=0) > 0
-                out = np.where(prob >= options.threshold, 1, 0).astype(np.uint8)
-                out[~valid] = 255
-                dst.write(out, 1, window=window)
-                if prob_ds is not None:
-                    p8 = np.round(prob * 254).astype(np.uint8)
-                    p8[~valid] = 255
-                    prob_ds.write(p8, 1, window=window)
-    if prob_ds is not None:
-        prob_ds.close()
+                prob = store.blend(r, r + window.height, c, c + window.width, weights)
+                valid = reader.read_masks(window)
+                mask = np.where(prob >= options.threshold, 1, 0).astype(np.uint8)
+                mask[~valid] = 255
+                mask_dst.write(mask, 1, window=window)
+                p8 = np.round(prob * 254).astype(np.uint8)
+                p8[~valid] = 255
+                prob_dst.write(p8, 1, window=window)
+
+
+def predict_scene(reader: SceneReader, model, text, prompt: str, out_dir: Path, work: Path,
+                  options: PredictOptions, tile: int, device: torch.device, result: SceneResult) -> None:
+    """One (scene, prompt): tiles (resuming from the journal in ``work``), blending, COG outputs, vectors."""
+    ds = reader.ds
+    grid = TileGrid.for_scene(ds.height, ds.width, tile, options.overlap)
+    chash = config_hash(model.sha256, prompt, options, tile)
+    store = TileStore(work, grid, {"config_hash": chash, "grid": asdict(grid), "batch_size": options.batch_size})
+    if store.resumed_batches:
+        console.info(f"{reader.path.name} / {prompt!r}: resuming, {store.resumed_batches} finished batch(es) "
+                     "found in the journal")
+    run_tiles(reader, model, text, grid, store, options, device, result,
+              f"{reader.path.stem[:24]} / {prompt[:24]}")
+
+    started = time.perf_counter()
+    mask_raw, prob_raw = work / "mask_raw.tif", work / "prob_raw.tif"
+    finalise(reader, store, options, mask_raw, prob_raw)
+    result.seconds["blend"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
     tags = {"prompt": prompt, "model": str(model.config.get("name")), "model_sha256": str(model.sha256),
             "rrsis_version": __version__, "tile_size": str(tile), "overlap": str(options.overlap),
-            "threshold": str(options.threshold),
-            "rrsis_config_hash": config_hash(model.sha256, prompt, options, tile)}
-    mask_path = out_dir / "mask.tif"
-    to_cog(raw, mask_path, tags)
-    result.outputs["mask"] = str(mask_path)
+            "threshold": str(options.threshold), "rrsis_config_hash": chash}
+    if options.gsd is not None:
+        tags["gsd"] = str(options.gsd)
     if options.save_prob:
         to_cog(prob_raw, out_dir / "prob.tif", {**tags, "values": "probability x 254, 255 nodata"})
         result.outputs["prob"] = str(out_dir / "prob.tif")
@@ -404,110 +259,158 @@ def predict_scene(reader: SceneReader, model, text, prompt: str, out_dir: Path, 
     started = time.perf_counter()
     _, suffix = VECTOR_DRIVERS[options.vector_format]
     vec_path = out_dir / f"mask.{suffix}"
-    prob_full = _ProbView(psum, wsum)
-    count = vectorise(mask_path, prob_full, vec_path, prompt, options.vector_format, options.min_area,
-                      options.simplify, block)
+    count = vectorise(mask_raw, prob_raw, vec_path, prompt, options.vector_format, options.min_area,
+                      options.simplify, options.block_size)
     result.outputs["vectors"] = str(vec_path)
     result.outputs["features"] = str(count)
     result.seconds["vectorise"] = time.perf_counter() - started
 
-
-class _ProbView:
-    """Lazy probability = prob_sum / weight_sum over a window of the zarr accumulator."""
-
-    def __init__(self, psum, wsum):
-        self.psum, self.wsum = psum, wsum
-
-    def __getitem__(self, key):
-        w = self.wsum[key]
-        return np.where(w > 0, self.psum[key] / np.maximum(w, 1e-12), 0.0)
+    # the mask is written last: its presence (with the same configuration hash) marks the pair as finished
+    started = time.perf_counter()
+    to_cog(mask_raw, out_dir / "mask.tif", tags)
+    result.outputs["mask"] = str(out_dir / "mask.tif")
+    result.seconds["write"] += time.perf_counter() - started
 
 
-def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_dir: str | Path,
-            options: PredictOptions | None = None, glob: str | None = None) -> RunManifest:
-    """Run every (scene, prompt); returns the manifest (also written to ``OUT/manifest.json``)."""
-    from rrsis_cli.models import load_model
+def check_output_dir(out: Path) -> None:
+    """Create ``out`` and fail early (OutputError) when it cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".rrsis-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"output directory is not writable ({exc.strerror})", out) from exc
 
-    options = options or PredictOptions()
+
+def validate_options(options: PredictOptions, prompts: list[str]) -> None:
     if not prompts:
         raise UsageError("give at least one --prompt (or --prompts-file)")
     if not 0 <= options.overlap < 1:
         raise UsageError(f"--overlap must be in [0, 1), got {options.overlap}")
     if options.vector_format not in VECTOR_DRIVERS:
         raise UsageError(f"--vector-format must be one of {', '.join(VECTOR_DRIVERS)}")
-    scenes = find_inputs(inputs, glob)
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".rrsis-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"output directory is not writable ({exc.strerror})", out) from exc
-    device = pick_device(options.device)
-    model = load_model(model_spec, device=device)
-    tile = int(options.tile_size or model.config["image_size"])
-    if tile % 32:
-        raise UsageError(f"--tile-size must be a multiple of 32, got {tile}")
-    manifest = RunManifest(__version__, str(model.config.get("name")), model.sha256, list(prompts),
-                           {**asdict(options), "tile_size": tile})
-    texts = TextCache(model)
-    started = time.perf_counter()
-    area_km2 = 0.0
-    for scene in scenes:
+    if options.precision not in ("fp32", "bf16", "fp16"):
+        raise UsageError(f"--precision must be fp32, bf16 or fp16, got {options.precision!r}")
+    if options.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if not 0 < options.threshold < 1:
+        raise UsageError(f"--threshold must be in (0, 1), got {options.threshold}")
+
+
+class SceneRunner:
+    """Everything needed to process scenes with one loaded model; used in-process and by dask workers (one per
+    worker process, so the model is loaded once per worker)."""
+
+    def __init__(self, model_spec: str, prompts: list[str], out: Path, options: PredictOptions):
+        from rrsis_cli.models import load_model
+
+        self.options = options
+        self.prompts = list(prompts)
+        self.out = Path(out)
+        self.device = pick_device(options.device)
+        self.model = load_model(model_spec, device=self.device)
+        self.tile = int(options.tile_size or self.model.config["image_size"])
+        if self.tile % 32:
+            raise UsageError(f"--tile-size must be a multiple of 32, got {self.tile}")
+        self.texts = TextCache(self.model)
+
+    def run(self, scene: Path) -> tuple[dict[str, Any], list[SceneResult], float]:
+        """(input record for the manifest, one result per prompt, km² processed) for one scene."""
+        options, prompts = self.options, self.prompts
         try:
-            reader = SceneReader(scene, options.bands)
+            reader = SceneReader(scene, options.bands, options.gsd, options.stretch)
         except RrsisError as exc:
             console.error(exc.one_line())
-            manifest.inputs.append({"path": str(scene), "error": exc.one_line()})
-            manifest.results += [SceneResult(str(scene), p, "failed", error=exc.one_line()) for p in prompts]
-            continue
+            return ({"path": str(scene), "error": exc.one_line()},
+                    [SceneResult(str(scene), p, "failed", error=exc.one_line()) for p in prompts], 0.0)
         ds = reader.ds
-        manifest.inputs.append({"path": str(scene), "width": ds.width, "height": ds.height, "bands": reader.bands,
-                                "dtype": str(reader.dtype), "crs": str(ds.crs) if ds.crs else None,
-                                "normalisation": {"low": reader.lo.tolist(), "high": reader.hi.tolist()}})
-        for prompt in prompts:
-            result = SceneResult(str(scene), prompt)
-            manifest.results.append(result)
-            target = out / scene.stem / slugify(prompt)
-            if options.dry_run:
-                stride = max(1, int(round(tile * (1 - options.overlap))))
-                result.tiles = len(tile_origins(ds.height, tile, stride)) * len(tile_origins(ds.width, tile, stride))
-                result.status = "dry-run"
-                continue
-            if (target / "mask.tif").exists() and not options.overwrite and \
-                    existing_hash(target / "mask.tif") == config_hash(model.sha256, prompt, options, tile):
-                result.status = "skipped-existing"
-                continue
-            work = out / ".rrsis-work" / scene.stem / slugify(prompt)
-            try:
-                predict_scene(reader, model, texts.get(prompt), prompt, target, work, options, tile, device,
-                              result)
-                result.status = "done"
-                if ds.crs is not None and not ds.crs.is_geographic:
+        record = {"path": str(scene), "width": reader.native_size[0], "height": reader.native_size[1],
+                  "processed_width": ds.width, "processed_height": ds.height, "bands": reader.bands,
+                  "dtype": str(reader.dtype), "crs": str(ds.crs) if ds.crs else None,
+                  "normalisation": {"low": reader.lo.tolist(), "high": reader.hi.tolist(),
+                                    "method": "user" if options.stretch else
+                                    ("/255" if reader.dtype == np.uint8 else "2-98% percentiles")}}
+        results, area_km2 = [], 0.0
+        try:
+            for prompt in prompts:
+                result = SceneResult(str(scene), prompt)
+                results.append(result)
+                self._run_prompt(reader, scene, prompt, result)
+                if result.status == "done" and ds.crs is not None and not ds.crs.is_geographic:
                     area_km2 += abs(ds.transform.a * ds.transform.e) * ds.width * ds.height / 1e6
-            except RrsisError as exc:
-                result.status, result.error = "failed", exc.one_line()
-                console.error(exc.one_line())
-            except Exception as exc:  # noqa: BLE001 - one scene never stops the others
-                result.status, result.error = "failed", f"{scene}: {type(exc).__name__}: {exc}"
-                console.error(result.error)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            console.info(f"{scene.name} / {prompt!r}: {result.status} ({result.tiles} tiles, "
-                         f"{result.tiles_skipped_nodata} nodata tiles skipped)")
-        reader.close()
-    shutil.rmtree(out / ".rrsis-work", ignore_errors=True)
+        finally:
+            reader.close()
+        return record, results, area_km2
+
+    def _run_prompt(self, reader: SceneReader, scene: Path, prompt: str, result: SceneResult) -> None:
+        options, tile, ds = self.options, self.tile, reader.ds
+        target = self.out / scene.stem / slugify(prompt)
+        if options.dry_run:
+            result.tiles = len(TileGrid.for_scene(ds.height, ds.width, tile, options.overlap))
+            result.status = "dry-run"
+            return
+        if (target / "mask.tif").exists() and not options.overwrite and \
+                existing_hash(target / "mask.tif") == config_hash(self.model.sha256, prompt, options, tile):
+            result.status = "skipped-existing"
+            return
+        work = self.out / WORK_DIR / scene.stem / slugify(prompt)
+        try:
+            predict_scene(reader, self.model, self.texts.get(prompt), prompt, target, work, options, tile,
+                          self.device, result)
+            result.status = "done"
+            shutil.rmtree(work, ignore_errors=True)  # kept on failure or interruption: the next run resumes
+        except RrsisError as exc:
+            result.status, result.error = "failed", exc.one_line()
+            console.error(exc.one_line())
+        except Exception as exc:  # noqa: BLE001 - one scene never stops the others
+            result.status, result.error = "failed", f"{scene}: {type(exc).__name__}: {exc}"
+            console.error(result.error)
+        console.info(f"{scene.name} / {prompt!r}: {result.status} ({result.tiles} tiles run, "
+                     f"{result.tiles_resumed} resumed, {result.tiles_skipped_nodata} nodata tiles skipped)")
+
+
+def finish_manifest(manifest: RunManifest, out: Path, started: float, area_km2: float,
+                    name: str = "manifest.json") -> RunManifest:
+    """Throughput, exit code (0 all done or skipped, 3 some failed, 1 all failed) and the atomic JSON write."""
     manifest.seconds = time.perf_counter() - started
-    manifest.encoder_calls = texts.calls
     tiles = sum(r.tiles for r in manifest.results if r.status == "done")
     manifest.tiles_per_second = tiles / manifest.seconds if manifest.seconds else 0.0
     manifest.km2_per_hour = area_km2 / manifest.seconds * 3600 if area_km2 and manifest.seconds else None
     failed = sum(r.status == "failed" for r in manifest.results)
     manifest.exit_code = EXIT_OK if not failed else (EXIT_FATAL if failed == len(manifest.results) else EXIT_PARTIAL)
-    text = json.dumps(asdict(manifest), indent=2, default=str) + "\n"
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out / "manifest.json")
+    write_manifest(manifest, out / name)
+    work = out / WORK_DIR
+    if work.is_dir() and not any(work.rglob("job.json")):
+        shutil.rmtree(work, ignore_errors=True)
     return manifest
 
+
+def write_manifest(manifest: RunManifest, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(asdict(manifest), indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_dir: str | Path,
+            options: PredictOptions | None = None, glob: str | None = None) -> RunManifest:
+    """Run every (scene, prompt) in this process; returns the manifest (also written to ``OUT/manifest.json``)."""
+    options = options or PredictOptions()
+    validate_options(options, prompts)
+    scenes = find_inputs(inputs, glob)
+    out = Path(out_dir)
+    check_output_dir(out)
+    runner = SceneRunner(model_spec, prompts, out, options)
+    manifest = RunManifest(__version__, str(runner.model.config.get("name")), runner.model.sha256, list(prompts),
+                           {**asdict(options), "tile_size": runner.tile})
+    started = time.perf_counter()
+    area_km2 = 0.0
+    with console.progress_bar(len(scenes), "scenes", unit="scene") as bar:
+        for scene in scenes:
+            record, results, km2 = runner.run(scene)
+            manifest.inputs.append(record)
+            manifest.results += results
+            area_km2 += km2
+            bar.update(1)
+    manifest.encoder_calls = runner.texts.calls
+    return finish_manifest(manifest, out, started, area_km2)

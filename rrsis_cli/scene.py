@@ -1,0 +1,137 @@
+"""Reading scenes: one open raster with band selection, nodata mask, optional resampling to a target ground
+sample distance, scene-level normalisation and windowed boundless reads; plus a read-ahead helper that reads the
+next batches of tiles in a background thread while the model runs (GDAL releases the GIL during reads).
+
+Normalisation is decided once per scene, never per tile (per-tile min-max makes seams): uint8 → /255; other
+types a 2–98 % stretch per band over valid pixels of a decimated read (GDAL uses overviews when present), or
+the user's ``stretch``. A CRS-less raster is read in pixel space with a warning.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rrsis_cli import console
+from rrsis_cli.errors import InputError, UsageError
+
+
+def resample_to_gsd(ds, gsd: float, path: Path):
+    """A WarpedVRT of ``ds`` in its own CRS at ``gsd`` metres per pixel (bilinear), covering the same bounds."""
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_origin
+    from rasterio.vrt import WarpedVRT
+
+    if gsd <= 0:
+        raise UsageError(f"--gsd must be positive, got {gsd}")
+    if ds.crs is None or ds.crs.is_geographic:
+        raise InputError("--gsd needs a projected CRS in metres (reproject the scene first)", path)
+    left, bottom, right, top = ds.bounds
+    width, height = max(1, round((right - left) / gsd)), max(1, round((top - bottom) / gsd))
+    return WarpedVRT(ds, crs=ds.crs, transform=from_origin(left, top, gsd, gsd), width=width, height=height,
+                     resampling=Resampling.bilinear)
+
+
+class SceneReader:
+    """Owns one open raster: band selection, nodata mask, scene-level normalisation, windowed reads."""
+
+    def __init__(self, path: Path, bands: list[int] | None, gsd: float | None = None,
+                 stretch: tuple[list[float], list[float]] | None = None):
+        import rasterio
+
+        self.path = path
+        if not path.exists():
+            raise InputError("file not found", path)
+        if path.stat().st_size == 0:
+            raise InputError("empty file (0 bytes)", path)
+        try:
+            self.ds = rasterio.open(path)
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(f"not a readable raster ({str(exc).splitlines()[0]})", path) from exc
+        ds = self._source = self.ds
+        if ds.width == 0 or ds.height == 0:
+            raise InputError("raster has zero size", path)
+        self.bands = bands or list(range(1, min(3, ds.count) + 1))
+        if max(self.bands) > ds.count or min(self.bands) < 1:
+            raise InputError(f"band selection {self.bands} outside 1..{ds.count}", path)
+        dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
+        if dtype.kind not in "uif":
+            raise InputError(f"unsupported data type {dtype}", path)
+        if ds.crs is None:
+            console.warn(f"{path}: no CRS; outputs are in pixel coordinates and areas are not computed")
+        self.dtype = dtype
+        self.native_size = (ds.width, ds.height)
+        if gsd is not None:
+            self.ds = resample_to_gsd(ds, gsd, path)
+        if stretch is not None:
+            lo, hi = (np.asarray(v, np.float32) for v in stretch)
+            if lo.shape != (len(self.bands),) or hi.shape != lo.shape or np.any(hi <= lo):
+                raise UsageError(f"--stretch needs {len(self.bands)} low and high values with high > low")
+            self.lo, self.hi = lo, hi
+        else:
+            self.lo, self.hi = self.statistics()
+
+    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-band value range mapped to [0, 1]: uint8 → 0..255; else the 2–98 % percentiles of a decimated
+        read (overviews when present) over valid pixels."""
+        n = len(self.bands)
+        if self.dtype == np.uint8:
+            return np.zeros(n, np.float32), np.full(n, 255.0, np.float32)
+        scale = min(1.0, 1024 / max(self.ds.width, self.ds.height))
+        shape = (n, max(1, int(self.ds.height * scale)), max(1, int(self.ds.width * scale)))
+        data = self.ds.read(self.bands, out_shape=shape, masked=True).astype(np.float64)
+        lo, hi = [], []
+        for band in data:
+            values = band.compressed() if np.ma.isMaskedArray(band) else band.ravel()
+            values = values[np.isfinite(values)]
+            a, b = np.percentile(values, (2, 98)) if values.size else (0.0, 1.0)
+            lo.append(a)
+            hi.append(b if b > a else a + 1)
+        return np.array(lo, np.float32), np.array(hi, np.float32)
+
+    def read(self, row: int, col: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
+        """(C, tile, tile) float in [0, 1] and a (tile, tile) valid mask; outside the scene is invalid."""
+        from rasterio.windows import Window
+
+        window = Window(col, row, tile, tile)
+        data = self.ds.read(self.bands, window=window, boundless=True, fill_value=0).astype(np.float32)
+        valid = self.ds.read_masks(self.bands, window=window, boundless=True).min(axis=0) > 0
+        data = np.clip((data - self.lo[:, None, None]) / (self.hi - self.lo)[:, None, None], 0, 1)
+        if data.shape[0] < 3:
+            data = np.repeat(data[:1], 3, axis=0)
+        return data[:3], valid
+
+    def read_masks(self, window) -> np.ndarray:
+        """(h, w) bool: valid pixels of the selected bands in ``window`` (inside the scene)."""
+        return self.ds.read_masks(self.bands, window=window).min(axis=0) > 0
+
+    def close(self) -> None:
+        self.ds.close()
+        if self.ds is not self._source:
+            self._source.close()
+
+
+def prefetch(jobs: Iterable[Callable[[], Any]], depth: int = 2) -> Iterator[tuple[Any, float]]:
+    """Run ``jobs`` in order in one background thread, keeping up to ``depth`` ahead of the consumer; yields each
+    result with the seconds the consumer waited for it. Exceptions are raised in the consumer."""
+    pending: deque = deque()
+    iterator = iter(jobs)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rrsis-read") as pool:
+        for job in iterator:
+            pending.append(pool.submit(job))
+            if len(pending) >= depth:
+                break
+        while pending:
+            started = time.perf_counter()
+            result = pending.popleft().result()
+            waited = time.perf_counter() - started
+            next_job = next(iterator, None)
+            if next_job is not None:
+                pending.append(pool.submit(next_job))
+            yield result, waited
