@@ -488,6 +488,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the app and maps project errors to exit codes in one place."""
     try:
         code = app(args=argv, standalone_mode=False)  # typer.Exit(n) comes back as the return value here
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C (KeyboardInterrupt) into Exit(130)
+            console.error("interrupted")
         sys.exit(code if isinstance(code, int) else 0)
     except RrsisError as exc:
         if console.SETTINGS.debug:

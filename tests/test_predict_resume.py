@@ -1,0 +1,88 @@
+"""predict under interruption: SIGKILL then rerun resumes from the tile journal and gives a byte-identical mask;
+SIGINT exits 130 leaving nothing at a final path; a second run into the same output waits for or refuses the
+lock. Real subprocesses with a tiny random LAVT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rrsis_cli.models import build_model, save_model
+
+DATA = Path(__file__).parents[1] / "examples" / "data"
+SCENE = DATA / "RGB.byte.tif"  # 791 x 718: 240 tiles of 64 px at 25 % overlap
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "lavt-tiny"
+    save_model(build_model("lavt-tiny", seed=3), path)
+    return path
+
+
+def _command(model_dir, out, *extra):
+    return [sys.executable, "-m", "rrsis_cli", "predict", str(SCENE), "--model", str(model_dir), "--prompt",
+            "the river", "--out", str(out), "--tile-size", "64", "--batch-size", "1", "--device", "cpu", *extra]
+
+
+def _journal(out: Path) -> Path:
+    return out / ".rrsis-work" / "RGB.byte" / "the-river" / "journal.txt"
+
+
+def _start_and_wait_for_batches(cmd, out, batches: int) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        journal = _journal(out)
+        if journal.is_file() and len(journal.read_text().splitlines()) >= batches:
+            break
+        assert proc.poll() is None, f"run ended before it could be interrupted: {proc.communicate()}"
+        time.sleep(0.02)
+    else:
+        proc.kill()
+        pytest.fail("no journal progress within 240 s")
+    assert proc.poll() is None  # still running: the interruption below happens mid-run
+    return proc
+
+
+def test_sigkill_then_rerun_resumes_and_is_byte_identical(model_dir, tmp_path):
+    straight = subprocess.run(_command(model_dir, tmp_path / "straight"), capture_output=True, text=True, env=ENV,
+                              timeout=600)
+    assert straight.returncode == 0, straight.stderr
+    out = tmp_path / "killed"
+    proc = _start_and_wait_for_batches(_command(model_dir, out), out, 20)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    finished = len(_journal(out).read_text().splitlines())
+    assert 20 <= finished < 240
+    assert not (out / "RGB.byte" / "the-river" / "mask.tif").exists()  # nothing at a final path
+    rerun = subprocess.run(_command(model_dir, out), capture_output=True, text=True, env=ENV, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stderr
+    import json
+
+    result = json.loads((out / "manifest.json").read_text())["results"][0]
+    assert result["tiles_resumed"] >= finished and result["tiles_resumed"] + result["tiles"] + \
+        result["tiles_skipped_nodata"] >= 240 - result["tiles_skipped_nodata"]
+    a = (tmp_path / "straight" / "RGB.byte" / "the-river" / "mask.tif").read_bytes()
+    assert a == (out / "RGB.byte" / "the-river" / "mask.tif").read_bytes()
+    assert not (out / ".rrsis-work").exists()  # the work directory goes once everything finished
+
+
+def test_sigint_exits_130_and_leaves_no_partial_output(model_dir, tmp_path):
+    out = tmp_path / "interrupted"
+    proc = _start_and_wait_for_batches(_command(model_dir, out), out, 5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not (out / "RGB.byte" / "the-river" / "mask.tif").exists()
+    assert not list((out / "RGB.byte").rglob("mask.*")) if (out / "RGB.byte").exists() else True
+    assert _journal(out).is_file()  # kept, so the next run resumes
