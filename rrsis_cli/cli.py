@@ -271,53 +271,142 @@ class VectorFormat(str, Enum):
 
 @app.command(epilog=EXIT_CODES_HELP)
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="GeoTIFF/VRT files, folders (recursive) or .txt lists.")],
-    model: Annotated[str, typer.Option(help="Model directory or zoo card.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory: OUT/<scene>/<prompt-slug>/.")],
+    inputs: Annotated[list[Path] | None, typer.Argument(help="GeoTIFF/VRT files, folders (recursive) or .txt "
+                                                        "lists.", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(help="Model directory or zoo card.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory: OUT/<scene>/<prompt-slug>/.")] = None,
     prompt: Annotated[list[str] | None, typer.Option(help="Referring expression (repeatable).")] = None,
     prompts_file: Annotated[Path | None, typer.Option(help="File with one prompt per line.")] = None,
-    tile_size: Annotated[int | None, typer.Option(help="Tile side [the model's image size].")] = None,
-    overlap: Annotated[float, typer.Option(help="Tile overlap fraction.")] = 0.25,
-    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast on GPU).")] = "fp32",
-    threshold: Annotated[float, typer.Option(help="Probability threshold for the mask.")] = 0.5,
-    bands: Annotated[str | None, typer.Option(help="Bands to use as RGB, e.g. 3,2,1 [first three].")] = None,
-    save_prob: Annotated[bool, typer.Option("--save-prob", help="Also write prob.tif (uint8 0-254).")] = False,
-    vector_format: Annotated[VectorFormat, typer.Option(help="Vector output format.")] = VectorFormat.geojson,
-    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (m²).")] = 0.0,
-    simplify: Annotated[float, typer.Option(help="Simplify polygons with this tolerance (m).")] = 0.0,
-    glob: Annotated[str | None, typer.Option(help="Pattern for folder inputs [*.tif|*.tiff|*.vrt].")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute outputs that exist.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List scenes and tiles; compute nothing.")] = False,
+    tile_size: Annotated[int | None, typer.Option(help="Tile side [the model's image size].",
+                                                  rich_help_panel="Tiling")] = None,
+    overlap: Annotated[float | None, typer.Option(help="Tile overlap fraction [0.25].",
+                                                  rich_help_panel="Tiling")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Tiles per forward pass [8].",
+                                                   rich_help_panel="Compute")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N [auto].",
+                                               rich_help_panel="Compute")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (autocast on GPU) [fp32].",
+                                                  rich_help_panel="Compute")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Probability threshold for the mask [0.5].")] = None,
+    bands: Annotated[str | None, typer.Option(help="Bands to use as RGB, e.g. 3,2,1 [first three].",
+                                              rich_help_panel="Input")] = None,
+    gsd: Annotated[float | None, typer.Option(help="Resample to this ground sample distance (m/pixel) before "
+                                              "tiling; outputs are on the resampled grid.",
+                                              rich_help_panel="Input")] = None,
+    stretch: Annotated[str | None, typer.Option(help="Fixed value range per band instead of the scene's 2-98 % "
+                                                "stretch: LOW,LOW,LOW:HIGH,HIGH,HIGH.",
+                                                rich_help_panel="Input")] = None,
+    glob: Annotated[str | None, typer.Option(help="Pattern for folder inputs [*.tif|*.tiff|*.vrt].",
+                                             rich_help_panel="Input")] = None,
+    save_prob: Annotated[bool | None, typer.Option("--save-prob", help="Also write prob.tif (uint8 0-254).",
+                                                   rich_help_panel="Output")] = None,
+    vector_format: Annotated[VectorFormat | None, typer.Option(help="Vector output format [geojson].",
+                                                               rich_help_panel="Output")] = None,
+    min_area: Annotated[float | None, typer.Option(help="Drop polygons smaller than this (m²).",
+                                                   rich_help_panel="Output")] = None,
+    simplify: Annotated[float | None, typer.Option(help="Simplify polygons with this tolerance (m).",
+                                                   rich_help_panel="Output")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Recompute outputs that exist.",
+                                                   rich_help_panel="Output")] = None,
+    dry_run: Annotated[bool | None, typer.Option("--dry-run", help="List scenes and tiles; compute nothing.")] = None,
+    cluster: Annotated[str | None, typer.Option(help="Run scenes on dask workers: local, local:N, slurm.",
+                                                rich_help_panel="Scale-out")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Address of an existing dask scheduler (tcp://HOST:PORT).",
+                                                  rich_help_panel="Scale-out")] = None,
+    shard: Annotated[str | None, typer.Option(help="Process shard I of N (0-based I/N) of the scenes [from "
+                                              "SLURM_ARRAY_TASK_ID/COUNT in a job array].",
+                                              rich_help_panel="Scale-out")] = None,
+    retries: Annotated[int | None, typer.Option(help="Times a scene is retried after its dask worker dies [2].",
+                                                rich_help_panel="Scale-out")] = None,
+    lock_wait: Annotated[float | None, typer.Option(help="Seconds to wait for another run writing to OUT [0].",
+                                                    rich_help_panel="Scale-out")] = None,
+    slurm_queue: Annotated[str | None, typer.Option(help="SLURM partition.", rich_help_panel="SLURM")] = None,
+    slurm_account: Annotated[str | None, typer.Option(help="SLURM account.", rich_help_panel="SLURM")] = None,
+    slurm_walltime: Annotated[str | None, typer.Option(help="Walltime per job, HH:MM:SS.",
+                                                       rich_help_panel="SLURM")] = None,
+    slurm_memory: Annotated[str | None, typer.Option(help="Memory per job, e.g. 32GB.",
+                                                     rich_help_panel="SLURM")] = None,
+    slurm_gpus: Annotated[int | None, typer.Option(help="GPUs per job (one worker each).",
+                                                   rich_help_panel="SLURM")] = None,
+    slurm_jobs: Annotated[int | None, typer.Option(help="Number of SLURM jobs to start [1].",
+                                                   rich_help_panel="SLURM")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with any of these options (flags win).")] = None,
 ) -> None:
     """Segment the objects each prompt refers to in every scene: COG mask + vectors per (scene, prompt)."""
+    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items() if k != "config"}
     from rrsis_cli.errors import UsageError
     from rrsis_cli.predict import PredictOptions
     from rrsis_cli.predict import predict as run_predict
+    from rrsis_cli.yaml_config import merge_options
 
-    prompts = list(prompt or [])
-    if prompts_file is not None:
+    opts = merge_options(config, values)
+    missing = [name for name in ("inputs", "model", "out") if not opts.get(name)]
+    if missing:
+        raise UsageError("missing required: " + ", ".join("INPUT..." if m == "inputs" else "--" + m for m in missing))
+    prompts = [opts.pop("prompt")] if isinstance(opts.get("prompt"), str) else list(opts.pop("prompt", None) or [])
+    if opts.get("prompts_file"):
+        path = Path(opts.pop("prompts_file"))
         try:
-            prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+            prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
         except OSError as exc:
-            raise UsageError(f"cannot read prompts file: {exc.strerror}", prompts_file) from exc
-    try:
-        band_list = [int(b) for b in bands.split(",")] if bands else None
-    except ValueError as exc:
-        raise UsageError(f"--bands must be comma-separated integers, got {bands!r}") from exc
-    options = PredictOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
-                             precision=precision, threshold=threshold, bands=band_list, save_prob=save_prob,
-                             vector_format=vector_format.value, min_area=min_area, simplify=simplify,
-                             overwrite=overwrite, dry_run=dry_run)
-    manifest = run_predict(inputs, model, prompts, out, options, glob=glob)
+            raise UsageError(f"cannot read prompts file: {exc.strerror}", path) from exc
+    options = PredictOptions(**{k: opts[k] for k in ("tile_size", "overlap", "batch_size", "device", "precision",
+                                                     "threshold", "gsd", "save_prob", "vector_format", "min_area",
+                                                     "simplify", "overwrite", "dry_run") if opts.get(k) is not None},
+                             bands=_parse_bands(opts.get("bands")), stretch=_parse_stretch(opts.get("stretch")))
+    slurm = {key: opts.get(f"slurm_{key}") for key in ("queue", "account", "walltime", "memory", "gpus", "jobs")}
+    inputs_list = [opts["inputs"]] if isinstance(opts["inputs"], str | Path) else list(opts["inputs"])
+    manifest = run_predict(inputs_list, opts["model"], prompts, Path(opts["out"]), options, glob=opts.get("glob"),
+                           cluster=opts.get("cluster"), scheduler=opts.get("scheduler"), shard=opts.get("shard"),
+                           lock_wait=float(opts.get("lock_wait") or 0), retries=int(opts.get("retries") or 2),
+                           slurm=slurm)
     counts: dict[str, int] = {}
     for result in manifest.results:
         counts[result.status] = counts.get(result.status, 0) + 1
     console.info(f"{len(manifest.inputs)} scene(s) x {len(prompts)} prompt(s): "
                  + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-                 + f"; {manifest.tiles_per_second:.1f} tiles/s; manifest {out / 'manifest.json'}")
+                 + f"; {manifest.tiles_per_second:.1f} tiles/s; manifest in {opts['out']}")
     raise typer.Exit(manifest.exit_code)
+
+
+def _parse_bands(bands: str | list | None) -> list[int] | None:
+    from rrsis_cli.errors import UsageError
+
+    if bands is None or isinstance(bands, list):
+        return bands
+    try:
+        return [int(b) for b in str(bands).split(",")]
+    except ValueError as exc:
+        raise UsageError(f"--bands must be comma-separated integers, got {bands!r}") from exc
+
+
+def _parse_stretch(stretch: str | None) -> tuple[list[float], list[float]] | None:
+    from rrsis_cli.errors import UsageError
+
+    if stretch is None:
+        return None
+    try:
+        low, high = str(stretch).split(":")
+        return [float(v) for v in low.split(",")], [float(v) for v in high.split(",")]
+    except ValueError as exc:
+        raise UsageError(f"--stretch must look like LOW,LOW,LOW:HIGH,HIGH,HIGH, got {stretch!r}") from exc
+
+
+manifest_app = typer.Typer(help="Run manifests of predict.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
+
+
+@manifest_app.command("merge")
+def manifest_merge(
+    out: Annotated[Path, typer.Argument(help="Output directory holding manifest-shard-I-of-N.json files.")],
+) -> None:
+    """Combine the per-shard manifests of a job array into OUT/manifest.json (exit code of the whole run)."""
+    from rrsis_cli.distributed import merge_manifests
+
+    merged = merge_manifests(out)
+    console.info(f"merged {merged['shards_merged']} shard manifest(s): {len(merged['results'])} result(s), "
+                 f"exit code {merged['exit_code']}")
+    raise typer.Exit(merged["exit_code"])
 
 
 # --------------------------------------------------------------------------------------------- evaluate

@@ -372,7 +372,8 @@ class SceneRunner:
 
 def finish_manifest(manifest: RunManifest, out: Path, started: float, area_km2: float,
                     name: str = "manifest.json") -> RunManifest:
-    """Throughput, exit code (0 all done or skipped, 3 some failed, 1 all failed) and the atomic JSON write."""
+    """Throughput from ``started`` (a perf_counter time), exit code (0 all done or skipped, 3 some failed,
+    1 all failed) and the atomic JSON write."""
     manifest.seconds = time.perf_counter() - started
     tiles = sum(r.tiles for r in manifest.results if r.status == "done")
     manifest.tiles_per_second = tiles / manifest.seconds if manifest.seconds else 0.0
@@ -393,13 +394,43 @@ def write_manifest(manifest: RunManifest, path: Path) -> None:
 
 
 def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_dir: str | Path,
-            options: PredictOptions | None = None, glob: str | None = None) -> RunManifest:
-    """Run every (scene, prompt) in this process; returns the manifest (also written to ``OUT/manifest.json``)."""
+            options: PredictOptions | None = None, glob: str | None = None, cluster: str | None = None,
+            scheduler: str | None = None, shard: str | None = None, lock_wait: float = 0.0, retries: int = 2,
+            slurm: dict[str, Any] | None = None) -> RunManifest:
+    """Run every (scene, prompt); returns the manifest (also written to ``OUT/manifest.json``, or
+    ``OUT/manifest-shard-I-of-N.json`` for a shard).
+
+    In this process by default; on dask workers with ``cluster`` (``local``, ``local:N``, ``slurm``) or
+    ``scheduler`` (an address), or automatically on a LocalCluster with one worker per GPU when several GPUs and
+    several scenes are there. ``shard="I/N"`` (or a SLURM job array) processes one deterministic share of the
+    scenes (see :mod:`rrsis_cli.distributed`)."""
+    from rrsis_cli import distributed
+
     options = options or PredictOptions()
     validate_options(options, prompts)
     scenes = find_inputs(inputs, glob)
+    part = distributed.parse_shard(shard) if shard else distributed.shard_from_environment()
+    if part is not None:
+        scenes = distributed.select_shard(scenes, *part)
+        console.info(f"shard {part[0]}/{part[1]}: {len(scenes)} scene(s)")
     out = Path(out_dir)
     check_output_dir(out)
+    if cluster is None and scheduler is None and len(scenes) > 1 and options.device == "auto" \
+            and torch.cuda.is_available() and torch.cuda.device_count() > 1 and not options.dry_run:
+        cluster = f"local:{torch.cuda.device_count()}"
+    with distributed.output_lock(out, part, lock_wait):
+        if (cluster or scheduler) and not options.dry_run:
+            manifest = _predict_with_dask(scenes, model_spec, prompts, out, options, cluster, scheduler, retries,
+                                          slurm)
+        else:
+            manifest = _predict_here(scenes, model_spec, prompts, out, options)
+        manifest.shard = None if part is None else f"{part[0]}/{part[1]}"
+        return finish_manifest(manifest, out, manifest.seconds, manifest.km2_per_hour or 0.0,
+                               distributed.manifest_name(part))
+
+
+def _predict_here(scenes: list[Path], model_spec: str, prompts: list[str], out: Path,
+                  options: PredictOptions) -> RunManifest:
     runner = SceneRunner(model_spec, prompts, out, options)
     manifest = RunManifest(__version__, str(runner.model.config.get("name")), runner.model.sha256, list(prompts),
                            {**asdict(options), "tile_size": runner.tile})
@@ -413,4 +444,28 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
             area_km2 += km2
             bar.update(1)
     manifest.encoder_calls = runner.texts.calls
-    return finish_manifest(manifest, out, started, area_km2)
+    manifest.seconds, manifest.km2_per_hour = started, area_km2  # finished by finish_manifest
+    return manifest
+
+
+def _predict_with_dask(scenes: list[Path], model_spec: str, prompts: list[str], out: Path,
+                       options: PredictOptions, cluster: str | None, scheduler: str | None, retries: int,
+                       slurm: dict[str, Any] | None) -> RunManifest:
+    from rrsis_cli import distributed
+
+    started = time.perf_counter()
+    with distributed.make_client(cluster, scheduler, slurm) as client:
+        console.info(distributed.cluster_summary(client))
+        outcomes = distributed.predict_on_cluster(scenes, model_spec, prompts, out, options, client, retries)
+        if cluster is not None and client.cluster is not None:
+            client.cluster.close()
+    done = next((o for o in outcomes if "model" in o), {})
+    manifest = RunManifest(__version__, str(done.get("model")), done.get("model_sha256"), list(prompts),
+                           {**asdict(options), "tile_size": done.get("tile_size"), "cluster": cluster,
+                            "scheduler": scheduler, "retries": retries})
+    for outcome in outcomes:
+        manifest.inputs.append(outcome["record"])
+        manifest.results += [SceneResult(**r) for r in outcome["results"]]
+    manifest.encoder_calls = sum(o["encoder_calls"] for o in outcomes)
+    manifest.seconds, manifest.km2_per_hour = started, sum(o["km2"] for o in outcomes)
+    return manifest
