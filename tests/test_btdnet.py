@@ -351,3 +351,20 @@ def test_btdnet_trains_through_the_registry(tmp_path):
     state = trained.state_dict()
     assert any(not torch.equal(before[k], state[k]) for k in state if k.startswith("dmols."))
     assert any(not torch.equal(before[k], state[k]) for k in state if k.startswith("decoder.background."))
+
+
+def test_backbone_loads_a_swin_release(tmp_path):
+    """``models init --backbone-weights``: the Swin part takes an official-layout ImageNet release."""
+    from rrsis_cli.models.init import init_model
+
+    source = build_model("btdnet-tiny", seed=5)
+    release = {k.removeprefix("backbone."): v for k, v in source.state_dict().items()
+               if k.startswith("backbone.") and ".bsc." not in k and not k.startswith("backbone.norm")}
+    release["head.weight"] = torch.zeros(10, 128)
+    torch.save({"model": release}, tmp_path / "swin.pth")
+    model = init_model("btdnet-tiny", backbone_weights=tmp_path / "swin.pth", seed=0)
+    state = model.state_dict()
+    assert torch.equal(state["backbone.layers.2.blocks.1.attn.qkv.weight"],
+                       source.state_dict()["backbone.layers.2.blocks.1.attn.qkv.weight"])
+    assert not torch.equal(state["backbone.layers.2.bsc.vis_proj.weight"],
+                           source.state_dict()["backbone.layers.2.bsc.vis_proj.weight"])
