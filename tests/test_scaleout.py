@@ -182,3 +182,39 @@ def test_output_lock_refuses_a_second_run(small_scenes, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_slurm_cluster_job_script_carries_the_options():
+    """--cluster slurm builds a dask-jobqueue SLURMCluster (no SLURM needed to render its job script)."""
+    from rrsis_cli.distributed import slurm_cluster
+
+    jobs, cluster = slurm_cluster({"queue": "gpu", "account": "proj42", "walltime": "04:00:00",
+                                   "memory": "64GB", "gpus": 4, "jobs": 3})
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert jobs == 3
+    for expected in ("#SBATCH -p gpu", "#SBATCH -A proj42", "#SBATCH -t 04:00:00", "#SBATCH --gres=gpu:4",
+                     "--nworkers 4"):
+        assert expected in script, script
+
+
+def test_cron_script_skips_when_a_previous_run_holds_the_lock(tmp_path):
+    """examples/cron_predict.sh: an overlapping run exits 0 at once; a failing rrsis exit code is passed on."""
+    script = Path(__file__).parents[1] / "examples" / "cron_predict.sh"
+    stub = tmp_path / "rrsis-stub"
+    stub.write_text("#!/usr/bin/env bash\nsleep \"${STUB_SLEEP:-0}\"\nexit \"${STUB_CODE:-0}\"\n")
+    stub.chmod(0o755)
+    env = dict(ENV, RRSIS=str(stub), OUT=str(tmp_path / "out"), LOGDIR=str(tmp_path / "logs"),
+               LOCK=str(tmp_path / "cron.lock"), SCENES=str(tmp_path), PROMPTS=str(tmp_path / "p.txt"))
+    first = subprocess.Popen(["bash", str(script)], env=dict(env, STUB_SLEEP="5"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    second = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert second.returncode == 0 and "still active" in second.stderr
+    first.communicate(timeout=60)
+    assert first.returncode == 0
+    failed = subprocess.run(["bash", str(script)], env=dict(env, STUB_CODE="3"), capture_output=True, text=True,
+                            timeout=30)
+    assert failed.returncode == 3 and "some scenes failed" in failed.stderr
