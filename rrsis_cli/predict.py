@@ -171,11 +171,11 @@ def run_tiles(reader: SceneReader, model, text, grid: TileGrid, store: TileStore
     background thread; each finished batch is stored and journaled."""
     batches = [b for b in grid.batches(options.batch_size) if b.start not in store.done]
     result.tiles_resumed = sum(len(b) for b in grid.batches(options.batch_size) if b.start in store.done)
-    seconds = {"read": 0.0, "read_wait": 0.0, "infer": 0.0, "store": 0.0}
+    seconds = {"read_wait": 0.0, "infer": 0.0, "store": 0.0}
+    reader.seconds = {"read": 0.0, "normalise": 0.0}
 
     def read_job(batch: range):
         def job():
-            started = time.perf_counter()
             tiles, nodata = {}, []
             for index in batch:
                 data, valid = reader.read(*grid.origin(index), grid.tile)
@@ -183,12 +183,11 @@ def run_tiles(reader: SceneReader, model, text, grid: TileGrid, store: TileStore
                     tiles[index] = data
                 else:
                     nodata.append(index)
-            return batch, tiles, nodata, time.perf_counter() - started
+            return batch, tiles, nodata
         return job
 
     with console.progress_bar(len(grid), label, unit="tile", initial=result.tiles_resumed) as bar:
-        for (batch, tiles, nodata, read_seconds), waited in prefetch(map(read_job, batches), options.read_ahead):
-            seconds["read"] += read_seconds
+        for (batch, tiles, nodata), waited in prefetch(map(read_job, batches), options.read_ahead):
             seconds["read_wait"] += waited
             started = time.perf_counter()
             probs = infer(model, text, list(tiles.values()), device, options.precision) if tiles else []
@@ -199,6 +198,7 @@ def run_tiles(reader: SceneReader, model, text, grid: TileGrid, store: TileStore
             result.tiles += len(tiles)
             bar.update(len(batch))
     result.tiles_skipped_nodata = len(store.skipped)
+    result.seconds.update(reader.seconds)  # spent in the read-ahead thread, overlapped with inference
     result.seconds.update(seconds)
 
 
