@@ -409,6 +409,41 @@ def manifest_merge(
     raise typer.Exit(merged["exit_code"])
 
 
+@app.command()
+def bench(
+    model: Annotated[str, typer.Option(help="Model directory or zoo card.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for bench.json (and the built scene).")],
+    size: Annotated[int, typer.Option(help="Side of the scene to build, pixels.")] = 2000,
+    scene: Annotated[Path | None, typer.Option(help="Use this scene instead of building one.")] = None,
+    source: Annotated[Path | None, typer.Option(help="Real imagery to mirror-tile into the scene "
+                                                "[examples/data/rgbn_5m.tif].")] = None,
+    prompt: Annotated[str, typer.Option(help="Prompt to run.")] = "the building",
+    tile_size: Annotated[int | None, typer.Option(help="Tile side [the model's image size].")] = None,
+    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
+    repeats: Annotated[int, typer.Option(help="Runs; medians are reported.")] = 3,
+    forward_tiles: Annotated[int, typer.Option(help="Tiles for the forward-only measurement.")] = 64,
+) -> None:
+    """Measure predict on a scene: per-stage times, tiles/s, km²/h, peak RSS, ratio to the forward alone."""
+    from rrsis_cli.bench import bench as run_bench
+    from rrsis_cli.bench import summary_rows
+
+    if scene is None and source is None:
+        bundled = Path(__file__).resolve().parents[1] / "examples" / "data" / "rgbn_5m.tif"
+        source = bundled if bundled.exists() else None
+    report = run_bench(model, out, size=size, scene=scene, source=source, prompt=prompt, tile_size=tile_size,
+                       batch_size=batch_size, device=device, precision=precision, repeats=repeats,
+                       forward_tiles=forward_tiles)
+    table = Table(title=f"rrsis bench (median of {repeats})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in summary_rows(report):
+        table.add_row(name, value)
+    console.stdout.print(table)
+    console.info(f"wrote {out / 'bench.json'}")
+
+
 # --------------------------------------------------------------------------------------------- evaluate
 @app.command(epilog=EXIT_CODES_HELP)
 def evaluate(

@@ -84,6 +84,7 @@ class RunManifest:
     tiles_per_second: float = 0.0
     km2_per_hour: float | None = None
     shard: str | None = None
+    gpu_max_memory_mb: float | None = None
     exit_code: int = 0
 
 
@@ -378,6 +379,8 @@ def finish_manifest(manifest: RunManifest, out: Path, started: float, area_km2: 
     tiles = sum(r.tiles for r in manifest.results if r.status == "done")
     manifest.tiles_per_second = tiles / manifest.seconds if manifest.seconds else 0.0
     manifest.km2_per_hour = area_km2 / manifest.seconds * 3600 if area_km2 and manifest.seconds else None
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        manifest.gpu_max_memory_mb = torch.cuda.max_memory_allocated() / 2**20
     failed = sum(r.status == "failed" for r in manifest.results)
     manifest.exit_code = EXIT_OK if not failed else (EXIT_FATAL if failed == len(manifest.results) else EXIT_PARTIAL)
     write_manifest(manifest, out / name)

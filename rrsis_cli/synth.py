@@ -309,6 +309,13 @@ def make_dataset(sources: list[str | Path], out_dir: str | Path, splits: dict[st
     return report
 
 
+def mirror_indices(start: int, count: int, length: int) -> np.ndarray:
+    """Source indices of positions ``start .. start+count`` in the mirror-tiling of an axis of ``length``
+    (0 1 2 | 2 1 0 | 0 1 2 ...): no hard seams when real imagery is tiled to a larger size."""
+    index = np.arange(start, start + count) % (2 * length)
+    return np.where(index < length, index, 2 * length - 1 - index)
+
+
 def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "prompt"
 
@@ -339,10 +346,7 @@ def make_demo_scene(source: str | Path, out_dir: str | Path, size: int = 2048, c
         raise InputError(f"cannot read source imagery: {exc}", source) from exc
     pixels = read_source(source)
     sh, sw = pixels.shape[:2]
-    rows = np.arange(size) % (2 * sh)
-    rows = np.where(rows < sh, rows, 2 * sh - 1 - rows)
-    cols = np.arange(size) % (2 * sw)
-    cols = np.where(cols < sw, cols, 2 * sw - 1 - cols)
+    rows, cols = mirror_indices(0, size, sh), mirror_indices(0, size, sw)
     records = []
     profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "crs": crs,
                "transform": transform, "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
