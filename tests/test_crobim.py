@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from helpers import read_manifest
-from rrsis_cli.errors import ModelError
-from rrsis_cli.models import build_model, load_model, save_model
+from rrsis_cli.errors import ConversionError, ModelError
+from rrsis_cli.models import build_model, init_model, load_model, save_model
 from rrsis_cli.models.convnext import CONVNEXT_VARIANTS, ConvNeXt, convnext_parameter_count
 from rrsis_cli.models.crobim import CAPM, LGFA, MID, CroBIM, MaskHead, SwinEncoder, sine_positions
 from rrsis_cli.models.registry import config_for
@@ -256,6 +256,30 @@ def test_official_key_names_of_the_encoders():
     assert {"downsample_layers.0.0.weight", "downsample_layers.0.1.bias", "downsample_layers.1.0.weight",
             "downsample_layers.1.1.weight", "stages.2.0.dwconv.weight", "stages.2.0.pwconv1.weight",
             "stages.2.0.gamma", "norm3.weight"} <= keys
+
+
+def _convnext_release(model) -> dict:
+    """An official ConvNeXt ImageNet release layout for ``model``'s encoder: trunk weights + final norm + head."""
+    state = {k: v.clone() + 0.5 for k, v in model.backbone.state_dict().items()
+             if k.startswith(("downsample_layers.", "stages."))}
+    state["norm.weight"] = torch.ones(128)
+    state["head.weight"] = torch.zeros(1000, 128)
+    return {"model": state}
+
+
+def test_models_init_loads_a_convnext_release(tmp_path):
+    template = build_model("crobim-tiny", seed=0, backbone__type="convnext")
+    release = _convnext_release(template)
+    torch.save(release, tmp_path / "convnext.pth")
+    model = init_model("crobim-tiny", backbone_weights=tmp_path / "convnext.pth", backbone__type="convnext")
+    for key, value in release["model"].items():
+        if not key.startswith(("norm.", "head.")):
+            assert torch.equal(model.backbone.state_dict()[key], value), key
+    assert torch.equal(model.backbone.norm0.weight, template.backbone.norm0.weight)  # not in a release
+    release["model"].pop("stages.2.1.gamma")
+    torch.save(release, tmp_path / "partial.pth")
+    with pytest.raises(ConversionError, match="1 missing"):
+        init_model("crobim-tiny", backbone_weights=tmp_path / "partial.pth", backbone__type="convnext")
 
 
 # ----------------------------------------------------------------------------------------------- paper configs
