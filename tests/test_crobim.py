@@ -5,6 +5,7 @@ language-dependent task, and training through the registry."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -352,3 +353,17 @@ def test_crobim_trains_through_the_registry(backbone, tmp_path):
     state = trained.state_dict()
     assert any(not torch.equal(before[k], v) for k, v in state.items() if v.is_floating_point())
     assert not torch.equal(before["capm.prompts"], state["capm.prompts"])  # the prompts learn
+
+
+def test_predict_on_a_scene_with_crobim_tiny(tmp_path):
+    """`rrsis predict` runs the prompted pass per tile from the cached prompt-only features."""
+    import rasterio
+
+    from rrsis_cli.predict import PredictOptions, predict
+
+    scene = Path(__file__).parents[1] / "examples" / "data" / "rgbn_5m.tif"
+    manifest = predict([scene], "crobim-tiny", ["the roof"], tmp_path,
+                       PredictOptions(tile_size=128, batch_size=8, device="cpu"))
+    assert manifest.exit_code == 0 and manifest.results[0].status == "done"
+    with rasterio.open(tmp_path / "rgbn_5m" / "the-roof" / "mask.tif") as ds:
+        assert set(np.unique(ds.read(1))) <= {0, 1, 255}
