@@ -56,12 +56,18 @@ def load_swin_release(model: ReferringSegmenter, path: str | Path) -> dict[str, 
     ``model.backbone``. The classification head and final norm are ignored; relative-position tables of another
     window size are resized bicubically; ``attn_mask`` buffers are skipped. Every backbone Swin weight
     (patch embedding, blocks, patch merging) must be found, else a :class:`ConversionError` lists the gaps.
+    A backbone with ``type: convnext`` (CroBIM) takes an official ConvNeXt release the same way: every
+    ``downsample_layers.*`` and ``stages.*`` weight must be found.
     """
     ckpt = load_torch_checkpoint(path)
     state = ckpt.get("model", ckpt.get("state_dict", ckpt))
     own = model.backbone.state_dict()
-    targets = {k for k in own if k.startswith("patch_embed.") or ".blocks." in k or ".downsample." in k}
-    window = int(model.config["backbone"]["window_size"])
+    backbone_cfg = model.config["backbone"]
+    if backbone_cfg.get("type", "swin") == "convnext":
+        targets = {k for k in own if k.startswith(("downsample_layers.", "stages."))}
+    else:
+        targets = {k for k in own if k.startswith("patch_embed.") or ".blocks." in k or ".downsample." in k}
+    window = int(backbone_cfg.get("window_size", 0))
     loaded, ignored, mismatched = [], [], []
     new_state = {}
     for key, value in state.items():
