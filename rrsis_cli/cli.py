@@ -309,6 +309,17 @@ def predict(
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Recompute outputs that exist.",
                                                    rich_help_panel="Output")] = None,
     dry_run: Annotated[bool | None, typer.Option("--dry-run", help="List scenes and tiles; compute nothing.")] = None,
+    grounding: Annotated[str | None, typer.Option(
+        help="tiles: every tile judged alone (all instances); scene: coarse pass over the whole scene picks the "
+             "referent, then only windows around it are refined [tiles].", rich_help_panel="Grounding")] = None,
+    coarse_size: Annotated[int | None, typer.Option(help="Side of the coarse view [the model's image size].",
+                                                    rich_help_panel="Grounding")] = None,
+    coarse_weight: Annotated[float | None, typer.Option(help="Weight of the coarse probability in refined "
+                                                        "windows [0.75].", rich_help_panel="Grounding")] = None,
+    refine_margin: Annotated[float | None, typer.Option(help="Window margin around each candidate, as a fraction "
+                                                        "of its size [0.5].", rich_help_panel="Grounding")] = None,
+    save_coarse: Annotated[bool | None, typer.Option("--save-coarse", help="Also write coarse.tif.",
+                                                     rich_help_panel="Grounding")] = None,
     cluster: Annotated[str | None, typer.Option(help="Run scenes on dask workers: local, local:N, slurm.",
                                                 rich_help_panel="Scale-out")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Address of an existing dask scheduler (tcp://HOST:PORT).",
@@ -352,7 +363,9 @@ def predict(
             raise UsageError(f"cannot read prompts file: {exc.strerror}", path) from exc
     options = PredictOptions(**{k: opts[k] for k in ("tile_size", "overlap", "batch_size", "device", "precision",
                                                      "threshold", "gsd", "save_prob", "vector_format", "min_area",
-                                                     "simplify", "overwrite", "dry_run") if opts.get(k) is not None},
+                                                     "simplify", "overwrite", "dry_run", "grounding", "coarse_size",
+                                                     "coarse_weight", "refine_margin", "save_coarse")
+                                if opts.get(k) is not None},
                              bands=_parse_bands(opts.get("bands")), stretch=_parse_stretch(opts.get("stretch")))
     slurm = {key: opts.get(f"slurm_{key}") for key in ("queue", "account", "walltime", "memory", "gpus", "jobs")}
     inputs_list = [opts["inputs"]] if isinstance(opts["inputs"], str | Path) else list(opts["inputs"])

@@ -55,6 +55,12 @@ class PredictOptions:
     gsd: float | None = None
     stretch: tuple[list[float], list[float]] | None = None
     read_ahead: int = 2
+    grounding: str = "tiles"
+    coarse_size: int | None = None
+    coarse_weight: float = 0.75
+    coarse_support: float = 0.25
+    refine_margin: float = 0.5
+    save_coarse: bool = False
 
 
 @dataclass
@@ -66,6 +72,7 @@ class SceneResult:
     tiles: int = 0
     tiles_skipped_nodata: int = 0
     tiles_resumed: int = 0
+    grounding: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -152,6 +159,9 @@ def config_hash(model_sha: str | None, prompt: str, options: PredictOptions, til
     payload = {"model": model_sha, "prompt": prompt, "tile": tile, "overlap": options.overlap,
                "threshold": options.threshold, "bands": options.bands, "gsd": options.gsd,
                "stretch": options.stretch, "version": __version__}
+    if options.grounding != "tiles":
+        payload["grounding"] = [options.grounding, options.coarse_size, options.coarse_weight,
+                                options.coarse_support, options.refine_margin]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -166,16 +176,56 @@ def existing_hash(mask_path: Path) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ scenes
+def ground_scene(reader: SceneReader, model, text, options: PredictOptions, tile: int, grid: TileGrid,
+                 device: torch.device, result: SceneResult):
+    """Pass 1 of scene grounding: the coarse map, its candidates and the tiles pass 2 will run (recorded in the
+    result for the manifest)."""
+    from rrsis_cli.grounding import coarse_pass, tiles_in_windows
+
+    started = time.perf_counter()
+    size = int(options.coarse_size or model.config["image_size"])
+    if size % 32:
+        raise UsageError(f"--coarse-size must be a multiple of 32, got {size}")
+    coarse = coarse_pass(reader, model, text, size, options.threshold, options.refine_margin, tile, device,
+                         options.precision)
+    active = tiles_in_windows(grid, coarse.windows)
+    result.grounding = {"mode": "scene", "coarse_size": size, "coarse_weight": options.coarse_weight,
+                        "coarse_support": options.coarse_support, "candidates": coarse.candidates,
+                        "tiles_refined": len(active), "tiles_total": len(grid),
+                        "coarse_seconds": time.perf_counter() - started}
+    console.info(f"{reader.path.name}: scene grounding found {len(coarse.candidates)} candidate(s); refining "
+                 f"{len(active)} of {len(grid)} tiles")
+    return coarse, active
+
+
+def write_coarse(reader: SceneReader, coarse, path: Path) -> None:
+    """The coarse probability map (× 254, uint8) as a COG georeferenced over the scene's extent."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    ds = reader.ds
+    size = coarse.prob.shape[0]
+    transform = ds.transform * Affine.scale(ds.width / size, ds.height / size)
+    tmp = path.with_name(f".{path.name}.raw.tif")
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint8", "crs": ds.crs,
+               "transform": transform, "nodata": 255}
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(np.round(coarse.prob * 254).astype(np.uint8), 1)
+    to_cog(tmp, path, {"values": "coarse probability x 254"})
+    tmp.unlink()
+
+
 def run_tiles(reader: SceneReader, model, text, grid: TileGrid, store: TileStore, options: PredictOptions,
-              device: torch.device, result: SceneResult, label: str) -> None:
-    """Run every batch of the grid not yet in the journal: reads happen ``read_ahead`` batches ahead in a
-    background thread; each finished batch is stored and journaled."""
-    batches = [b for b in grid.batches(options.batch_size) if b.start not in store.done]
-    result.tiles_resumed = sum(len(b) for b in grid.batches(options.batch_size) if b.start in store.done)
+              device: torch.device, result: SceneResult, label: str, active: list[int] | None = None) -> None:
+    """Run every batch of the grid (or of its ``active`` tiles) not yet in the journal: reads happen
+    ``read_ahead`` batches ahead in a background thread; each finished batch is stored and journaled."""
+    every = grid.batches(options.batch_size, active)
+    batches = [b for b in every if b[0] not in store.done]
+    result.tiles_resumed = sum(len(b) for b in every if b[0] in store.done)
     seconds = {"read_wait": 0.0, "infer": 0.0, "store": 0.0}
     reader.seconds = {"read": 0.0, "normalise": 0.0}
 
-    def read_job(batch: range):
+    def read_job(batch: list[int]):
         def job():
             tiles, nodata = {}, []
             for index in batch:
@@ -187,14 +237,15 @@ def run_tiles(reader: SceneReader, model, text, grid: TileGrid, store: TileStore
             return batch, tiles, nodata
         return job
 
-    with console.progress_bar(len(grid), label, unit="tile", initial=result.tiles_resumed) as bar:
+    total = len(grid) if active is None else len(active)
+    with console.progress_bar(total, label, unit="tile", initial=result.tiles_resumed) as bar:
         for (batch, tiles, nodata), waited in prefetch(map(read_job, batches), options.read_ahead):
             seconds["read_wait"] += waited
             started = time.perf_counter()
             probs = infer(model, text, list(tiles.values()), device, options.precision) if tiles else []
             seconds["infer"] += time.perf_counter() - started
             started = time.perf_counter()
-            store.write_batch(batch.start, dict(zip(tiles, probs, strict=True)), nodata)
+            store.write_batch(batch[0], dict(zip(tiles, probs, strict=True)), nodata)
             seconds["store"] += time.perf_counter() - started
             result.tiles += len(tiles)
             bar.update(len(batch))
@@ -203,11 +254,15 @@ def run_tiles(reader: SceneReader, model, text, grid: TileGrid, store: TileStore
     result.seconds.update(seconds)
 
 
-def finalise(reader: SceneReader, store: TileStore, options: PredictOptions, mask_raw: Path, prob_raw: Path) -> None:
+def finalise(reader: SceneReader, store: TileStore, options: PredictOptions, mask_raw: Path, prob_raw: Path,
+             coarse=None, active: set[int] | None = None) -> None:
     """Blend the stored tiles block by block into the mask (probability ≥ threshold → 1, nodata → 255) and the
-    uint8 probability raster (probability × 254, nodata 255), both tiled GTiffs in the work directory."""
+    uint8 probability raster (probability × 254, nodata 255), both tiled GTiffs in the work directory. With a
+    coarse grounding, the block's probability is fused with it (:mod:`rrsis_cli.grounding`)."""
     import rasterio
     from rasterio.windows import Window
+
+    from rrsis_cli.grounding import fuse
 
     ds = reader.ds
     weights = blend_weights(store.grid.tile)
@@ -217,9 +272,14 @@ def finalise(reader: SceneReader, store: TileStore, options: PredictOptions, mas
         for r in range(0, ds.height, block):
             for c in range(0, ds.width, block):
                 window = Window(c, r, min(block, ds.width - c), min(block, ds.height - r))
-                prob = store.blend(r, r + window.height, c, c + window.width, weights)
+                prob, covered = store.blend(r, r + window.height, c, c + window.width, weights, active)
+                keep = prob >= options.threshold
+                if coarse is not None:
+                    support = coarse.upsample(r, r + window.height, c, c + window.width)
+                    prob = fuse(prob, covered, support, options.coarse_weight)
+                    keep = (prob >= options.threshold) & (support >= options.coarse_support)
                 valid = reader.read_masks(window)
-                mask = np.where(prob >= options.threshold, 1, 0).astype(np.uint8)
+                mask = np.where(keep, 1, 0).astype(np.uint8)
                 mask[~valid] = 255
                 mask_dst.write(mask, 1, window=window)
                 p8 = np.round(prob * 254).astype(np.uint8)
@@ -233,17 +293,26 @@ def predict_scene(reader: SceneReader, model, text, prompt: str, out_dir: Path, 
     ds = reader.ds
     grid = TileGrid.for_scene(ds.height, ds.width, tile, options.overlap)
     chash = config_hash(model.sha256, prompt, options, tile)
-    store = TileStore(work, grid, {"config_hash": chash, "grid": asdict(grid), "batch_size": options.batch_size})
+    coarse, active = None, None
+    if options.grounding == "scene":
+        coarse, active = ground_scene(reader, model, text, options, tile, grid, device, result)
+    job = {"config_hash": chash, "grid": asdict(grid), "batch_size": options.batch_size,
+           "active": None if active is None else hashlib.sha256(str(active).encode()).hexdigest()}
+    store = TileStore(work, grid, job)
     if store.resumed_batches:
         console.info(f"{reader.path.name} / {prompt!r}: resuming, {store.resumed_batches} finished batch(es) "
                      "found in the journal")
     run_tiles(reader, model, text, grid, store, options, device, result,
-              f"{reader.path.stem[:24]} / {prompt[:24]}")
+              f"{reader.path.stem[:24]} / {prompt[:24]}", active)
 
     started = time.perf_counter()
     mask_raw, prob_raw = work / "mask_raw.tif", work / "prob_raw.tif"
-    finalise(reader, store, options, mask_raw, prob_raw)
+    finalise(reader, store, options, mask_raw, prob_raw, coarse, None if active is None else set(active))
     result.seconds["blend"] = time.perf_counter() - started
+    if coarse is not None and options.save_coarse:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_coarse(reader, coarse, out_dir / "coarse.tif")
+        result.outputs["coarse"] = str(out_dir / "coarse.tif")
 
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -297,6 +366,10 @@ def validate_options(options: PredictOptions, prompts: list[str]) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
     if not 0 < options.threshold < 1:
         raise UsageError(f"--threshold must be in (0, 1), got {options.threshold}")
+    if options.grounding not in ("tiles", "scene"):
+        raise UsageError(f"--grounding must be tiles or scene, got {options.grounding!r}")
+    if not 0 <= options.coarse_weight <= 1:
+        raise UsageError(f"--coarse-weight must be in [0, 1], got {options.coarse_weight}")
 
 
 class SceneRunner:

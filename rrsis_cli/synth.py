@@ -389,3 +389,44 @@ def make_demo_scene(source: str | Path, out_dir: str | Path, size: int = 2048, c
               "objects": len(objects), "prompts": written}
     (out / "scene_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def make_grounding_scene(source: str | Path, out_path: str | Path, kind: str = "position", scale: int = 8,
+                         seed: int = 0, chip: int = 96) -> dict:
+    """A scene where several look-alike objects stand and exactly one matches a whole-scene expression
+    (``position``, ``relation`` or ``comparison``), for the scene-grounding scenario.
+
+    A chip layout of :func:`compose_chip` (``chip`` px) is scaled by ``scale`` onto real pixels of ``source``,
+    mirror-tiled to ``chip * scale`` px with the source's CRS and pixel size: the expression holds for the
+    scene as a whole ("the green square in the upper left" of the *scene*), while each tile sees only parts of
+    it. Writes ``out_path`` (GeoTIFF) and ``<stem>.gt.tif`` (1 = the referent) and returns the expression."""
+    import rasterio
+
+    if kind not in ("position", "relation", "comparison"):
+        raise ValueError(f"kind must be position, relation or comparison, got {kind!r}")
+    out_path = Path(out_path)
+    rng = np.random.default_rng(seed)
+    pixels = read_source(source)
+    with rasterio.open(source) as src:
+        crs, transform = src.crs, src.transform
+    layout = None
+    while layout is None:
+        layout = compose_chip(random_background(pixels, chip, rng), kind, rng)
+    _, _, expression, _, things = layout
+    size = chip * scale
+    r0, c0 = int(rng.integers(0, pixels.shape[0])), int(rng.integers(0, pixels.shape[1]))
+    scene = pixels[mirror_indices(r0, size, pixels.shape[0])][:, mirror_indices(c0, size, pixels.shape[1])].copy()
+    masks = [paint(scene, Thing(t.shape, t.colour, t.cy * scale, t.cx * scale, t.radius * scale), rng)
+             for t in things]
+    target = masks[0]
+    for other in masks[1:]:
+        target &= ~other  # painted later over the referent: not part of it
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "crs": crs,
+               "transform": transform, "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+    with rasterio.open(out_path, "w", **profile) as dst:
+        dst.write(scene.transpose(2, 0, 1))
+    gt_path = out_path.with_suffix(".gt.tif")
+    with rasterio.open(gt_path, "w", **{**profile, "count": 1}) as dst:
+        dst.write(target.astype(np.uint8), 1)
+    return {"scene": str(out_path), "gt": str(gt_path), "expression": expression, "kind": kind,
+            "look_alikes": len(things) - 1, "size": size}

@@ -70,9 +70,11 @@ class TileGrid:
         cols = self.cols
         return self.rows[index // len(cols)], cols[index % len(cols)]
 
-    def batches(self, batch_size: int) -> list[range]:
-        """Fixed batches of tile indices (a resumed run recomputes exactly the same batches)."""
-        return [range(i, min(i + batch_size, len(self))) for i in range(0, len(self), batch_size)]
+    def batches(self, batch_size: int, active: list[int] | None = None) -> list[list[int]]:
+        """Fixed batches of tile indices, of every tile or of the sorted ``active`` ones (a resumed run
+        recomputes exactly the same batches). A batch is identified by its first index."""
+        indices = list(range(len(self))) if active is None else sorted(active)
+        return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
 
     def overlapping(self, row0: int, row1: int, col0: int, col1: int) -> list[int]:
         """Indices of the tiles that intersect rows [row0, row1) x cols [col0, col1), in row-major order."""
@@ -139,14 +141,16 @@ class TileStore:
         self.done.add(start)
         self.skipped.update(nodata)
 
-    def blend(self, row0: int, row1: int, col0: int, col1: int, weights: np.ndarray) -> np.ndarray:
-        """Weighted mean probability over rows [row0, row1) x cols [col0, col1) (0 where no tile ran)."""
+    def blend(self, row0: int, row1: int, col0: int, col1: int, weights: np.ndarray,
+              active: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted mean probability over rows [row0, row1) x cols [col0, col1) (0 where no tile ran) and the
+        mask of pixels some tile covered. Only ``active`` tiles count when given (scene grounding)."""
         height, width = row1 - row0, col1 - col0
         psum = np.zeros((height, width), np.float32)
         wsum = np.zeros((height, width), np.float32)
         tile = self.grid.tile
         for index in self.grid.overlapping(row0, row1, col0, col1):
-            if index in self.skipped:
+            if index in self.skipped or (active is not None and index not in active):
                 continue
             r, c = self.grid.origin(index)
             # intersection of the tile with the block, in block and in tile coordinates
@@ -158,4 +162,4 @@ class TileStore:
             w = weights[y0 - r:y1 - r, x0 - c:x1 - c]
             psum[y0 - row0:y1 - row0, x0 - col0:x1 - col0] += prob * w
             wsum[y0 - row0:y1 - row0, x0 - col0:x1 - col0] += w
-        return np.where(wsum > 0, psum / np.maximum(wsum, 1e-12), 0.0).astype(np.float32)
+        return np.where(wsum > 0, psum / np.maximum(wsum, 1e-12), 0.0).astype(np.float32), wsum > 0

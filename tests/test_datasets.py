@@ -252,3 +252,14 @@ def test_train_cli_reads_a_benchmark_format(tmp_path):
     assert res.returncode == 0, res.stderr
     assert load_model(tmp_path / "run" / "last").arch == "lavt"
     assert "n_samples" in (tmp_path / "run" / "metrics.csv").read_text()
+
+
+@pytest.mark.parametrize("card", ["rmsin-tiny", "lgce-tiny", "crobim-tiny", "btdnet-tiny"])
+def test_evaluate_runs_every_architecture_through_the_registry(tmp_path, card):
+    """`evaluate_dataset` needs nothing architecture-specific: every tiny card scores a fixture split."""
+    from rrsis_cli.evaluate import evaluate_dataset
+    from rrsis_cli.models import build_model
+
+    ds = open_dataset("risbench", write_risbench(tmp_path / "data"), "test")
+    summary = evaluate_dataset(build_model(card, seed=0), ds, tmp_path / "ev", image_size=64, plots=False)
+    assert summary["n_samples"] == 3 and summary["model"]["arch"] == card.split("-")[0]

@@ -172,7 +172,7 @@ def test_exit_codes(tmp_path):
     assert usage.returncode == 2
 
 
-@pytest.mark.parametrize("card", ["rmsin-tiny", "lgce-tiny"])
+@pytest.mark.parametrize("card", ["rmsin-tiny", "lgce-tiny", "btdnet-tiny"])
 def test_predict_runs_every_architecture_through_the_registry(card, tmp_path):
     manifest = predict([DATA / "rgbn_5m.tif"], card, ["the roof"], tmp_path,
                        PredictOptions(tile_size=128, batch_size=8, device="cpu"))

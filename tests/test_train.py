@@ -147,7 +147,7 @@ def test_ddp_two_process_gloo_run(tmp_path):
     assert len(rows) == 2 and int(rows[-1]["n_samples"]) == 8  # every validation sample scored once
 
 
-@pytest.mark.parametrize("card", ["lavt-tiny", "rmsin-tiny", "lgce-tiny"])
+@pytest.mark.parametrize("card", ["lavt-tiny", "rmsin-tiny", "lgce-tiny", "crobim-tiny", "btdnet-tiny"])
 def test_every_architecture_trains_through_the_registry(card, tmp_path):
     """No architecture-specific branches: the same Trainer runs each tiny card and writes loadable checkpoints."""
     model = build_model(card, seed=0)
