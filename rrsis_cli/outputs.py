@@ -43,6 +43,7 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
     import rasterio
     from rasterio.features import shapes
     from rasterio.windows import Window
+    from scipy.ndimage import label
     from shapely.geometry import shape
     from shapely.ops import unary_union
     from shapely.strtree import STRtree
@@ -59,11 +60,12 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
                 if not hit.any():
                     continue
                 prob = prob_ds.read(1, window=window).astype(np.float64) / 254.0
-                transform = ds.window_transform(window)
-                for geom, _ in shapes(hit.astype(np.uint8), mask=hit, transform=transform):
-                    poly = shape(geom)
-                    inside = rasterio.features.geometry_mask([geom], hit.shape, transform, invert=True)
-                    parts.append((poly, int(inside.sum()), float(prob[inside].sum())))
+                # 4-connected components, as rasterio's shapes(): one polygon per label, counted in one pass
+                labels, count = label(hit)
+                pixels = np.bincount(labels.ravel(), minlength=count + 1)
+                prob_sums = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=count + 1)
+                for geom, value in shapes(labels.astype(np.int32), mask=hit, transform=ds.window_transform(window)):
+                    parts.append((shape(geom), int(pixels[int(value)]), float(prob_sums[int(value)])))
     merged = unary_union([p for p, _, _ in parts]) if parts else None
     components = list(getattr(merged, "geoms", [merged])) if merged is not None and not merged.is_empty else []
     # each window part lies in exactly one merged component: assign it by an interior point
