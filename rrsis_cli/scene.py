@@ -9,6 +9,7 @@ the user's ``stretch``. A CRS-less raster is read in pixel space with a warning.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +21,10 @@ import numpy as np
 
 from rrsis_cli import console
 from rrsis_cli.errors import InputError, UsageError
+
+# GDAL's block cache defaults to 5 % of RAM and fills up on large scenes; a fixed bound keeps predict's memory
+# independent of the scene size. Set GDAL_CACHEMAX yourself (MB) to override.
+os.environ.setdefault("GDAL_CACHEMAX", "128")
 
 
 def resample_to_gsd(ds, gsd: float, path: Path):

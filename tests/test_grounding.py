@@ -27,10 +27,10 @@ def _iou(mask_path: Path, gt_path: str) -> float:
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
-    """Six 768 x 768 scenes (2 x position, relation, comparison), each with 1-3 look-alikes of the referent."""
+    """Three 768 x 768 scenes (position, relation, comparison), each with 1-3 look-alikes of the referent."""
     root = tmp_path_factory.mktemp("grounding")
     scenes = []
-    for i, kind in enumerate(["position", "relation", "comparison"] * 2):
+    for i, kind in enumerate(["position", "relation", "comparison"]):
         scenes.append(make_grounding_scene(SOURCE, root / f"{kind}{i}.tif", kind, scale=8, seed=100 + i))
     return root, scenes
 
