@@ -99,8 +99,9 @@ def merge_manifests(out: str | Path) -> dict[str, Any]:
               "seconds": max(m["seconds"] for m in parts)}
     done = [r for r in merged["results"] if r["status"] == "done"]
     merged["tiles_per_second"] = sum(r["tiles"] for r in done) / merged["seconds"] if merged["seconds"] else 0.0
-    failed = sum(r["status"] == "failed" for r in merged["results"])
-    merged["exit_code"] = 0 if not failed else (1 if failed == len(merged["results"]) else 3)
+    from rrsis_cli.predict import exit_code_for
+
+    merged["exit_code"] = exit_code_for([r["status"] for r in merged["results"]])
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(json.dumps(merged, indent=2, default=str) + "\n")
     os.replace(tmp, out / "manifest.json")

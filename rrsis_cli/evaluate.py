@@ -107,22 +107,24 @@ def _scored_pairs(model, dataset, samples: list, size: int, protocol: str, batch
     """(sample, prediction, ground truth) at the scoring resolution, batch by batch."""
     for start in range(0, len(samples), batch_size):
         batch = samples[start:start + batch_size]
-        loaded = [dataset.load_sample(s) for s in batch]
-        if predictions is not None:
+        if predictions is not None:  # saved masks: only the ground truth is read, never the images
+            gts = [dataset.load_mask(s) for s in batch]
             native = [read_prediction(predictions, s.id) for s in batch]
-            for s, pred, (_, gt) in zip(batch, native, loaded, strict=True):
+            for s, pred, gt in zip(batch, native, gts, strict=True):
                 if pred.shape != gt.shape:
                     raise InputError(f"prediction for {s.id} is {pred.shape[1]}x{pred.shape[0]}, the image is "
                                      f"{gt.shape[1]}x{gt.shape[0]} (save predictions at the original size)",
                                      predictions)
             at_size = [resize_mask(p, size).numpy().astype(bool) for p in native]
         else:
+            loaded = [dataset.load_sample(s) for s in batch]
+            gts = [gt for _, gt in loaded]
             at_size, native = _predict_batch(model, [im for im, _ in loaded], [s.expression for s in batch], size,
                                              device, precision)
             if save_dir is not None:
                 for s, pred in zip(batch, native, strict=True):
                     _save_mask(save_dir, s.id, pred)
-        for s, small, full, (_, gt) in zip(batch, at_size, native, loaded, strict=True):
+        for s, small, full, gt in zip(batch, at_size, native, gts, strict=True):
             if protocol == "official":
                 yield s, small, resize_mask(gt, size).numpy().astype(bool)
             else:

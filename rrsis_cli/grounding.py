@@ -53,13 +53,10 @@ def read_coarse_view(reader, size: int) -> tuple[np.ndarray, np.ndarray]:
 
     ds = reader.ds
     shape = (len(reader.bands), size, size)
-    data = ds.read(reader.bands, out_shape=shape, resampling=Resampling.average).astype(np.float32)
+    data = reader.normalise(ds.read(reader.bands, out_shape=shape, resampling=Resampling.average))
     valid = ds.read_masks(reader.bands, out_shape=shape, resampling=Resampling.nearest).min(axis=0) > 0
-    data = np.clip((data - reader.lo[:, None, None]) / (reader.hi - reader.lo)[:, None, None], 0, 1)
-    if data.shape[0] < 3:
-        data = np.repeat(data[:1], 3, axis=0)
     data[:, ~valid] = 0.0
-    return data[:3], valid
+    return data, valid
 
 
 def coarse_pass(reader, model, text, size: int, threshold: float, margin: float, tile: int, device,

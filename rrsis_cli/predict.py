@@ -454,13 +454,18 @@ def finish_manifest(manifest: RunManifest, out: Path, started: float, area_km2: 
     manifest.km2_per_hour = area_km2 / manifest.seconds * 3600 if area_km2 and manifest.seconds else None
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         manifest.gpu_max_memory_mb = torch.cuda.max_memory_allocated() / 2**20
-    failed = sum(r.status == "failed" for r in manifest.results)
-    manifest.exit_code = EXIT_OK if not failed else (EXIT_FATAL if failed == len(manifest.results) else EXIT_PARTIAL)
+    manifest.exit_code = exit_code_for([r.status for r in manifest.results])
     write_manifest(manifest, out / name)
     work = out / WORK_DIR
     if work.is_dir() and not any(work.rglob("job.json")):
         shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+def exit_code_for(statuses: list[str]) -> int:
+    """0 when nothing failed (done, skipped or dry-run), 1 when everything failed, 3 when some failed."""
+    failed = sum(status == "failed" for status in statuses)
+    return EXIT_OK if not failed else (EXIT_FATAL if failed == len(statuses) else EXIT_PARTIAL)
 
 
 def write_manifest(manifest: RunManifest, path: Path) -> None:
@@ -496,17 +501,18 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
         cluster = f"local:{torch.cuda.device_count()}"
     with distributed.output_lock(out, part, lock_wait):
         if (cluster or scheduler) and not options.dry_run:
-            manifest = _predict_with_dask(scenes, model_spec, prompts, out, options, cluster, scheduler, retries,
-                                          slurm)
+            manifest, started, area_km2 = _predict_with_dask(scenes, model_spec, prompts, out, options, cluster,
+                                                             scheduler, retries, slurm)
         else:
-            manifest = _predict_here(scenes, model_spec, prompts, out, options)
+            manifest, started, area_km2 = _predict_here(scenes, model_spec, prompts, out, options)
         manifest.shard = None if part is None else f"{part[0]}/{part[1]}"
-        return finish_manifest(manifest, out, manifest.seconds, manifest.km2_per_hour or 0.0,
-                               distributed.manifest_name(part))
+        return finish_manifest(manifest, out, started, area_km2, distributed.manifest_name(part))
 
 
 def _predict_here(scenes: list[Path], model_spec: str, prompts: list[str], out: Path,
-                  options: PredictOptions) -> RunManifest:
+                  options: PredictOptions) -> tuple[RunManifest, float, float]:
+    """The manifest of an in-process run, when processing started (after the model loaded) and km² done;
+    :func:`finish_manifest` completes the timings."""
     runner = SceneRunner(model_spec, prompts, out, options)
     manifest = RunManifest(__version__, str(runner.model.config.get("name")), runner.model.sha256, list(prompts),
                            {**asdict(options), "tile_size": runner.tile})
@@ -520,13 +526,14 @@ def _predict_here(scenes: list[Path], model_spec: str, prompts: list[str], out: 
             area_km2 += km2
             bar.update(1)
     manifest.encoder_calls = runner.texts.calls
-    manifest.seconds, manifest.km2_per_hour = started, area_km2  # finished by finish_manifest
-    return manifest
+    return manifest, started, area_km2
 
 
 def _predict_with_dask(scenes: list[Path], model_spec: str, prompts: list[str], out: Path,
                        options: PredictOptions, cluster: str | None, scheduler: str | None, retries: int,
-                       slurm: dict[str, Any] | None) -> RunManifest:
+                       slurm: dict[str, Any] | None) -> tuple[RunManifest, float, float]:
+    """The manifest of a dask run, when it started (cluster start-up included) and km² done;
+    :func:`finish_manifest` completes the timings."""
     from rrsis_cli import distributed
 
     started = time.perf_counter()
@@ -543,5 +550,4 @@ def _predict_with_dask(scenes: list[Path], model_spec: str, prompts: list[str], 
         manifest.inputs.append(outcome["record"])
         manifest.results += [SceneResult(**r) for r in outcome["results"]]
     manifest.encoder_calls = sum(o["encoder_calls"] for o in outcomes)
-    manifest.seconds, manifest.km2_per_hour = started, sum(o["km2"] for o in outcomes)
-    return manifest
+    return manifest, started, sum(o["km2"] for o in outcomes)

@@ -119,12 +119,17 @@ class SceneReader:
         else:
             valid = self.ds.read_masks(self.bands, window=window, boundless=not inside).min(axis=0) > 0
         read_done = time.perf_counter()
+        data = self.normalise(raw)
+        self.seconds["read"] += read_done - started
+        self.seconds["normalise"] += time.perf_counter() - read_done
+        return data, valid
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        """(C, h, w) raw values -> (3, h, w) float in [0, 1] with the scene-level range (one band is repeated)."""
         data = np.clip((raw.astype(np.float32) - self.lo[:, None, None]) / (self.hi - self.lo)[:, None, None], 0, 1)
         if data.shape[0] < 3:
             data = np.repeat(data[:1], 3, axis=0)
-        self.seconds["read"] += read_done - started
-        self.seconds["normalise"] += time.perf_counter() - read_done
-        return data[:3], valid
+        return data[:3]
 
     def read_masks(self, window) -> np.ndarray:
         """(h, w) bool: valid pixels of the selected bands in ``window`` (inside the scene)."""

@@ -199,7 +199,9 @@ def test_rrsisd_unknown_ids_and_missing_split(tmp_path):
     root, _ = write_rrsisd(tmp_path)
     with pytest.raises(DatasetError, match="split 'val' has no refs.*test, train"):
         open_dataset("rrsisd", root, "val")
-    refs = pickle.loads((root / "rrsisd" / "refs(unc).p").read_bytes())
+    from rrsis_cli.data.rrsisd import load_plain_pickle
+
+    refs = load_plain_pickle(root / "rrsisd" / "refs(unc).p")
     refs[0]["ann_id"] = 999
     (root / "rrsisd" / "refs(unc).p").write_bytes(pickle.dumps(refs))
     with pytest.raises(DatasetError, match="ref 7: unknown ann_id"):

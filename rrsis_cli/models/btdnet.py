@@ -73,11 +73,12 @@ from rrsis_cli.models.base import ReferringSegmenter, TextFeatures
 from rrsis_cli.models.decoders import SimpleDecoder
 from rrsis_cli.models.swin import (
     Mlp,
-    PatchEmbed,
     PatchMerging,
     SwinStage,
     drop_path_schedule,
     init_transformer_weights,
+    patch_embed_for,
+    swin_dims,
 )
 
 PLACEMENTS = ("encoder", "post")
@@ -180,13 +181,9 @@ class BSCSwinBackbone(nn.Module):
 
     def __init__(self, cfg: dict, text_dim: int, bsc_cfg: dict):
         super().__init__()
-        embed = int(cfg["embed_dim"])
-        depths = list(cfg["depths"])
-        heads = list(cfg["num_heads"])
-        window = int(cfg["window_size"])
+        embed, depths, heads, window, self.num_features = swin_dims(cfg)
         self.placement = _choice(bsc_cfg, "placement", "encoder", PLACEMENTS, "bsc")
-        self.num_features = [embed * 2 ** i for i in range(len(depths))]
-        self.patch_embed = PatchEmbed(int(cfg.get("in_chans", 3)), embed, int(cfg.get("patch_size", 4)))
+        self.patch_embed = patch_embed_for(cfg)
         rates = drop_path_schedule(depths, float(cfg.get("drop_path_rate", 0.3)))
         self.layers = nn.ModuleList(
             BSCStage(self.num_features[i], depths[i], heads[i], window, float(cfg.get("mlp_ratio", 4.0)), rates[i],

@@ -16,11 +16,12 @@ from rrsis_cli.models.base import ReferringSegmenter, TextFeatures
 from rrsis_cli.models.decoders import SimpleDecoder
 from rrsis_cli.models.fusion import PWAM, tanh_gate
 from rrsis_cli.models.swin import (
-    PatchEmbed,
     PatchMerging,
     SwinStage,
     drop_path_schedule,
     init_transformer_weights,
+    patch_embed_for,
+    swin_dims,
 )
 
 
@@ -48,12 +49,8 @@ class LanguageSwinBackbone(nn.Module):
 
     def __init__(self, cfg: dict, text_dim: int, fusion_cfg: dict):
         super().__init__()
-        embed = int(cfg["embed_dim"])
-        depths = list(cfg["depths"])
-        heads = list(cfg["num_heads"])
-        window = int(cfg["window_size"])
-        self.num_features = [embed * 2 ** i for i in range(len(depths))]
-        self.patch_embed = PatchEmbed(int(cfg.get("in_chans", 3)), embed, int(cfg.get("patch_size", 4)))
+        embed, depths, heads, window, self.num_features = swin_dims(cfg)
+        self.patch_embed = patch_embed_for(cfg)
         if cfg.get("ape"):  # Swin's optional absolute position embedding, resized bicubically to the input
             grid = int(cfg.get("ape_grid", 24))
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, embed, grid, grid))

@@ -217,6 +217,19 @@ SWIN_VARIANTS: dict[str, dict] = {
 }
 
 
+def swin_dims(cfg: dict) -> tuple[int, list[int], list[int], int, list[int]]:
+    """(embed_dim, depths, num_heads, window_size, stage widths) of a backbone configuration section."""
+    embed = int(cfg["embed_dim"])
+    depths = [int(d) for d in cfg["depths"]]
+    return embed, depths, [int(h) for h in cfg["num_heads"]], int(cfg["window_size"]), \
+        [embed * 2 ** i for i in range(len(depths))]
+
+
+def patch_embed_for(cfg: dict) -> PatchEmbed:
+    """The stride-4 patch embedding of a backbone configuration section."""
+    return PatchEmbed(int(cfg.get("in_chans", 3)), int(cfg["embed_dim"]), int(cfg.get("patch_size", 4)))
+
+
 def drop_path_schedule(depths: list[int], rate: float) -> list[list[float]]:
     """Stochastic depth rising linearly from 0 to ``rate`` over all blocks, split per stage."""
     total = sum(depths)
