@@ -68,8 +68,9 @@ def shard_of(scene: Path, count: int) -> int:
     return int.from_bytes(digest[:8], "big") % count
 
 
-def select_shard(scenes: list[Path], index: int, count: int) -> list[Path]:
-    return [s for s in scenes if shard_of(s, count) == index]
+def select_shard(scenes: list, index: int, count: int) -> list:
+    """The scenes (:class:`~rrsis_cli.inputs.Scene` or paths) of shard ``index`` of ``count``."""
+    return [s for s in scenes if shard_of(getattr(s, "path", s), count) == index]
 
 
 def manifest_name(shard: tuple[int, int] | None) -> str:
@@ -159,10 +160,12 @@ def _worker_device(requested: str) -> str:
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
-def run_scene_task(scene: str, model_spec: str, prompts: list[str], out: str, options: dict) -> dict[str, Any]:
-    """The dask task: one scene with this worker's cached runner (model loaded once per worker)."""
+def run_scene_task(scene: dict, model_spec: str, prompts: list[str], out: str, options: dict) -> dict[str, Any]:
+    """The dask task: one scene (:meth:`Scene.as_dict`) with this worker's cached runner (model loaded once per
+    worker)."""
     import torch
 
+    from rrsis_cli.inputs import Scene
     from rrsis_cli.predict import PredictOptions, SceneRunner
 
     torch.set_num_threads(max(1, int(os.environ.get("RRSIS_WORKER_THREADS", "1"))))
@@ -172,7 +175,7 @@ def run_scene_task(scene: str, model_spec: str, prompts: list[str], out: str, op
         _RUNNERS[key] = SceneRunner(model_spec, prompts, Path(out), opts)
     runner = _RUNNERS[key]
     calls_before = runner.texts.calls
-    record, results, km2 = runner.run(Path(scene))
+    record, results, km2 = runner.run(Scene.from_dict(scene))
     return {"record": record, "results": [asdict(r) for r in results], "km2": km2,
             "encoder_calls": runner.texts.calls - calls_before, "model": str(runner.model.config.get("name")),
             "model_sha256": runner.model.sha256, "tile_size": runner.tile}
@@ -216,29 +219,31 @@ def slurm_cluster(options: dict[str, Any]):
     return jobs, SLURMCluster(**kwargs)
 
 
-def predict_on_cluster(scenes: list[Path], model_spec: str, prompts: list[str], out: Path, options,
+def predict_on_cluster(scenes: list, model_spec: str, prompts: list[str], out: Path, options,
                        client, retries: int = 2) -> list[dict[str, Any]]:
     """Run every scene as one dask task; one task result (see :func:`run_scene_task`) per scene, in input order;
     a scene whose task could not finish gets a failed record."""
     from distributed import as_completed
 
+    from rrsis_cli.inputs import relative_output_dir
     from rrsis_cli.predict import SceneResult
 
     plain = asdict(options)
-    futures = {client.submit(run_scene_task, str(s), model_spec, list(prompts), str(out), plain, pure=False,
-                             retries=retries, key=f"rrsis-scene-{i}-{s.stem}"): s
+    futures = {client.submit(run_scene_task, s.as_dict(), model_spec, list(prompts), str(out), plain, pure=False,
+                             retries=retries, key=f"rrsis-scene-{i}-{s.path.stem}"): s
                for i, s in enumerate(scenes)}
-    outcomes: dict[Path, dict[str, Any]] = {}
+    outcomes: dict[Any, dict[str, Any]] = {}
     with console.progress_bar(len(futures), "scenes", unit="scene") as bar:
         for future in as_completed(futures):
             scene = futures[future]
             try:
                 outcomes[scene] = future.result()
             except Exception as exc:  # noqa: BLE001 - KilledWorker, lost connections: report the scene
-                message = f"{scene}: {type(exc).__name__}: {exc}"
+                message = f"{scene.path}: {type(exc).__name__}: {exc}"
                 console.error(message)
-                outcomes[scene] = {"record": {"path": str(scene), "error": message}, "km2": 0.0,
-                                   "results": [asdict(SceneResult(str(scene), p, "failed", error=message))
+                outcomes[scene] = {"record": {**scene.as_dict(), "error": message}, "km2": 0.0,
+                                   "results": [asdict(SceneResult(str(scene.path), p, "failed",
+                                                                  relative_output_dir(scene, p), error=message))
                                                for p in prompts], "encoder_calls": 0}
             bar.update(1)
     return [outcomes[s] for s in scenes]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from rrsis_cli import console
 from rrsis_cli.errors import InputError, OutputError, UsageError
+from rrsis_cli.inputs import strip_key_hash
 from rrsis_cli.metrics import MetricAccumulator, intersection_union
 from rrsis_cli.train.data import resize_image, resize_mask
 
@@ -341,7 +342,8 @@ def _files(path: Path, patterns: tuple[str, ...]) -> list[Path]:
 
 def pair_scenes(pred: str | Path, gt: str | Path) -> list[tuple[Path, Path]]:
     """Match prediction masks to ground-truth files (vectors or mask GeoTIFFs): one file each, or by name — a GT file stem equal to
-    the mask's stem, its prompt folder (``OUT/<scene>/<prompt>/mask.tif``) or its scene folder."""
+    the mask's stem, its prompt folder (``OUT/<scene key>/<prompt key>/mask.tif``, with or without the keys'
+    ``-<8 hex>`` suffix) or its scene folder."""
     preds = _files(Path(pred), ("*.tif", "*.tiff"))
     gts = _files(Path(gt), ("*.geojson", "*.gpkg", "*.json", "*.fgb", "*.shp", "*.tif", "*.tiff"))
     if len(preds) == 1 and len(gts) == 1:
@@ -349,7 +351,8 @@ def pair_scenes(pred: str | Path, gt: str | Path) -> list[tuple[Path, Path]]:
     by_stem = {g.stem: g for g in gts}
     pairs, unmatched = [], []
     for p in preds:
-        keys = (p.stem, p.parent.name, p.parent.parent.name)
+        keys = (p.stem, p.parent.name, strip_key_hash(p.parent.name), p.parent.parent.name,
+                strip_key_hash(p.parent.parent.name))
         match = next((by_stem[k] for k in keys if k in by_stem), None)
         (pairs.append((p, match)) if match else unmatched.append(p))
     if unmatched:

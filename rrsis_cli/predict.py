@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,14 +25,12 @@ import torch
 
 from rrsis_cli import __version__, console
 from rrsis_cli.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, OutputError, RrsisError, UsageError
+from rrsis_cli.inputs import WORK_DIR, Scene, find_scenes, output_dir, relative_output_dir, work_dir
 from rrsis_cli.outputs import VECTOR_DRIVERS, mask_profile, to_cog, vectorise
 from rrsis_cli.scene import SceneReader, prefetch
 from rrsis_cli.tiling import TileGrid, TileStore, blend_weights, tile_origins
 
 __all__ = ["PredictOptions", "RunManifest", "SceneResult", "blend_weights", "predict", "tile_origins"]
-
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
-WORK_DIR = ".rrsis-work"
 
 
 @dataclass
@@ -68,6 +65,7 @@ class SceneResult:
     scene: str
     prompt: str
     status: str = "pending"
+    output_dir: str | None = None  # relative to OUT: <scene key>/<prompt key>
     outputs: dict[str, str] = field(default_factory=dict)
     tiles: int = 0
     tiles_skipped_nodata: int = 0
@@ -86,6 +84,7 @@ class RunManifest:
     options: dict[str, Any]
     inputs: list[dict[str, Any]] = field(default_factory=list)
     results: list[SceneResult] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)  # inputs reached twice, processed once
     encoder_calls: int = 0
     seconds: float = 0.0
     tiles_per_second: float = 0.0
@@ -93,26 +92,6 @@ class RunManifest:
     shard: str | None = None
     gpu_max_memory_mb: float | None = None
     exit_code: int = 0
-
-
-# ------------------------------------------------------------------------------------------- inputs
-def find_inputs(inputs: list[str | Path], glob: str | None = None) -> list[Path]:
-    """Files, folders (recursive ``*.tif|*.tiff|*.vrt`` or ``glob``), or ``.txt`` lists of paths."""
-    found: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found += sorted(p for p in item.rglob(glob or "*") if p.suffix.lower() in RASTER_SUFFIXES or glob)
-        elif item.suffix.lower() == ".txt" and item.is_file():
-            found += [Path(line.strip()) for line in item.read_text().splitlines() if line.strip()]
-        else:
-            found.append(item)
-    if not found:
-        raise UsageError("no input scenes found")
-    return found
-
-
-def slugify(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80] or "prompt"
 
 
 # ------------------------------------------------------------------------------------------------ engine
@@ -155,8 +134,11 @@ def infer(model, text, tiles: list[np.ndarray], device: torch.device, precision:
 
 
 # ------------------------------------------------------------------------------------------------ hashes
-def config_hash(model_sha: str | None, prompt: str, options: PredictOptions, tile: int) -> str:
-    payload = {"model": model_sha, "prompt": prompt, "tile": tile, "overlap": options.overlap,
+def config_hash(model_sha: str | None, scene: Scene, prompt: str, options: PredictOptions, tile: int) -> str:
+    """Identifies one (scene, prompt, model, parameters): stored in ``mask.tif`` and in the journal, so an
+    existing output is skipped, and a journal resumed, only for exactly this pair and configuration."""
+    payload = {"model": model_sha, "scene": scene.fingerprint, "prompt": prompt, "tile": tile,
+               "overlap": options.overlap,
                "threshold": options.threshold, "bands": options.bands, "gsd": options.gsd,
                "stretch": options.stretch, "version": __version__}
     if options.grounding != "tiles":
@@ -165,14 +147,20 @@ def config_hash(model_sha: str | None, prompt: str, options: PredictOptions, til
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def existing_hash(mask_path: Path) -> str | None:
+def is_finished(mask_path: Path, scene: Scene, prompt: str, chash: str) -> bool:
+    """True when ``mask_path`` exists and its tags prove it is the output of this scene (fingerprint), this exact
+    prompt and this configuration: a file of the same name is not enough."""
     import rasterio
 
+    if not mask_path.exists():
+        return False
     try:
         with rasterio.open(mask_path) as ds:
-            return ds.tags().get("rrsis_config_hash")
+            tags = ds.tags()
     except rasterio.errors.RasterioIOError:
-        return None
+        return False
+    return (tags.get("rrsis_config_hash") == chash and tags.get("prompt") == prompt
+            and tags.get("rrsis_scene_fingerprint") == scene.fingerprint)
 
 
 # ------------------------------------------------------------------------------------------------ scenes
@@ -287,12 +275,12 @@ def finalise(reader: SceneReader, store: TileStore, options: PredictOptions, mas
                 prob_dst.write(p8, 1, window=window)
 
 
-def predict_scene(reader: SceneReader, model, text, prompt: str, out_dir: Path, work: Path,
+def predict_scene(reader: SceneReader, model, text, scene: Scene, prompt: str, out_dir: Path, work: Path,
                   options: PredictOptions, tile: int, device: torch.device, result: SceneResult) -> None:
     """One (scene, prompt): tiles (resuming from the journal in ``work``), blending, COG outputs, vectors."""
     ds = reader.ds
     grid = TileGrid.for_scene(ds.height, ds.width, tile, options.overlap)
-    chash = config_hash(model.sha256, prompt, options, tile)
+    chash = config_hash(model.sha256, scene, prompt, options, tile)
     coarse, active = None, None
     if options.grounding == "scene":
         coarse, active = ground_scene(reader, model, text, options, tile, grid, device, result)
@@ -318,7 +306,8 @@ def predict_scene(reader: SceneReader, model, text, prompt: str, out_dir: Path, 
     out_dir.mkdir(parents=True, exist_ok=True)
     tags = {"prompt": prompt, "model": str(model.config.get("name")), "model_sha256": str(model.sha256),
             "rrsis_version": __version__, "tile_size": str(tile), "overlap": str(options.overlap),
-            "threshold": str(options.threshold), "rrsis_config_hash": chash}
+            "threshold": str(options.threshold), "rrsis_config_hash": chash, "rrsis_scene": str(scene.path),
+            "rrsis_scene_fingerprint": scene.fingerprint}
     if options.gsd is not None:
         tags["gsd"] = str(options.gsd)
     if options.save_prob:
@@ -340,6 +329,14 @@ def predict_scene(reader: SceneReader, model, text, prompt: str, out_dir: Path, 
     to_cog(mask_raw, out_dir / "mask.tif", tags)
     result.outputs["mask"] = str(out_dir / "mask.tif")
     result.seconds["write"] += time.perf_counter() - started
+
+
+def unique_prompts(prompts: list[str]) -> list[str]:
+    """The prompts in order, each exact text once (a repeated prompt would write the same outputs twice)."""
+    unique = list(dict.fromkeys(prompts))
+    if len(unique) < len(prompts):
+        console.warn(f"{len(prompts) - len(unique)} repeated prompt(s) dropped; each prompt runs once")
+    return unique
 
 
 def check_output_dir(out: Path) -> None:
@@ -389,17 +386,18 @@ class SceneRunner:
             raise UsageError(f"--tile-size must be a multiple of 32, got {self.tile}")
         self.texts = TextCache(self.model)
 
-    def run(self, scene: Path) -> tuple[dict[str, Any], list[SceneResult], float]:
+    def run(self, scene: Scene) -> tuple[dict[str, Any], list[SceneResult], float]:
         """(input record for the manifest, one result per prompt, km² processed) for one scene."""
         options, prompts = self.options, self.prompts
         try:
-            reader = SceneReader(scene, options.bands, options.gsd, options.stretch)
+            reader = SceneReader(scene.path, options.bands, options.gsd, options.stretch)
         except RrsisError as exc:
             console.error(exc.one_line())
-            return ({"path": str(scene), "error": exc.one_line()},
-                    [SceneResult(str(scene), p, "failed", error=exc.one_line()) for p in prompts], 0.0)
+            return ({**scene.as_dict(), "error": exc.one_line()},
+                    [SceneResult(str(scene.path), p, "failed", relative_output_dir(scene, p),
+                                 error=exc.one_line()) for p in prompts], 0.0)
         ds = reader.ds
-        record = {"path": str(scene), "width": reader.native_size[0], "height": reader.native_size[1],
+        record = {**scene.as_dict(), "width": reader.native_size[0], "height": reader.native_size[1],
                   "processed_width": ds.width, "processed_height": ds.height, "bands": reader.bands,
                   "dtype": str(reader.dtype), "crs": str(ds.crs) if ds.crs else None,
                   "normalisation": {"low": reader.lo.tolist(), "high": reader.hi.tolist(),
@@ -408,7 +406,7 @@ class SceneRunner:
         results, area_km2 = [], 0.0
         try:
             for prompt in prompts:
-                result = SceneResult(str(scene), prompt)
+                result = SceneResult(str(scene.path), prompt, output_dir=relative_output_dir(scene, prompt))
                 results.append(result)
                 self._run_prompt(reader, scene, prompt, result)
                 if result.status == "done" and ds.crs is not None and not ds.crs.is_geographic:
@@ -417,20 +415,20 @@ class SceneRunner:
             reader.close()
         return record, results, area_km2
 
-    def _run_prompt(self, reader: SceneReader, scene: Path, prompt: str, result: SceneResult) -> None:
+    def _run_prompt(self, reader: SceneReader, scene: Scene, prompt: str, result: SceneResult) -> None:
         options, tile, ds = self.options, self.tile, reader.ds
-        target = self.out / scene.stem / slugify(prompt)
+        target = output_dir(self.out, scene, prompt)
         if options.dry_run:
             result.tiles = len(TileGrid.for_scene(ds.height, ds.width, tile, options.overlap))
             result.status = "dry-run"
             return
-        if (target / "mask.tif").exists() and not options.overwrite and \
-                existing_hash(target / "mask.tif") == config_hash(self.model.sha256, prompt, options, tile):
+        if not options.overwrite and is_finished(target / "mask.tif", scene, prompt,
+                                                 config_hash(self.model.sha256, scene, prompt, options, tile)):
             result.status = "skipped-existing"
             return
-        work = self.out / WORK_DIR / scene.stem / slugify(prompt)
+        work = work_dir(self.out, scene, prompt)
         try:
-            predict_scene(reader, self.model, self.texts.get(prompt), prompt, target, work, options, tile,
+            predict_scene(reader, self.model, self.texts.get(prompt), scene, prompt, target, work, options, tile,
                           self.device, result)
             result.status = "done"
             shutil.rmtree(work, ignore_errors=True)  # kept on failure or interruption: the next run resumes
@@ -438,9 +436,9 @@ class SceneRunner:
             result.status, result.error = "failed", exc.one_line()
             console.error(exc.one_line())
         except Exception as exc:  # noqa: BLE001 - one scene never stops the others
-            result.status, result.error = "failed", f"{scene}: {type(exc).__name__}: {exc}"
+            result.status, result.error = "failed", f"{scene.path}: {type(exc).__name__}: {exc}"
             console.error(result.error)
-        console.info(f"{scene.name} / {prompt!r}: {result.status} ({result.tiles} tiles run, "
+        console.info(f"{scene.path.name} / {prompt!r}: {result.status} ({result.tiles} tiles run, "
                      f"{result.tiles_resumed} resumed, {result.tiles_skipped_nodata} nodata tiles skipped)")
 
 
@@ -488,8 +486,10 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
     from rrsis_cli import distributed
 
     options = options or PredictOptions()
+    prompts = unique_prompts(prompts)
     validate_options(options, prompts)
-    scenes = find_inputs(inputs, glob)
+    duplicates: list[dict[str, str]] = []
+    scenes = find_scenes(inputs, glob, duplicates)
     part = distributed.parse_shard(shard) if shard else distributed.shard_from_environment()
     if part is not None:
         scenes = distributed.select_shard(scenes, *part)
@@ -506,10 +506,11 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
         else:
             manifest, started, area_km2 = _predict_here(scenes, model_spec, prompts, out, options)
         manifest.shard = None if part is None else f"{part[0]}/{part[1]}"
+        manifest.duplicates = duplicates
         return finish_manifest(manifest, out, started, area_km2, distributed.manifest_name(part))
 
 
-def _predict_here(scenes: list[Path], model_spec: str, prompts: list[str], out: Path,
+def _predict_here(scenes: list[Scene], model_spec: str, prompts: list[str], out: Path,
                   options: PredictOptions) -> tuple[RunManifest, float, float]:
     """The manifest of an in-process run, when processing started (after the model loaded) and km² done;
     :func:`finish_manifest` completes the timings."""
@@ -529,7 +530,7 @@ def _predict_here(scenes: list[Path], model_spec: str, prompts: list[str], out: 
     return manifest, started, area_km2
 
 
-def _predict_with_dask(scenes: list[Path], model_spec: str, prompts: list[str], out: Path,
+def _predict_with_dask(scenes: list[Scene], model_spec: str, prompts: list[str], out: Path,
                        options: PredictOptions, cluster: str | None, scheduler: str | None, retries: int,
                        slurm: dict[str, Any] | None) -> tuple[RunManifest, float, float]:
     """The manifest of a dask run, when it started (cluster start-up included) and km² done;

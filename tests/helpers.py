@@ -44,3 +44,13 @@ def synthetic_official_checkpoint(manifest: str, seed: int = 0) -> dict:
     if bert:
         ckpt["bert_model"] = bert
     return ckpt
+
+
+def pair_dir(out: str | Path, scene: str | Path, prompt: str, manifest: str = "manifest.json") -> Path:
+    """The output directory of (scene, prompt), looked up in the run's manifest as a user would."""
+    import json
+
+    results = json.loads((Path(out) / manifest).read_text())["results"]
+    found = [r["output_dir"] for r in results if Path(r["scene"]) == Path(scene) and r["prompt"] == prompt]
+    assert len(found) == 1, f"{scene} / {prompt!r}: {len(found)} results in {out}/{manifest}"
+    return Path(out) / found[0]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import read_manifest
+from helpers import pair_dir, read_manifest
 from rrsis_cli.errors import ConversionError, ModelError
 from rrsis_cli.models import build_model, init_model, load_model, save_model
 from rrsis_cli.models.convnext import CONVNEXT_VARIANTS, ConvNeXt, convnext_parameter_count
@@ -365,5 +365,5 @@ def test_predict_on_a_scene_with_crobim_tiny(tmp_path):
     manifest = predict([scene], "crobim-tiny", ["the roof"], tmp_path,
                        PredictOptions(tile_size=128, batch_size=8, device="cpu"))
     assert manifest.exit_code == 0 and manifest.results[0].status == "done"
-    with rasterio.open(tmp_path / "rgbn_5m" / "the-roof" / "mask.tif") as ds:
+    with rasterio.open(pair_dir(tmp_path, scene, "the roof") / "mask.tif") as ds:
         assert set(np.unique(ds.read(1))) <= {0, 1, 255}

@@ -15,6 +15,7 @@ import pytest
 import rasterio
 import torch
 
+from helpers import pair_dir
 from rrsis_cli.models.base import TextFeatures
 from rrsis_cli.predict import PredictOptions, blend_weights, predict, tile_origins
 
@@ -76,7 +77,7 @@ def test_stitching_is_exact_for_a_pointwise_model(pointwise, tmp_path, tile, ove
     manifest = predict([scene], "pointwise", ["anything"], tmp_path,
                        PredictOptions(tile_size=tile, overlap=overlap, batch_size=16, device="cpu"))
     assert manifest.exit_code == 0
-    mask_path = tmp_path / "RGB.byte" / "anything" / "mask.tif"
+    mask_path = pair_dir(tmp_path, scene, "anything") / "mask.tif"
     with rasterio.open(mask_path) as out, rasterio.open(scene) as src:
         assert out.crs == src.crs and out.transform == src.transform
         assert (out.width, out.height) == (src.width, src.height)
@@ -92,7 +93,7 @@ def test_outputs_cog_vectors_nodata_and_text_cache(pointwise, tmp_path):
     assert manifest.exit_code == 0 and pointwise.encoder_calls == 2 == manifest.encoder_calls
     rgb = next(r for r in manifest.results if "RGB.byte" in r.scene)
     assert rgb.tiles_skipped_nodata > 0  # whole-nodata tiles of the collar are never run
-    mask = tmp_path / "RGB.byte" / "red-things" / "mask.tif"
+    mask = pair_dir(tmp_path, scenes[0], "red things") / "mask.tif"
     from rio_cogeo.cogeo import cog_validate
 
     valid, errors, _ = cog_validate(str(mask))
@@ -108,7 +109,7 @@ def test_outputs_cog_vectors_nodata_and_text_cache(pointwise, tmp_path):
         assert ds.overviews(1) and ds.profile["compress"].lower() == "deflate"
         pixels = int((ds.read(1) == 1).sum())
         pixel_area = abs(ds.transform.a * ds.transform.e)
-    vectors = gpd.read_file(tmp_path / "RGB.byte" / "red-things" / "mask.geojson")
+    vectors = gpd.read_file(mask.with_name("mask.geojson"))
     assert vectors.crs.to_epsg() == 4326
     assert int(vectors["pixels"].sum()) == pixels
     assert vectors["area_m2"].sum() == pytest.approx(pixels * pixel_area, rel=0.005)
@@ -135,8 +136,8 @@ def test_determinism_byte_identical(pointwise, tmp_path):
     for name in ("a", "b"):
         predict([scene], "pointwise", ["x"], tmp_path / name, PredictOptions(tile_size=64, device="cpu",
                                                                              bands=[3, 2, 1]))
-    a = (tmp_path / "a" / "L7_ETMs" / "x" / "mask.tif").read_bytes()
-    assert a == (tmp_path / "b" / "L7_ETMs" / "x" / "mask.tif").read_bytes()
+    a = (pair_dir(tmp_path / "a", scene, "x") / "mask.tif").read_bytes()
+    assert a == (pair_dir(tmp_path / "b", scene, "x") / "mask.tif").read_bytes()
 
 
 def test_uint16_scene_uses_scene_level_stretch(pointwise, tmp_path):
@@ -163,8 +164,8 @@ def test_exit_codes(tmp_path):
     partial = _cli("predict", scene, str(bad), "--model", model, "--prompt", "a roof", "--out",
                    str(tmp_path / "o3"), "--tile-size", "128")
     assert partial.returncode == 3 and f"{bad}: not a readable raster" in partial.stderr
-    assert (tmp_path / "o3" / "rgbn_5m" / "a-roof" / "mask.tif").exists()
-    assert not (tmp_path / "o3" / "broken").exists()  # nothing partial for the failed scene
+    assert (pair_dir(tmp_path / "o3", scene, "a roof") / "mask.tif").exists()
+    assert not list((tmp_path / "o3").glob("broken*"))  # nothing partial for the failed scene
     fatal = _cli("predict", str(bad), "--model", model, "--prompt", "a roof", "--out", str(tmp_path / "o1"))
     assert fatal.returncode == 1
     usage = _cli("predict", scene, "--model", model, "--out", str(tmp_path / "o2"), "--overlap", "1.5",
@@ -177,5 +178,5 @@ def test_predict_runs_every_architecture_through_the_registry(card, tmp_path):
     manifest = predict([DATA / "rgbn_5m.tif"], card, ["the roof"], tmp_path,
                        PredictOptions(tile_size=128, batch_size=8, device="cpu"))
     assert manifest.exit_code == 0 and manifest.results[0].status == "done"
-    with rasterio.open(tmp_path / "rgbn_5m" / "the-roof" / "mask.tif") as ds:
+    with rasterio.open(pair_dir(tmp_path, DATA / "rgbn_5m.tif", "the roof") / "mask.tif") as ds:
         assert set(np.unique(ds.read(1))) <= {0, 1}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rrsis_cli.inputs import find_scenes, output_dir, work_dir
 from rrsis_cli.models import build_model, save_model
 
 DATA = Path(__file__).parents[1] / "examples" / "data"
@@ -33,7 +34,11 @@ def _command(model_dir, out, *extra):
 
 
 def _journal(out: Path) -> Path:
-    return out / ".rrsis-work" / "RGB.byte" / "the-river" / "journal.txt"
+    return work_dir(out, find_scenes([SCENE])[0], "the river") / "journal.txt"
+
+
+def _mask(out: Path) -> Path:
+    return output_dir(out, find_scenes([SCENE])[0], "the river") / "mask.tif"
 
 
 def _start_and_wait_for_batches(cmd, out, batches: int) -> subprocess.Popen:
@@ -62,7 +67,7 @@ def test_sigkill_then_rerun_resumes_and_is_byte_identical(model_dir, tmp_path):
     proc.wait(timeout=30)
     finished = len(_journal(out).read_text().splitlines())
     assert 20 <= finished < 240
-    assert not (out / "RGB.byte" / "the-river" / "mask.tif").exists()  # nothing at a final path
+    assert not _mask(out).exists()  # nothing at a final path
     rerun = subprocess.run(_command(model_dir, out), capture_output=True, text=True, env=ENV, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming" in rerun.stderr
@@ -71,8 +76,7 @@ def test_sigkill_then_rerun_resumes_and_is_byte_identical(model_dir, tmp_path):
     result = json.loads((out / "manifest.json").read_text())["results"][0]
     assert result["tiles_resumed"] >= finished and result["tiles_resumed"] + result["tiles"] + \
         result["tiles_skipped_nodata"] >= 240 - result["tiles_skipped_nodata"]
-    a = (tmp_path / "straight" / "RGB.byte" / "the-river" / "mask.tif").read_bytes()
-    assert a == (out / "RGB.byte" / "the-river" / "mask.tif").read_bytes()
+    assert _mask(tmp_path / "straight").read_bytes() == _mask(out).read_bytes()
     assert not (out / ".rrsis-work").exists()  # the work directory goes once everything finished
 
 
@@ -83,6 +87,6 @@ def test_sigint_exits_130_and_leaves_no_partial_output(model_dir, tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert not (out / "RGB.byte" / "the-river" / "mask.tif").exists()
-    assert not list((out / "RGB.byte").rglob("mask.*")) if (out / "RGB.byte").exists() else True
+    assert not _mask(out).exists()
+    assert not list(_mask(out).parent.glob("mask.*")) if _mask(out).parent.exists() else True
     assert _journal(out).is_file()  # kept, so the next run resumes

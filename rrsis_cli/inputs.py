@@ -1,0 +1,176 @@
+"""Which scenes a run processes and where each (scene, prompt) writes: one directory per pair, never shared.
+
+Layout (``OUT`` is ``--out``)::
+
+    OUT/<scene key>/<prompt key>/mask.tif            outputs of one (scene, prompt)
+    OUT/.rrsis-work/<scene key>/<prompt key>/         its work journal while unfinished
+
+* **scene key** = the scene's folder path relative to the input folder it was found in (nothing for a file given
+  directly or listed in a ``.txt``), then ``<stem>-<8 hex>``. The hex digits are a *content fingerprint*: a
+  hash of the file's size and of its first and last MiB. So ``a/x.tif`` and ``b/x.tif``, ``x.tif`` and ``x.vrt``,
+  or two ``scene.tif`` given from different folders never share a directory, and the key does not depend on
+  where the data is mounted, on the other inputs of the run or on the order they are given in: a moved or
+  re-staged copy (HPC scratch) keeps its key, so resume and skip-existing still find its outputs.
+* **prompt key** = a slug of the prompt (``a-z0-9-``, at most 48 characters) then ``-<8 hex>`` of a hash of
+  the exact prompt text: ``water`` and ``Water!``, or two long prompts that differ only at the end, stay apart.
+
+The same file reached twice (listed twice, through a symlink or a hard link, in a folder and in a list) is
+processed once, with a warning; so is a second file with the same content at the same relative path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rrsis_cli import console
+from rrsis_cli.errors import InputError, UsageError
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
+WORK_DIR = ".rrsis-work"
+SAMPLE_BYTES = 1 << 20
+SLUG_CHARS = 48
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One input raster of a run: ``path`` as found, ``key`` its output directory relative to ``OUT``,
+    ``fingerprint`` (sha256 hex of size + first and last MiB, or of the path when it cannot be read)."""
+
+    path: Path
+    key: str
+    fingerprint: str
+    size: int | None = None
+
+    def as_dict(self) -> dict[str, str | int | None]:
+        return {"path": str(self.path), "key": self.key, "fingerprint": self.fingerprint, "size": self.size}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Scene:
+        return cls(Path(data["path"]), data["key"], data["fingerprint"], data.get("size"))
+
+
+def slugify(text: str, limit: int = SLUG_CHARS) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "prompt"
+
+
+def short_hash(text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()[:8]
+
+
+def prompt_key(prompt: str) -> str:
+    """``<slug>-<8 hex of the exact prompt>``: readable, and distinct for distinct prompts."""
+    return f"{slugify(prompt)}-{short_hash(prompt)}"
+
+
+def content_fingerprint(path: Path) -> tuple[str, int | None]:
+    """(sha256 hex of the file's size and its first and last :data:`SAMPLE_BYTES`, size); for a path that is not
+    a readable local file (missing, a GDAL ``/vsi`` path, a URL), a hash of the path string and ``None``: the
+    scene then fails later, when it is opened, with its own error."""
+    try:
+        size = path.stat().st_size
+        digest = hashlib.sha256(str(size).encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(SAMPLE_BYTES))
+            if size > SAMPLE_BYTES:
+                f.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
+                digest.update(f.read(SAMPLE_BYTES))
+        return digest.hexdigest(), size
+    except OSError:
+        return hashlib.sha256(f"path:{path}".encode()).hexdigest(), None
+
+
+def scene_key(path: Path, root: Path | None, fingerprint: str) -> str:
+    """``[relative folder/]<stem>-<8 hex of the fingerprint>``."""
+    folder = path.parent.relative_to(root).as_posix() if root is not None else "."
+    name = f"{path.stem}-{fingerprint[:8]}"
+    return name if folder in (".", "") else f"{folder}/{name}"
+
+
+def read_list_file(path: Path) -> list[Path]:
+    """Paths in a ``.txt`` list: one per line, blank lines and ``#`` comments ignored, relative paths taken
+    relative to the list file's folder."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read the input list: {exc.strerror}", path) from exc
+    entries = [Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return [p if p.is_absolute() else path.parent / p for p in entries]
+
+
+def _candidates(inputs: list[str | Path], glob: str | None) -> list[tuple[Path, Path | None]]:
+    """(path, folder it was found in or None) for every input item, in the order given."""
+    found: list[tuple[Path, Path | None]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            matches = sorted(p for p in item.rglob(glob or "*")
+                             if p.is_file() and (glob or p.suffix.lower() in RASTER_SUFFIXES))
+            found += [(p, item) for p in matches]
+        elif item.suffix.lower() == ".txt" and item.is_file():
+            found += [(p, None) for p in read_list_file(item)]
+        else:
+            found.append((item, None))
+    return found
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()  # follows symlinks: a link and its target are one file
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def find_scenes(inputs: list[str | Path], glob: str | None = None,
+                duplicates: list[dict[str, str]] | None = None) -> list[Scene]:
+    """Every scene of the run, each once, with its output key: files, folders (recursive
+    ``*.tif|*.tiff|*.vrt`` or ``glob``) and ``.txt`` lists of paths. Inputs dropped as duplicates are
+    warned about and appended to ``duplicates`` as ``{"path", "same_as"}``."""
+    duplicates = [] if duplicates is None else duplicates
+    scenes: list[Scene] = []
+    seen_files: dict[tuple[int, int], Path] = {}
+    seen_keys: dict[str, Scene] = {}
+    for path, root in _candidates(inputs, glob):
+        identity = _file_identity(path)
+        if identity is not None and identity in seen_files:
+            console.warn(f"{path}: same file as {seen_files[identity]}; processed once")
+            duplicates.append({"path": str(path), "same_as": str(seen_files[identity])})
+            continue
+        fingerprint, size = content_fingerprint(path)
+        scene = Scene(path, scene_key(path, root, fingerprint), fingerprint, size)
+        if scene.key in seen_keys:
+            first = seen_keys[scene.key]
+            if first.fingerprint != scene.fingerprint:  # cannot happen unless 32 bits of sha256 collide
+                raise InputError(f"output key {scene.key} also belongs to {first.path} (hash collision); "
+                                 "rename one of the files", path)
+            console.warn(f"{path}: same content and name as {first.path}; processed once")
+            duplicates.append({"path": str(path), "same_as": str(first.path)})
+            continue
+        if identity is not None:
+            seen_files[identity] = path
+        seen_keys[scene.key] = scene
+        scenes.append(scene)
+    if not scenes:
+        raise UsageError("no input scenes found")
+    return scenes
+
+
+def relative_output_dir(scene: Scene, prompt: str) -> str:
+    """``<scene key>/<prompt key>``: where the pair writes, relative to ``OUT`` (recorded in the manifest)."""
+    return f"{scene.key}/{prompt_key(prompt)}"
+
+
+def output_dir(out: Path, scene: Scene, prompt: str) -> Path:
+    return Path(out) / relative_output_dir(scene, prompt)
+
+
+def work_dir(out: Path, scene: Scene, prompt: str) -> Path:
+    return Path(out) / WORK_DIR / scene.key / prompt_key(prompt)
+
+
+def strip_key_hash(name: str) -> str:
+    """``x-1a2b3c4d`` -> ``x`` (the readable part of a scene or prompt key)."""
+    return re.sub(r"-[0-9a-f]{8}$", "", name)
