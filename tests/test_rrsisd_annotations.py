@@ -225,7 +225,8 @@ def test_undecodable_annotations_are_empty_masks_with_a_counted_warning(real_roo
     assert len(info["problems"]) == 6 and "7001" not in problems
     assert "7002_7002: empty mask: ref 7002 annotation 7002: segmentation is an empty list" in problems
     assert "ref 7004" in problems and "differs from the image's 800x800" in problems
-    assert "ref 7003" in problems and "ref 7007" in problems and "ref 7005" in problems
+    assert "ref 7005 annotation 7005: the annotation has no segmentation" in problems
+    assert "ref 7003" in problems and "ref 7007" in problems and "ref 7006" in problems
 
 
 def test_data_info_reports_undecodable_refs(real_root):

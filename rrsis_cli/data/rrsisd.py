@@ -166,6 +166,8 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     """
     from pycocotools import mask as mask_utils
 
+    if segmentation is None:
+        raise UndecodableSegmentation("the annotation has no segmentation")
     if isinstance(segmentation, dict):
         if "counts" not in segmentation:
             raise UndecodableSegmentation("RLE dict has no counts")
