@@ -160,7 +160,8 @@ def data_info(
     root: Annotated[Path, typer.Argument(help="Dataset root.")],
     format: Annotated[str, typer.Option("--format", "-f", help="folder, refsegrs, rrsisd, risbench.")] = "folder",
     splits: Annotated[list[str] | None, typer.Option("--split", help="Split(s) to inspect [train, val, test].")] = None,
-    check: Annotated[bool, typer.Option(help="Read every image header and mask (sizes, empty masks).")] = True,
+    check: Annotated[bool, typer.Option(help="Read every image header and mask (sizes, empty masks, "
+                                             "undecodable annotations).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Split counts, categories, expression lengths and problems found in a dataset."""
@@ -195,6 +196,9 @@ def data_info(
     for r in reports:
         if r.get("categories"):
             console.stdout.print(f"{r['split']} categories: " + ", ".join(f"{k} {v}" for k, v in r["categories"].items()))
+        if r.get("undecodable_refs"):
+            console.stdout.print(f"{r['split']}: {r['undecodable_refs']} ref(s) whose annotation cannot be decoded "
+                                 "(read as empty masks)")
         for problem in (r.get("problems") or [])[:10]:
             console.stdout.print(f"{r['split']}: {problem}", markup=False)
         if r.get("problems") and len(r["problems"]) > 10:

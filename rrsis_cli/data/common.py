@@ -200,8 +200,12 @@ class ReferringDataset:
                 problems.append(f"{s.id}: image {sizes[s.image][1]}x{sizes[s.image][0]} and mask "
                                 f"{mask.shape[1]}x{mask.shape[0]} sizes differ")
             elif not mask.any():
-                problems.append(f"{s.id}: empty mask")
+                problems.append(f"{s.id}: {self.empty_mask_problem(s)}")
         return problems
+
+    def empty_mask_problem(self, sample: Sample) -> str:
+        """What :meth:`check` says about a sample whose mask is empty (readers may add the reason)."""
+        return "empty mask"
 
     def info(self, check: bool = True) -> dict[str, Any]:
         """Counts, categories, expression-length statistics (words) and problems of this split."""
