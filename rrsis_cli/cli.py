@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from rrsis_cli import __version__, console
-from rrsis_cli.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, RrsisError
+from rrsis_cli.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, RrsisError, Stopped
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 all done (empty masks included); 1 fatal error, nothing done; 2 usage error; "
@@ -373,10 +373,13 @@ def predict(
                              bands=_parse_bands(opts.get("bands")), stretch=_parse_stretch(opts.get("stretch")))
     slurm = {key: opts.get(f"slurm_{key}") for key in ("queue", "account", "walltime", "memory", "gpus", "jobs")}
     inputs_list = [opts["inputs"]] if isinstance(opts["inputs"], str | Path) else list(opts["inputs"])
-    manifest = run_predict(inputs_list, opts["model"], prompts, Path(opts["out"]), options, glob=opts.get("glob"),
-                           cluster=opts.get("cluster"), scheduler=opts.get("scheduler"), shard=opts.get("shard"),
-                           lock_wait=float(opts.get("lock_wait") or 0), retries=int(opts.get("retries") or 2),
-                           slurm=slurm)
+    from rrsis_cli.signals import stop_on_signals
+
+    with stop_on_signals():  # SIGTERM/SIGHUP: manifest written, lock released, exit 143/129 (see main)
+        manifest = run_predict(inputs_list, opts["model"], prompts, Path(opts["out"]), options,
+                               glob=opts.get("glob"), cluster=opts.get("cluster"), scheduler=opts.get("scheduler"),
+                               shard=opts.get("shard"), lock_wait=float(opts.get("lock_wait") or 0),
+                               retries=int(opts.get("retries") or 2), slurm=slurm)
     counts: dict[str, int] = {}
     for result in manifest.results:
         counts[result.status] = counts.get(result.status, 0) + 1
@@ -640,6 +643,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         console.error("interrupted")
         sys.exit(EXIT_INTERRUPTED)
+    except Stopped as exc:
+        console.error(f"stopped by {exc.name}", exit_code=exc.exit_code)
+        sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -220,9 +220,10 @@ def slurm_cluster(options: dict[str, Any]):
 
 
 def predict_on_cluster(scenes: list, model_spec: str, prompts: list[str], out: Path, options,
-                       client, retries: int = 2) -> list[dict[str, Any]]:
+                       client, retries: int = 2, on_outcome=None) -> list[dict[str, Any]]:
     """Run every scene as one dask task; one task result (see :func:`run_scene_task`) per scene, in input order;
-    a scene whose task could not finish gets a failed record."""
+    a scene whose task could not finish gets a failed record. ``on_outcome(outcome)`` is called as each scene
+    finishes (so an interrupted run keeps what finished)."""
     from distributed import as_completed
 
     from rrsis_cli.inputs import relative_output_dir
@@ -245,6 +246,8 @@ def predict_on_cluster(scenes: list, model_spec: str, prompts: list[str], out: P
                                    "results": [asdict(SceneResult(str(scene.path), p, "failed",
                                                                   relative_output_dir(scene, p), error=message))
                                                for p in prompts], "encoder_calls": 0}
+            if on_outcome is not None:
+                on_outcome(outcomes[scene])
             bar.update(1)
     return [outcomes[s] for s in scenes]
 

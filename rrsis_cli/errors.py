@@ -1,6 +1,7 @@
 """Project exceptions. Each carries the path it is about; the CLI maps classes to exit codes.
 
-Exit codes (DESIGN §4): 0 all done, 1 fatal / nothing done, 2 usage error, 3 partial, 130 interrupted.
+Exit codes (DESIGN §4): 0 all done, 1 fatal / nothing done, 2 usage error, 3 partial, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM: timeout, SLURM, systemd, Kubernetes), 129 hang-up (SIGHUP).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ EXIT_FATAL = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130
+EXIT_HANGUP = 129
+EXIT_TERMINATED = 143
 
 
 class RrsisError(Exception):
@@ -53,3 +56,14 @@ class OutputError(RrsisError):
 
 class ConversionError(ModelError):
     """An official checkpoint does not match the architecture (keys missing / unexpected / shapes)."""
+
+
+class Stopped(BaseException):
+    """Raised in the main thread by a SIGTERM or SIGHUP handler (:mod:`rrsis_cli.signals`). A ``BaseException``
+    like ``KeyboardInterrupt``, so per-scene ``except Exception`` handlers let it through and the run stops."""
+
+    def __init__(self, signum: int, name: str):
+        self.signum = signum
+        self.name = name
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {name}")

@@ -24,7 +24,16 @@ import numpy as np
 import torch
 
 from rrsis_cli import __version__, console
-from rrsis_cli.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, OutputError, RrsisError, UsageError
+from rrsis_cli.errors import (
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    OutputError,
+    RrsisError,
+    Stopped,
+    UsageError,
+)
 from rrsis_cli.inputs import WORK_DIR, Scene, find_scenes, output_dir, relative_output_dir, work_dir
 from rrsis_cli.outputs import VECTOR_DRIVERS, mask_profile, to_cog, vectorise
 from rrsis_cli.scene import SceneReader, prefetch
@@ -386,16 +395,19 @@ class SceneRunner:
             raise UsageError(f"--tile-size must be a multiple of 32, got {self.tile}")
         self.texts = TextCache(self.model)
 
-    def run(self, scene: Scene) -> tuple[dict[str, Any], list[SceneResult], float]:
-        """(input record for the manifest, one result per prompt, km² processed) for one scene."""
+    def run(self, scene: Scene, results: list[SceneResult] | None = None
+            ) -> tuple[dict[str, Any], list[SceneResult], float]:
+        """(input record for the manifest, one result per prompt, km² processed) for one scene. Results are
+        appended to ``results`` as each prompt starts, so an interrupted run still knows the pair in flight."""
         options, prompts = self.options, self.prompts
+        results = [] if results is None else results
         try:
             reader = SceneReader(scene.path, options.bands, options.gsd, options.stretch)
         except RrsisError as exc:
             console.error(exc.one_line())
-            return ({**scene.as_dict(), "error": exc.one_line()},
-                    [SceneResult(str(scene.path), p, "failed", relative_output_dir(scene, p),
-                                 error=exc.one_line()) for p in prompts], 0.0)
+            results += [SceneResult(str(scene.path), p, "failed", relative_output_dir(scene, p),
+                                    error=exc.one_line()) for p in prompts]
+            return {**scene.as_dict(), "error": exc.one_line()}, results, 0.0
         ds = reader.ds
         record = {**scene.as_dict(), "width": reader.native_size[0], "height": reader.native_size[1],
                   "processed_width": ds.width, "processed_height": ds.height, "bands": reader.bands,
@@ -403,7 +415,7 @@ class SceneRunner:
                   "normalisation": {"low": reader.lo.tolist(), "high": reader.hi.tolist(),
                                     "method": "user" if options.stretch else
                                     ("/255" if reader.dtype == np.uint8 else "2-98% percentiles")}}
-        results, area_km2 = [], 0.0
+        area_km2 = 0.0
         try:
             for prompt in prompts:
                 result = SceneResult(str(scene.path), prompt, output_dir=relative_output_dir(scene, prompt))
@@ -442,17 +454,25 @@ class SceneRunner:
                      f"{result.tiles_resumed} resumed, {result.tiles_skipped_nodata} nodata tiles skipped)")
 
 
+@dataclass
+class RunClock:
+    """When processing started (perf_counter, after the model loaded) and the km² finished so far."""
+
+    started: float = field(default_factory=time.perf_counter)
+    km2: float = 0.0
+
+
 def finish_manifest(manifest: RunManifest, out: Path, started: float, area_km2: float,
-                    name: str = "manifest.json") -> RunManifest:
+                    name: str = "manifest.json", exit_code: int | None = None) -> RunManifest:
     """Throughput from ``started`` (a perf_counter time), exit code (0 all done or skipped, 3 some failed,
-    1 all failed) and the atomic JSON write."""
+    1 all failed; or ``exit_code`` for an interrupted run) and the atomic JSON write."""
     manifest.seconds = time.perf_counter() - started
     tiles = sum(r.tiles for r in manifest.results if r.status == "done")
     manifest.tiles_per_second = tiles / manifest.seconds if manifest.seconds else 0.0
     manifest.km2_per_hour = area_km2 / manifest.seconds * 3600 if area_km2 and manifest.seconds else None
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         manifest.gpu_max_memory_mb = torch.cuda.max_memory_allocated() / 2**20
-    manifest.exit_code = exit_code_for([r.status for r in manifest.results])
+    manifest.exit_code = exit_code_for([r.status for r in manifest.results]) if exit_code is None else exit_code
     write_manifest(manifest, out / name)
     work = out / WORK_DIR
     if work.is_dir() and not any(work.rglob("job.json")):
@@ -499,56 +519,85 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
     if cluster is None and scheduler is None and len(scenes) > 1 and options.device == "auto" \
             and torch.cuda.is_available() and torch.cuda.device_count() > 1 and not options.dry_run:
         cluster = f"local:{torch.cuda.device_count()}"
+    manifest = RunManifest(__version__, str(model_spec), None, list(prompts), asdict(options),
+                           shard=None if part is None else f"{part[0]}/{part[1]}", duplicates=duplicates)
+    clock = RunClock()
     with distributed.output_lock(out, part, lock_wait):
-        if (cluster or scheduler) and not options.dry_run:
-            manifest, started, area_km2 = _predict_with_dask(scenes, model_spec, prompts, out, options, cluster,
-                                                             scheduler, retries, slurm)
-        else:
-            manifest, started, area_km2 = _predict_here(scenes, model_spec, prompts, out, options)
-        manifest.shard = None if part is None else f"{part[0]}/{part[1]}"
-        manifest.duplicates = duplicates
-        return finish_manifest(manifest, out, started, area_km2, distributed.manifest_name(part))
+        try:
+            if (cluster or scheduler) and not options.dry_run:
+                _predict_with_dask(manifest, clock, scenes, model_spec, prompts, out, options, cluster, scheduler,
+                                   retries, slurm)
+            else:
+                _predict_here(manifest, clock, scenes, model_spec, prompts, out, options)
+        except (KeyboardInterrupt, Stopped) as exc:
+            code = exc.exit_code if isinstance(exc, Stopped) else EXIT_INTERRUPTED
+            mark_interrupted(manifest, scenes, prompts)
+            finish_manifest(manifest, out, clock.started, clock.km2, distributed.manifest_name(part), code)
+            done = sum(r.status == "done" for r in manifest.results)
+            console.warn(f"{'interrupted' if code == EXIT_INTERRUPTED else exc} after {done} pair(s) done; "
+                         f"{sum(r.status == 'interrupted' for r in manifest.results)} interrupted pair(s) resume "
+                         f"on the next run; manifest in {out / distributed.manifest_name(part)}",
+                         status="interrupted", exit_code=code)
+            raise
+        return finish_manifest(manifest, out, clock.started, clock.km2, distributed.manifest_name(part))
 
 
-def _predict_here(scenes: list[Scene], model_spec: str, prompts: list[str], out: Path,
-                  options: PredictOptions) -> tuple[RunManifest, float, float]:
-    """The manifest of an in-process run, when processing started (after the model loaded) and km² done;
-    :func:`finish_manifest` completes the timings."""
+def mark_interrupted(manifest: RunManifest, scenes: list[Scene], prompts: list[str]) -> None:
+    """Every pair without a final status (in flight, or not started) becomes ``interrupted`` in the manifest."""
+    for result in manifest.results:
+        if result.status == "pending":
+            result.status = "interrupted"
+    seen = {(r.scene, r.prompt) for r in manifest.results}
+    recorded = {i.get("path") for i in manifest.inputs}
+    for scene in scenes:
+        if str(scene.path) not in recorded:
+            manifest.inputs.append(scene.as_dict())
+        manifest.results += [SceneResult(str(scene.path), p, "interrupted", relative_output_dir(scene, p))
+                             for p in prompts if (str(scene.path), p) not in seen]
+
+
+def _predict_here(manifest: RunManifest, clock: RunClock, scenes: list[Scene], model_spec: str,
+                  prompts: list[str], out: Path, options: PredictOptions) -> None:
+    """An in-process run, filling ``manifest`` as pairs start and finish (so an interrupted run can write what
+    it has); ``clock`` starts once the model is loaded. :func:`finish_manifest` completes the timings."""
     runner = SceneRunner(model_spec, prompts, out, options)
-    manifest = RunManifest(__version__, str(runner.model.config.get("name")), runner.model.sha256, list(prompts),
-                           {**asdict(options), "tile_size": runner.tile})
-    started = time.perf_counter()
-    area_km2 = 0.0
-    with console.progress_bar(len(scenes), "scenes", unit="scene") as bar:
-        for scene in scenes:
-            record, results, km2 = runner.run(scene)
-            manifest.inputs.append(record)
-            manifest.results += results
-            area_km2 += km2
-            bar.update(1)
-    manifest.encoder_calls = runner.texts.calls
-    return manifest, started, area_km2
+    manifest.model, manifest.model_sha256 = str(runner.model.config.get("name")), runner.model.sha256
+    manifest.options["tile_size"] = runner.tile
+    clock.started = time.perf_counter()
+    try:
+        with console.progress_bar(len(scenes), "scenes", unit="scene") as bar:
+            for scene in scenes:
+                record, _, km2 = runner.run(scene, manifest.results)
+                manifest.inputs.append(record)
+                clock.km2 += km2
+                bar.update(1)
+    finally:
+        manifest.encoder_calls = runner.texts.calls
 
 
-def _predict_with_dask(scenes: list[Scene], model_spec: str, prompts: list[str], out: Path,
-                       options: PredictOptions, cluster: str | None, scheduler: str | None, retries: int,
-                       slurm: dict[str, Any] | None) -> tuple[RunManifest, float, float]:
-    """The manifest of a dask run, when it started (cluster start-up included) and km² done;
-    :func:`finish_manifest` completes the timings."""
+def _predict_with_dask(manifest: RunManifest, clock: RunClock, scenes: list[Scene], model_spec: str,
+                       prompts: list[str], out: Path, options: PredictOptions, cluster: str | None,
+                       scheduler: str | None, retries: int, slurm: dict[str, Any] | None) -> None:
+    """A dask run (the clock includes cluster start-up), filling ``manifest`` as scenes finish and ordering it
+    by input at the end; :func:`finish_manifest` completes the timings."""
     from rrsis_cli import distributed
 
-    started = time.perf_counter()
-    with distributed.make_client(cluster, scheduler, slurm) as client:
-        console.info(distributed.cluster_summary(client))
-        outcomes = distributed.predict_on_cluster(scenes, model_spec, prompts, out, options, client, retries)
-        if cluster is not None and client.cluster is not None:
-            client.cluster.close()
-    done = next((o for o in outcomes if "model" in o), {})
-    manifest = RunManifest(__version__, str(done.get("model")), done.get("model_sha256"), list(prompts),
-                           {**asdict(options), "tile_size": done.get("tile_size"), "cluster": cluster,
-                            "scheduler": scheduler, "retries": retries})
-    for outcome in outcomes:
+    manifest.options.update(cluster=cluster, scheduler=scheduler, retries=retries)
+
+    def record(outcome: dict[str, Any]) -> None:
+        if "model" in outcome and manifest.model_sha256 is None:
+            manifest.model, manifest.model_sha256 = str(outcome["model"]), outcome["model_sha256"]
+            manifest.options["tile_size"] = outcome["tile_size"]
         manifest.inputs.append(outcome["record"])
         manifest.results += [SceneResult(**r) for r in outcome["results"]]
-    manifest.encoder_calls = sum(o["encoder_calls"] for o in outcomes)
-    return manifest, started, sum(o["km2"] for o in outcomes)
+        manifest.encoder_calls += outcome["encoder_calls"]
+        clock.km2 += outcome["km2"]
+
+    with distributed.make_client(cluster, scheduler, slurm) as client:
+        console.info(distributed.cluster_summary(client))
+        distributed.predict_on_cluster(scenes, model_spec, prompts, out, options, client, retries, record)
+        if cluster is not None and client.cluster is not None:
+            client.cluster.close()
+    order = {str(s.path): i for i, s in enumerate(scenes)}
+    manifest.inputs.sort(key=lambda i: order.get(i["path"], len(order)))
+    manifest.results.sort(key=lambda r: order.get(r.scene, len(order)))  # stable: prompt order kept

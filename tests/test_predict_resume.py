@@ -1,9 +1,11 @@
 """predict under interruption: SIGKILL then rerun resumes from the tile journal and gives a byte-identical mask;
-SIGINT exits 130 leaving nothing at a final path; a second run into the same output waits for or refuses the
-lock. Real subprocesses with a tiny random LAVT."""
+SIGINT, SIGTERM and SIGHUP exit 130/143/129 within seconds, write the manifest with the interrupted pair, release
+the lock and leave nothing at a final path, and the rerun is byte-identical; a second run into the same output
+waits for or refuses the lock. Real subprocesses with a tiny random LAVT."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -57,10 +59,15 @@ def _start_and_wait_for_batches(cmd, out, batches: int) -> subprocess.Popen:
     return proc
 
 
-def test_sigkill_then_rerun_resumes_and_is_byte_identical(model_dir, tmp_path):
-    straight = subprocess.run(_command(model_dir, tmp_path / "straight"), capture_output=True, text=True, env=ENV,
-                              timeout=600)
+@pytest.fixture(scope="module")
+def straight_mask(model_dir, tmp_path_factory) -> bytes:
+    out = tmp_path_factory.mktemp("straight")
+    straight = subprocess.run(_command(model_dir, out), capture_output=True, text=True, env=ENV, timeout=600)
     assert straight.returncode == 0, straight.stderr
+    return _mask(out).read_bytes()
+
+
+def test_sigkill_then_rerun_resumes_and_is_byte_identical(model_dir, straight_mask, tmp_path):
     out = tmp_path / "killed"
     proc = _start_and_wait_for_batches(_command(model_dir, out), out, 20)
     proc.send_signal(signal.SIGKILL)
@@ -71,12 +78,10 @@ def test_sigkill_then_rerun_resumes_and_is_byte_identical(model_dir, tmp_path):
     rerun = subprocess.run(_command(model_dir, out), capture_output=True, text=True, env=ENV, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming" in rerun.stderr
-    import json
-
     result = json.loads((out / "manifest.json").read_text())["results"][0]
     assert result["tiles_resumed"] >= finished and result["tiles_resumed"] + result["tiles"] + \
         result["tiles_skipped_nodata"] >= 240 - result["tiles_skipped_nodata"]
-    assert _mask(tmp_path / "straight").read_bytes() == _mask(out).read_bytes()
+    assert straight_mask == _mask(out).read_bytes()
     assert not (out / ".rrsis-work").exists()  # the work directory goes once everything finished
 
 
@@ -90,3 +95,34 @@ def test_sigint_exits_130_and_leaves_no_partial_output(model_dir, tmp_path):
     assert not _mask(out).exists()
     assert not list(_mask(out).parent.glob("mask.*")) if _mask(out).parent.exists() else True
     assert _journal(out).is_file()  # kept, so the next run resumes
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["exit_code"] == 130 and [r["status"] for r in manifest["results"]] == ["interrupted"]
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_stop_cleanly_and_the_rerun_is_byte_identical(model_dir, straight_mask, tmp_path,
+                                                                          signum, code):
+    """What `timeout -s TERM`, SLURM preemption/walltime, systemd and Kubernetes send: exit 128 + signal within
+    seconds, summary line, manifest with the interrupted pair, lock released, nothing at a final path; the same
+    command then resumes and gives the uninterrupted run's bytes."""
+    out = tmp_path / "stopped"
+    proc = _start_and_wait_for_batches(_command(model_dir, out, "--log-format", "json"), out, 5)
+    sent = time.time()
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert time.time() - sent < 30
+    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert any(r.get("status") == "interrupted" for r in records), stderr
+    assert any(f"stopped by {signal.Signals(signum).name}" in r["message"] for r in records), stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["exit_code"] == code
+    assert [r["status"] for r in manifest["results"]] == ["interrupted"]
+    assert not _mask(out).exists() and _journal(out).is_file()
+    from rrsis_cli.distributed import output_lock
+
+    with output_lock(out):  # released: a new run gets it at once
+        pass
+    rerun = subprocess.run(_command(model_dir, out), capture_output=True, text=True, env=ENV, timeout=600)
+    assert rerun.returncode == 0 and "resuming" in rerun.stderr, rerun.stderr
+    assert _mask(out).read_bytes() == straight_mask
