@@ -318,11 +318,13 @@ def overlay(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
     gt: Annotated[Path | None, typer.Option(help="Ground-truth vectors to outline (GeoJSON/GPKG).")] = None,
     max_side: Annotated[int, typer.Option(help="Longest side of the preview in pixels.")] = 1024,
+    title: Annotated[str | None, typer.Option(help="Title [the prompt recorded in the mask].")] = None,
 ) -> None:
-    """Render a PNG preview: the scene, the predicted mask in magenta, ground-truth outlines in yellow."""
+    """Render a PNG preview: the scene, the predicted mask in magenta, ground-truth outlines in yellow; titled
+    with the prompt (and the IoU when --gt is given), with a legend."""
     from rrsis_cli.overlay import render_overlay
 
-    console.info(f"wrote {render_overlay(scene, mask, out, gt=gt, max_side=max_side)}")
+    console.info(f"wrote {render_overlay(scene, mask, out, gt=gt, max_side=max_side, title=title)}")
 
 
 # ---------------------------------------------------------------------------------------------- predict
