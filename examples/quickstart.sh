@@ -5,16 +5,25 @@
 #   3. rrsis evaluate against the ground truth,
 #   4. an overlay PNG (prediction magenta, ground truth outlined yellow).
 # Set QS_SIZE to change the scene size (CI uses a smaller one) and QS_OUT for the output folder.
+# Stops at the first failing command and exits non-zero; ends by checking that every output was written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${QS_OUT:-demo}
 SIZE=${QS_SIZE:-1024}
 PROMPT="the red circle"
+MASK_DIR="$OUT/predict/scene/the-red-circle"
 
 rrsis data scene examples/data/rgbn_5m.tif --out "$OUT/scene" --size "$SIZE" --overwrite
 rrsis predict "$OUT/scene/scene.tif" --model examples/demo-model --prompt "$PROMPT" --out "$OUT/predict" --overwrite
-rrsis evaluate --pred "$OUT/predict/scene/the-red-circle/mask.tif" \
+rrsis evaluate --pred "$MASK_DIR/mask.tif" \
     --gt "$OUT/scene/gt/the-red-circle.geojson" --out "$OUT/eval"
-rrsis overlay "$OUT/scene/scene.tif" "$OUT/predict/scene/the-red-circle/mask.tif" \
+rrsis overlay "$OUT/scene/scene.tif" "$MASK_DIR/mask.tif" \
     --gt "$OUT/scene/gt/the-red-circle.geojson" --out "$OUT/overlay.png"
+for output in "$OUT/predict/manifest.json" "$MASK_DIR/mask.tif" "$MASK_DIR/mask.geojson" \
+        "$OUT/eval/metrics.json" "$OUT/overlay.png"; do
+    if [ ! -s "$output" ]; then
+        echo "quickstart: FAILED: $output was not written" >&2
+        exit 1
+    fi
+done
 echo "outputs: $OUT/predict (mask.tif, mask.geojson, manifest.json), $OUT/eval/metrics.json, $OUT/overlay.png"

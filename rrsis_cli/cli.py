@@ -6,12 +6,15 @@ were written) · 130 interrupted.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -24,7 +27,74 @@ EXIT_CODES_HELP = (
     "3 partial (some inputs failed, the rest were written); 130 interrupted."
 )
 
-app = typer.Typer(
+# --------------------------------------------------------------------------------------- global options
+# --debug, --quiet and --log-format are defined once, here. They are accepted before the subcommand (the root
+# callback) and after it: every command and command group is registered on an RrsisTyper, which adds them to
+# each command it registers, so `rrsis predict ... --quiet` and `rrsis --quiet predict ...` are the same.
+GLOBAL_PANEL = "Global options (before or after the command)"
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.",
+                                           rich_help_panel=GLOBAL_PANEL)]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.",
+                                           rich_help_panel=GLOBAL_PANEL)]
+LogFormatOption = Annotated[LogFormat | None, typer.Option(
+    "--log-format", help="text (the default), or json lines on stderr (cron).", rich_help_panel=GLOBAL_PANEL)]
+
+
+def apply_global_options(debug: bool = False, quiet: bool = False, log_format: LogFormat | None = None) -> None:
+    """Options given after a (sub)command add to those given before it: a flag can only switch on, and
+    --log-format replaces the earlier format. The root callback resets them first, once per invocation."""
+    console.configure(debug=debug or None, quiet=quiet or None, log_format=log_format.value if log_format else None)
+
+
+def with_global_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` with the global options appended to its parameters (keyword-only, so they never clash with
+    its own); they are applied, then ``func`` runs with its own arguments."""
+    signature = inspect.signature(func, eval_str=True)  # typer reads real annotations from __signature__
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    extra = [inspect.Parameter("global_debug", keyword, default=False, annotation=DebugOption),
+             inspect.Parameter("global_quiet", keyword, default=False, annotation=QuietOption),
+             inspect.Parameter("global_log_format", keyword, default=None, annotation=LogFormatOption)]
+
+    @functools.wraps(func)
+    def command(*args: Any, global_debug: bool = False, global_quiet: bool = False,
+                global_log_format: LogFormat | None = None, **kwargs: Any) -> Any:
+        apply_global_options(global_debug, global_quiet, global_log_format)
+        return func(*args, **kwargs)
+
+    command.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}  # type: ignore[attr-defined]
+    return command
+
+
+def _group() -> None:
+    pass
+
+
+class RrsisTyper(typer.Typer):
+    """A Typer whose commands, and the group itself (``rrsis models --quiet list``), take the global options."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.callback()(with_global_options(_group))  # the root app replaces it with `root` below
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+            register(with_global_options(func))
+            return func
+
+        return decorator
+
+
+app = RrsisTyper(
     name="rrsis",
     help="Referring remote sensing image segmentation: GeoTIFF + sentence -> georeferenced mask.\n\n"
     + EXIT_CODES_HELP,
@@ -33,13 +103,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-models_app = typer.Typer(help="The model zoo: list, show and initialise model cards.", no_args_is_help=True)
+models_app = RrsisTyper(help="The model zoo: list, show and initialise model cards.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-
-
-class LogFormat(str, Enum):
-    text = "text"
-    json = "json"
 
 
 def _version(value: bool) -> None:
@@ -52,12 +117,11 @@ def _version(value: bool) -> None:
 def root(
     version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
-    log_format: Annotated[LogFormat, typer.Option("--log-format", help="text, or json lines on stderr (cron).")]
-    = LogFormat.text,
+    debug: DebugOption = False,
+    quiet: QuietOption = False,
+    log_format: LogFormatOption = None,
 ) -> None:
-    console.configure(quiet=quiet, debug=debug, log_format=log_format.value)
+    console.configure(quiet=quiet, debug=debug, log_format=(log_format or LogFormat.text).value)
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -150,7 +214,7 @@ def convert(
 
 
 # ------------------------------------------------------------------------------------------------- data
-data_app = typer.Typer(help="Datasets: inspect benchmark folders, generate synthetic referring data.",
+data_app = RrsisTyper(help="Datasets: inspect benchmark folders, generate synthetic referring data.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -258,11 +322,13 @@ def overlay(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
     gt: Annotated[Path | None, typer.Option(help="Ground-truth vectors to outline (GeoJSON/GPKG).")] = None,
     max_side: Annotated[int, typer.Option(help="Longest side of the preview in pixels.")] = 1024,
+    title: Annotated[str | None, typer.Option(help="Title [the prompt recorded in the mask].")] = None,
 ) -> None:
-    """Render a PNG preview: the scene, the predicted mask in magenta, ground-truth outlines in yellow."""
+    """Render a PNG preview: the scene, the predicted mask in magenta, ground-truth outlines in yellow; titled
+    with the prompt (and the IoU when --gt is given), with a legend."""
     from rrsis_cli.overlay import render_overlay
 
-    console.info(f"wrote {render_overlay(scene, mask, out, gt=gt, max_side=max_side)}")
+    console.info(f"wrote {render_overlay(scene, mask, out, gt=gt, max_side=max_side, title=title)}")
 
 
 # ---------------------------------------------------------------------------------------------- predict
@@ -412,7 +478,7 @@ def _parse_stretch(stretch: str | None) -> tuple[list[float], list[float]] | Non
         raise UsageError(f"--stretch must look like LOW,LOW,LOW:HIGH,HIGH,HIGH, got {stretch!r}") from exc
 
 
-manifest_app = typer.Typer(help="Run manifests of predict.", no_args_is_help=True)
+manifest_app = RrsisTyper(help="Run manifests of predict.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
 
 

@@ -1,6 +1,7 @@
 """Console output shared by every command: rich text for people, JSON lines for cron (``--log-format json``).
 
-The root CLI callback calls :func:`configure` once; library code calls :func:`info` / :func:`warn` and asks
+The root CLI callback calls :func:`configure` once per invocation (and each command again for the global options
+given after its name); library code calls :func:`info` / :func:`warn` and asks
 :func:`progress_enabled` before drawing progress bars.
 """
 
@@ -26,10 +27,14 @@ stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def configure(quiet: bool = False, debug: bool = False, log_format: str = "text") -> None:
-    SETTINGS.quiet = quiet
-    SETTINGS.debug = debug
-    SETTINGS.log_format = log_format
+def configure(quiet: bool | None = False, debug: bool | None = False, log_format: str | None = "text") -> None:
+    """Set the output settings; ``None`` keeps a setting as it is."""
+    if quiet is not None:
+        SETTINGS.quiet = quiet
+    if debug is not None:
+        SETTINGS.debug = debug
+    if log_format is not None:
+        SETTINGS.log_format = log_format
 
 
 def _emit(level: str, message: str, **fields) -> None:

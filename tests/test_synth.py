@@ -139,26 +139,3 @@ def test_absent_fraction_only_affects_training(tmp_path):
     assert "absent" not in report["splits"]["val"]["by_type"]
     empty = [r for r in csv.DictReader(open(tmp_path / "d" / "train.csv")) if r["type"] == "absent"]
     assert all(not np.array(Image.open(tmp_path / "d" / r["mask"])).any() for r in empty)
-
-
-def test_overlay_tints_the_mask_and_outlines_ground_truth(tmp_path):
-    import geopandas as gpd
-    import rasterio
-    from rasterio.features import rasterize
-
-    from rrsis_cli.overlay import render_overlay
-
-    make_demo_scene(SOURCE, tmp_path / "s", size=192, cell=96, seed=3)
-    with rasterio.open(tmp_path / "s" / "scene.tif") as scene:
-        objects = gpd.read_file(tmp_path / "s" / "objects.geojson").to_crs(scene.crs)
-        mask = rasterize(objects.geometry[:1], out_shape=(192, 192), transform=scene.transform).astype("uint8")
-        profile = dict(scene.profile, count=1, photometric="MINISBLACK")
-    with rasterio.open(tmp_path / "mask.tif", "w", **profile) as dst:
-        dst.write(mask, 1)
-    png = render_overlay(tmp_path / "s" / "scene.tif", tmp_path / "mask.tif", tmp_path / "o.png",
-                         gt=tmp_path / "s" / "objects.geojson", max_side=192)
-    image = np.array(Image.open(png))
-    ys, xs = np.nonzero(mask)
-    centre = image[int(ys.mean()), int(xs.mean())].astype(int)
-    assert centre[0] > 150 and centre[2] > 150 and centre[1] < 120  # magenta
-    assert ((image[..., 0] > 240) & (image[..., 1] > 220) & (image[..., 2] < 30)).sum() > 20  # yellow outlines
