@@ -11,10 +11,13 @@ cd "$(dirname "$0")/.."
 OUT=${QS_OUT:-demo}
 SIZE=${QS_SIZE:-1024}
 PROMPT="the red circle"
-MASK_DIR="$OUT/predict/scene/the-red-circle"
 
 rrsis data scene examples/data/rgbn_5m.tif --out "$OUT/scene" --size "$SIZE" --overwrite
 rrsis predict "$OUT/scene/scene.tif" --model examples/demo-model --prompt "$PROMPT" --out "$OUT/predict" --overwrite
+[ -s "$OUT/predict/manifest.json" ] || { echo "quickstart: FAILED: $OUT/predict/manifest.json was not written" >&2; exit 1; }
+# OUT/<scene key>/<prompt key>/ (e.g. scene-1a2b3c4d/the-red-circle-842bc5d3/): the manifest maps each pair to it
+MASK_DIR="$OUT/predict/$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["results"][0]["output_dir"])' \
+    "$OUT/predict/manifest.json")"
 rrsis evaluate --pred "$MASK_DIR/mask.tif" \
     --gt "$OUT/scene/gt/the-red-circle.geojson" --out "$OUT/eval"
 rrsis overlay "$OUT/scene/scene.tif" "$MASK_DIR/mask.tif" \

@@ -84,6 +84,17 @@ def test_quickstart_fails_when_a_step_fails(tmp_path):
 def test_quickstart_fails_when_an_output_is_missing(tmp_path):
     env = _fake_rrsis(tmp_path, "exit 0")  # every step "succeeds" but writes nothing
     res = subprocess.run(["bash", str(QUICKSTART)], capture_output=True, text=True, env=env, timeout=60)
+    assert _calls(tmp_path) == ["data", "predict"]  # no manifest: the mask folder cannot be known
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert "manifest.json was not written" in res.stderr
+
+
+def test_quickstart_fails_when_a_later_output_is_missing(tmp_path):
+    """predict writes its manifest, the later steps "succeed" but write nothing."""
+    manifest = '{"results": [{"output_dir": "scene-00000000/the-red-circle-842bc5d3"}]}'
+    env = _fake_rrsis(tmp_path, f'if [ "$1" = predict ]; then mkdir -p "$QS_OUT/predict"; '
+                                f"echo '{manifest}' > \"$QS_OUT/predict/manifest.json\"; fi")
+    res = subprocess.run(["bash", str(QUICKSTART)], capture_output=True, text=True, env=env, timeout=60)
     assert _calls(tmp_path) == ["data", "predict", "evaluate", "overlay"]
     assert res.returncode != 0, res.stdout + res.stderr
-    assert "not written" in res.stderr
+    assert "scene-00000000/the-red-circle-842bc5d3/mask.tif was not written" in res.stderr
