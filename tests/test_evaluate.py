@@ -210,3 +210,22 @@ def test_scene_iou_against_wgs84_raster_gt_coarser_and_finer_matches_polygons(tm
     summary = evaluate_scenes(pair_scenes(tmp_path / "mask.tif", tmp_path / "gt.tif"), tmp_path / "ev")
     for key, value in expected.items():
         assert summary[key] == pytest.approx(value, rel=0.01), key
+
+
+def test_prediction_internal_mask_is_excluded(tmp_path):
+    """A prediction mask without a nodata value but with an internal mask (GDAL's convention): masked pixels are
+    not scored, like 255."""
+    crs, x0, y0 = "EPSG:32633", 500_000.0, 5_000_000.0
+    pred = np.zeros((64, 64), np.uint8)
+    pred[10:30, 10:50] = 1
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[:, :32] = 0  # the western half is masked out
+    profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 1, "dtype": "uint8", "crs": crs,
+               "transform": from_origin(x0, y0, 10.0, 10.0)}
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(tmp_path / "mask.tif", "w", **profile) as dst:
+        dst.write(pred, 1)
+        dst.write_mask(mask)
+    gt = box(x0 + 100, y0 - 400, x0 + 400, y0 - 100)  # cols 10-40, rows 10-40
+    gpd.GeoDataFrame(geometry=[gt], crs=crs).to_file(tmp_path / "gt.geojson")
+    row = evaluate_scenes([(tmp_path / "mask.tif", tmp_path / "gt.geojson")], tmp_path / "ev")["scenes"][0]
+    assert (row["TP"], row["FP"], row["FN"]) == (20 * 8, 20 * 10, 10 * 8)  # only columns 32 and east count
