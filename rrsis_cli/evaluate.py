@@ -4,8 +4,14 @@ Dataset evaluation follows the official protocol by default (DESIGN §5): image 
 model's input size and normalised, argmax of the two logits, ground truth resized (nearest) to the same size
 and scored there. ``protocol="native"`` upsamples the logits to the original size instead.
 
-Scene evaluation aligns by georeference: ground-truth vectors are reprojected to each prediction's CRS and
-rasterised onto its grid window by window (bounded memory); nodata (255) pixels are excluded.
+Scene evaluation scores on the prediction's grid, window by window (bounded memory). Ground-truth vectors are
+reprojected to the prediction's CRS and rasterised onto its grid (pixel centres). Ground-truth rasters in any CRS
+and resolution are reprojected onto the prediction's grid with nearest-neighbour resampling (a WarpedVRT): each
+prediction pixel takes the label of the ground-truth pixel under its centre, so labels stay 0/1 and neither
+grid's pixel size biases the areas. Excluded from every count: prediction nodata (255, or its own nodata/mask),
+ground-truth nodata (its nodata value, internal mask or alpha band, by GDAL's convention, see
+:func:`rrsis_cli.scene.valid_mask`), prediction pixels outside the ground truth's extent (unknown truth), and
+ground truth outside the prediction's extent (nothing was predicted there).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from rrsis_cli import console
 from rrsis_cli.errors import InputError, OutputError, UsageError
 from rrsis_cli.inputs import strip_key_hash
 from rrsis_cli.metrics import MetricAccumulator, intersection_union
+from rrsis_cli.scene import mask_kind, valid_mask
 from rrsis_cli.train.data import resize_image, resize_mask
 
 PROTOCOLS = ("official", "native")
@@ -244,12 +251,13 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 
 def _open_ground_truth(gt_path: Path, dataset, stack: contextlib.ExitStack):
     """A function ``window -> (target, valid)`` on the prediction's grid. Vectors are reprojected to its CRS and
-    rasterised (all pixels valid); rasters are warped onto its grid with nearest resampling through a WarpedVRT
-    (their nodata, and everything outside their extent, is invalid)."""
+    rasterised (all pixels valid); rasters (band 1, > 0 = target) are warped onto its grid with nearest resampling
+    through a WarpedVRT: their nodata, internal mask or alpha band, and everything outside their extent, is
+    invalid. A raster with neither nodata nor alpha gets an alpha band in the VRT to mark its extent."""
     import rasterio
 
     if gt_path.suffix.lower() in RASTER_SUFFIXES:
-        from rasterio.enums import Resampling
+        from rasterio.enums import ColorInterp, Resampling
         from rasterio.vrt import WarpedVRT
 
         try:
@@ -260,10 +268,12 @@ def _open_ground_truth(gt_path: Path, dataset, stack: contextlib.ExitStack):
             raise InputError("ground-truth mask and prediction must both be georeferenced", gt_path)
         vrt = stack.enter_context(WarpedVRT(src, crs=dataset.crs, transform=dataset.transform,
                                             width=dataset.width, height=dataset.height,
-                                            resampling=Resampling.nearest, add_alpha=src.nodata is None))
+                                            resampling=Resampling.nearest,
+                                            add_alpha=src.nodata is None and ColorInterp.alpha not in src.colorinterp))
+        kind = mask_kind(vrt, [1])
 
         def raster_window(window):
-            valid = vrt.dataset_mask(window=window) > 0
+            valid = valid_mask(vrt, [1], window, kind=kind)
             return (vrt.read(1, window=window) > 0) & valid, valid
 
         return raster_window
@@ -294,11 +304,12 @@ def score_scene(pred_path: str | Path, gt_path: str | Path) -> dict[str, Any]:
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"cannot read prediction mask: {exc}", pred_path) from exc
         ground_truth = _open_ground_truth(Path(gt_path), dataset, stack)
+        kind = mask_kind(dataset, [1])
         tp = fp = fn = 0
         for _, window in dataset.block_windows(1):
             pred = dataset.read(1, window=window)
             g, valid = ground_truth(window)
-            valid &= pred != 255
+            valid &= (pred != 255) & valid_mask(dataset, [1], window, kind=kind)
             p = (pred == 1) & valid
             g &= valid
             tp += int((p & g).sum())

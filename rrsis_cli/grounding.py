@@ -54,7 +54,7 @@ def read_coarse_view(reader, size: int) -> tuple[np.ndarray, np.ndarray]:
     ds = reader.ds
     shape = (len(reader.bands), size, size)
     data = reader.normalise(ds.read(reader.bands, out_shape=shape, resampling=Resampling.average))
-    valid = ds.read_masks(reader.bands, out_shape=shape, resampling=Resampling.nearest).min(axis=0) > 0
+    valid = reader.valid(out_shape=(size, size))
     data[:, ~valid] = 0.0
     return data, valid
 

@@ -275,7 +275,7 @@ def finalise(reader: SceneReader, store: TileStore, options: PredictOptions, mas
                     support = coarse.upsample(r, r + window.height, c, c + window.width)
                     prob = fuse(prob, covered, support, options.coarse_weight)
                     keep = (prob >= options.threshold) & (support >= options.coarse_support)
-                valid = reader.read_masks(window)
+                valid = reader.valid(window)
                 mask = np.where(keep, 1, 0).astype(np.uint8)
                 mask[~valid] = 255
                 mask_dst.write(mask, 1, window=window)

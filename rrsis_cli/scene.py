@@ -5,6 +5,11 @@ next batches of tiles in a background thread while the model runs (GDAL releases
 Normalisation is decided once per scene, never per tile (per-tile min-max makes seams): uint8 → /255; other
 types a 2–98 % stretch per band over valid pixels of a decimated read (GDAL uses overviews when present), or
 the user's ``stretch``. A CRS-less raster is read in pixel space with a warning.
+
+Valid pixels follow GDAL's convention (RFC 15, rasterio's ``dataset_mask()``), computed by :func:`valid_mask` for
+every reader of the valid mask (tiles, the final mask and so the vectors, the statistics, scene evaluation): a
+per-dataset mask (internal mask, ``.msk`` file, alpha band) decides where there is one; otherwise a pixel is nodata
+only where *every* selected band holds its nodata value, so a 0 in one band of an RGB scene with nodata 0 is data.
 """
 
 from __future__ import annotations
@@ -43,6 +48,50 @@ def resample_to_gsd(ds, gsd: float, path: Path):
                      resampling=Resampling.bilinear)
 
 
+def mask_kind(ds, bands: list[int]) -> str:
+    """How the valid mask of ``bands`` of ``ds`` is decided, from GDAL's mask flags: ``"per_dataset"`` (an
+    internal mask, ``.msk`` file or alpha band shared by all bands: read once), ``"all_valid"`` (a selected band
+    has neither nodata nor a mask, so no pixel has every band nodata: nothing to read) or ``"per_band"`` (nodata
+    values: a pixel is nodata where every selected band is)."""
+    from rasterio.enums import MaskFlags
+
+    flags = [ds.mask_flag_enums[b - 1] for b in bands]
+    if any(MaskFlags.per_dataset in f for f in flags):
+        return "per_dataset"
+    if any(f == [MaskFlags.all_valid] for f in flags):
+        return "all_valid"
+    return "per_band"
+
+
+def valid_mask(ds, bands: list[int], window=None, boundless: bool = False,
+               out_shape: tuple[int, int] | None = None, kind: str | None = None) -> np.ndarray:
+    """(h, w) bool valid-data mask of ``bands`` in ``window`` (the whole raster by default; ``boundless``: outside
+    the raster is invalid; ``out_shape``: a decimated, nearest-neighbour read) with GDAL's semantics (RFC 15, as
+    rasterio's ``dataset_mask()`` but over the selected bands only): GDAL's own per-band masks (nodata values,
+    internal masks, alpha) combined so that a pixel is nodata only where all the bands are. ``kind`` is
+    :func:`mask_kind`, passed by callers that read many windows; rasters without any mask read nothing."""
+    from rasterio.windows import Window
+
+    kind = kind or mask_kind(ds, bands)
+    if window is None:
+        window = Window(0, 0, ds.width, ds.height)
+    shape = out_shape or (int(window.height), int(window.width))
+    if kind == "all_valid":
+        valid = np.ones(shape, bool)
+        if boundless and out_shape is None:  # everything outside the raster is invalid
+            row, col = int(window.row_off), int(window.col_off)
+            valid[:max(0, -row)] = False
+            valid[max(0, ds.height - row):] = False
+            valid[:, :max(0, -col)] = False
+            valid[:, max(0, ds.width - col):] = False
+        return valid
+    if kind == "per_dataset":
+        masks = ds.read_masks(bands[0], window=window, boundless=boundless, out_shape=shape)
+        return masks > 0
+    masks = ds.read_masks(bands, window=window, boundless=boundless, out_shape=(len(bands), *shape))
+    return masks.any(axis=0)
+
+
 class SceneReader:
     """Owns one open raster: band selection, nodata mask, scene-level normalisation, windowed reads."""
 
@@ -75,10 +124,7 @@ class SceneReader:
         self.seconds = {"read": 0.0, "normalise": 0.0}
         if gsd is not None:
             self.ds = resample_to_gsd(ds, gsd, path)
-        from rasterio.enums import MaskFlags
-
-        self.all_valid = all(flags == [MaskFlags.all_valid] for flags in
-                             (self.ds.mask_flag_enums[b - 1] for b in self.bands))
+        self.mask_kind = mask_kind(self.ds, self.bands)
         if stretch is not None:
             lo, hi = (np.asarray(v, np.float32) for v in stretch)
             if lo.shape != (len(self.bands),) or hi.shape != lo.shape or np.any(hi <= lo):
@@ -95,10 +141,11 @@ class SceneReader:
             return np.zeros(n, np.float32), np.full(n, 255.0, np.float32)
         scale = min(1.0, 1024 / max(self.ds.width, self.ds.height))
         shape = (n, max(1, int(self.ds.height * scale)), max(1, int(self.ds.width * scale)))
-        data = self.ds.read(self.bands, out_shape=shape, masked=True).astype(np.float64)
+        data = self.ds.read(self.bands, out_shape=shape).astype(np.float64)
+        valid = self.valid(out_shape=shape[1:])
         lo, hi = [], []
         for band in data:
-            values = band.compressed() if np.ma.isMaskedArray(band) else band.ravel()
+            values = band[valid]
             values = values[np.isfinite(values)]
             a, b = np.percentile(values, (2, 98)) if values.size else (0.0, 1.0)
             lo.append(a)
@@ -114,10 +161,7 @@ class SceneReader:
         window = Window(col, row, tile, tile)
         inside = row + tile <= self.ds.height and col + tile <= self.ds.width
         raw = self.ds.read(self.bands, window=window, boundless=not inside, fill_value=0)
-        if inside and self.all_valid:
-            valid = np.ones((tile, tile), bool)
-        else:
-            valid = self.ds.read_masks(self.bands, window=window, boundless=not inside).min(axis=0) > 0
+        valid = self.valid(window, boundless=not inside)
         read_done = time.perf_counter()
         data = self.normalise(raw)
         self.seconds["read"] += read_done - started
@@ -131,9 +175,9 @@ class SceneReader:
             data = np.repeat(data[:1], 3, axis=0)
         return data[:3]
 
-    def read_masks(self, window) -> np.ndarray:
-        """(h, w) bool: valid pixels of the selected bands in ``window`` (inside the scene)."""
-        return self.ds.read_masks(self.bands, window=window).min(axis=0) > 0
+    def valid(self, window=None, boundless: bool = False, out_shape: tuple[int, int] | None = None) -> np.ndarray:
+        """(h, w) bool: valid pixels of the selected bands (:func:`valid_mask`); all-valid rasters read nothing."""
+        return valid_mask(self.ds, self.bands, window, boundless, out_shape, self.mask_kind)
 
     def close(self) -> None:
         self.ds.close()
