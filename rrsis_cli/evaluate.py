@@ -249,11 +249,26 @@ def _rasterize_gt(gt_frame, dataset, window) -> np.ndarray:
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 
 
+class NoOverlap(InputError):
+    """The ground truth does not overlap the prediction: the pair is left out of the totals, with a warning."""
+
+
+def _check_overlap(gt_path: Path, gt_bounds, dataset) -> None:
+    """Raise :class:`NoOverlap` when ``gt_bounds`` (in the prediction's CRS; None = unknown) miss the prediction."""
+    if gt_bounds is None or not np.all(np.isfinite(gt_bounds)):
+        return  # an empty vector file: nothing to compare, every predicted pixel is a false positive
+    left, bottom, right, top = dataset.bounds
+    g_left, g_bottom, g_right, g_top = gt_bounds
+    if g_left >= right or g_right <= left or g_bottom >= top or g_top <= bottom:
+        raise NoOverlap(f"does not overlap the prediction {dataset.name} (another scene's ground truth?)", gt_path)
+
+
 def _open_ground_truth(gt_path: Path, dataset, stack: contextlib.ExitStack):
     """A function ``window -> (target, valid)`` on the prediction's grid. Vectors are reprojected to its CRS and
     rasterised (all pixels valid); rasters (band 1, > 0 = target) are warped onto its grid with nearest resampling
     through a WarpedVRT: their nodata, internal mask or alpha band, and everything outside their extent, is
-    invalid. A raster with neither nodata nor alpha gets an alpha band in the VRT to mark its extent."""
+    invalid. A raster with neither nodata nor alpha gets an alpha band in the VRT to mark its extent. Ground
+    truth that does not overlap the prediction raises :class:`NoOverlap`."""
     import rasterio
 
     if gt_path.suffix.lower() in RASTER_SUFFIXES:
@@ -266,6 +281,9 @@ def _open_ground_truth(gt_path: Path, dataset, stack: contextlib.ExitStack):
             raise InputError(f"cannot read ground-truth mask: {exc}", gt_path) from exc
         if src.crs is None or dataset.crs is None:
             raise InputError("ground-truth mask and prediction must both be georeferenced", gt_path)
+        from rasterio.warp import transform_bounds
+
+        _check_overlap(gt_path, transform_bounds(src.crs, dataset.crs, *src.bounds), dataset)
         vrt = stack.enter_context(WarpedVRT(src, crs=dataset.crs, transform=dataset.transform,
                                             width=dataset.width, height=dataset.height,
                                             resampling=Resampling.nearest,
@@ -285,6 +303,8 @@ def _open_ground_truth(gt_path: Path, dataset, stack: contextlib.ExitStack):
         raise InputError(f"cannot read ground-truth vectors: {exc}", gt_path) from exc
     if frame.crs is not None and dataset.crs is not None:
         frame = frame.to_crs(dataset.crs)
+    if len(frame) and (frame.crs is None) == (dataset.crs is None):
+        _check_overlap(gt_path, frame.total_bounds, dataset)
 
     def vector_window(window):
         target = _rasterize_gt(frame, dataset, window)
@@ -332,9 +352,17 @@ def evaluate_scenes(pairs: list[tuple[Path, Path]], out_dir: str | Path) -> dict
     out = _prepare_out(out_dir)
     if not pairs:
         raise UsageError("no (prediction, ground truth) pairs to evaluate")
-    rows = [score_scene(p, g) for p, g in pairs]
+    rows, left_out = [], []
+    for p, g in pairs:
+        try:
+            rows.append(score_scene(p, g))
+        except NoOverlap as exc:
+            console.warn(f"{exc.one_line()}; pair left out of the totals")
+            left_out.append({"pred": str(p), "gt": str(g), "reason": exc.one_line()})
+    if not rows:
+        raise InputError(f"no ground truth overlaps its prediction ({len(left_out)} pair(s) left out)", pairs[0][1])
     summary = {**scores(*(sum(r[k] for r in rows) for k in ("TP", "FP", "FN"))), "n_scenes": len(rows),
-               "scenes": rows}
+               "scenes": rows, "left_out": left_out}
     precision, recall = summary["precision"], summary["recall"]
     _atomic_write(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     _write_rows(out / "per_scene.csv", rows)
@@ -351,23 +379,88 @@ def _files(path: Path, patterns: tuple[str, ...]) -> list[Path]:
     return sorted(p for pattern in patterns for p in path.rglob(pattern))
 
 
+def mask_problem(path: Path) -> str | None:
+    """Why ``path`` is not a prediction mask, or None when it is one: a mask written by ``rrsis predict`` (its tags
+    say so; ``prob.tif`` and ``coarse.tif`` are not masks), or any single-band integer raster whose values are all
+    in {0, 1, 255} (checked block by block)."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as ds:
+            tags = ds.tags()
+            if "values" in tags:
+                return f"not a mask but a {tags['values']} raster"
+            if ds.count != 1 or not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
+                return (f"not a mask: {ds.count} band(s) of {ds.dtypes[0]} (a prediction mask has one integer band "
+                        "of 0 background, 1 target, 255 nodata)")
+            if "rrsis_config_hash" in tags:
+                return None
+            for _, window in ds.block_windows(1):
+                extra = set(np.unique(ds.read(1, window=window)).tolist()) - {0, 1, 255}
+                if extra:
+                    return f"not a mask: holds values other than 0, 1 and 255 (e.g. {min(extra)})"
+    except rasterio.errors.RasterioIOError as exc:
+        return f"cannot read prediction mask: {exc}"
+    return None
+
+
+def prediction_masks(pred: Path) -> list[Path]:
+    """The prediction masks in ``pred``: the file itself (which must be a mask), or every mask in a folder
+    (other rasters, such as ``prob.tif``, are skipped with a note)."""
+    if pred.is_file():
+        problem = mask_problem(pred)
+        if problem:
+            raise InputError(problem, pred)
+        return [pred]
+    candidates = _files(pred, ("*.tif", "*.tiff"))
+    masks = [p for p in candidates if mask_problem(p) is None]
+    if len(masks) < len(candidates):
+        console.info(f"{len(candidates) - len(masks)} raster(s) in {pred} are not prediction masks (probability "
+                     "or coarse rasters, images) and are not scored")
+    return masks
+
+
+def _mask_identity(path: Path) -> tuple[str, str | None]:
+    """(scene name, prompt slug or None) of a prediction mask: from the tags ``rrsis predict`` writes, else from
+    ``<scene key>/<prompt key>/mask.tif`` folder names (``-<8 hex>`` suffixes dropped), else the file's stem."""
+    import rasterio
+
+    from rrsis_cli.inputs import slugify
+
+    with rasterio.open(path) as ds:
+        tags = ds.tags()
+    if "rrsis_scene" in tags and "prompt" in tags:
+        return Path(tags["rrsis_scene"]).stem, slugify(tags["prompt"], limit=None)
+    if path.stem == "mask":
+        return strip_key_hash(path.parent.parent.name), strip_key_hash(path.parent.name)
+    return path.stem, None
+
+
 def pair_scenes(pred: str | Path, gt: str | Path) -> list[tuple[Path, Path]]:
-    """Match prediction masks to ground-truth files (vectors or mask GeoTIFFs): one file each, or by name — a GT file stem equal to
-    the mask's stem, its prompt folder (``OUT/<scene key>/<prompt key>/mask.tif``, with or without the keys'
-    ``-<8 hex>`` suffix) or its scene folder."""
-    preds = _files(Path(pred), ("*.tif", "*.tiff"))
-    gts = _files(Path(gt), ("*.geojson", "*.gpkg", "*.json", "*.fgb", "*.shp", "*.tif", "*.tiff"))
+    """Match prediction masks to ground-truth files (vectors or mask GeoTIFFs) by scene identity: one file each;
+    else the GT file whose path below ``gt`` (suffix dropped) is ``<scene>/<prompt>``, ``<scene>_<prompt>``,
+    ``<scene>`` or the mask's own stem, where scene and prompt come from the mask's tags (or its
+    ``<scene key>/<prompt key>/`` folders); a GT named after the prompt alone (``gt/<prompt>.geojson``, as
+    ``rrsis data scene`` writes) is used only when every prediction comes from one scene. Pairs whose ground truth
+    does not overlap the prediction are left out later, with a warning (:func:`evaluate_scenes`)."""
+    preds = prediction_masks(Path(pred))
+    gt_root = Path(gt)
+    gts = _files(gt_root, ("*.geojson", "*.gpkg", "*.json", "*.fgb", "*.shp", "*.tif", "*.tiff"))
     if len(preds) == 1 and len(gts) == 1:
         return [(preds[0], gts[0])]
-    by_stem = {g.stem: g for g in gts}
+    by_name = {(g.relative_to(gt_root).with_suffix("").as_posix() if gt_root.is_dir() else g.stem): g for g in gts}
+    identities = {p: _mask_identity(p) for p in preds}
+    one_scene = len({scene for scene, _ in identities.values()}) == 1
     pairs, unmatched = [], []
-    for p in preds:
-        keys = (p.stem, p.parent.name, strip_key_hash(p.parent.name), p.parent.parent.name,
-                strip_key_hash(p.parent.parent.name))
-        match = next((by_stem[k] for k in keys if k in by_stem), None)
+    for p, (scene, prompt) in identities.items():
+        keys = [f"{scene}/{prompt}", f"{scene}_{prompt}", scene] if prompt else [scene]
+        keys += [p.stem] if p.stem != "mask" else []
+        keys += [prompt] if prompt and one_scene else []
+        match = next((by_name[k] for k in keys if k in by_name), None)
         (pairs.append((p, match)) if match else unmatched.append(p))
     if unmatched:
-        console.warn(f"{len(unmatched)} prediction(s) without ground truth, e.g. {unmatched[0]}")
+        console.warn(f"{len(unmatched)} prediction(s) without ground truth, e.g. {unmatched[0]}; name ground truth "
+                     "<scene>/<prompt>.*, <scene>_<prompt>.* or <scene>.*, or list the pairs with --pairs")
     return pairs
 
 
@@ -385,4 +478,8 @@ def read_pairs_csv(path: str | Path) -> list[tuple[Path, Path]]:
     missing = [str(f) for pair in pairs for f in pair if not f.exists()]
     if missing:
         raise InputError(f"{len(missing)} listed files are missing, e.g. {', '.join(missing[:3])}", path)
+    for pred, _ in pairs:
+        problem = mask_problem(pred)
+        if problem:
+            raise InputError(f"{pred}: {problem}", path)
     return pairs

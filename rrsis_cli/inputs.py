@@ -52,7 +52,8 @@ class Scene:
         return cls(Path(data["path"]), data["key"], data["fingerprint"], data.get("size"))
 
 
-def slugify(text: str, limit: int = SLUG_CHARS) -> str:
+def slugify(text: str, limit: int | None = SLUG_CHARS) -> str:
+    """Lower-case ``a-z0-9`` runs joined by ``-``, at most ``limit`` characters (None: no limit)."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "prompt"
 
 

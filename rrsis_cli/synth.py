@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from rrsis_cli.errors import InputError, OutputError
+from rrsis_cli.inputs import slugify
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -316,10 +317,6 @@ def mirror_indices(start: int, count: int, length: int) -> np.ndarray:
     return np.where(index < length, index, 2 * length - 1 - index)
 
 
-def slugify(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "prompt"
-
-
 def make_demo_scene(source: str | Path, out_dir: str | Path, size: int = 2048, cell: int = 96, seed: int = 0,
                     prompts: tuple[str, ...] = ("the red circle", "the blue square", "the yellow triangle"),
                     radius_px: tuple[float, float] = (6.0, 12.0), overwrite: bool = False) -> dict:
@@ -382,7 +379,7 @@ def make_demo_scene(source: str | Path, out_dir: str | Path, size: int = 2048, c
         colour, shape_name = parts[-2], parts[-1]
         chosen = objects[(objects["colour"] == colour) & (objects["shape"] == shape_name)].copy()
         chosen["prompt"] = prompt
-        path = out / "gt" / f"{slugify(prompt)}.geojson"
+        path = out / "gt" / f"{slugify(prompt, limit=None)}.geojson"
         chosen.to_crs("EPSG:4326").to_file(path, driver="GeoJSON")
         written[prompt] = {"path": str(path.relative_to(out)), "objects": len(chosen)}
     report = {"source": Path(source).name, "size": size, "cell": cell, "seed": seed, "crs": str(crs),
