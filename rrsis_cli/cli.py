@@ -451,7 +451,9 @@ def predict(
         counts[result.status] = counts.get(result.status, 0) + 1
     console.info(f"{len(manifest.inputs)} scene(s) x {len(prompts)} prompt(s): "
                  + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-                 + f"; {manifest.tiles_per_second:.1f} tiles/s; manifest in {opts['out']}")
+                 + f"; {manifest.tiles_per_second:.1f} tiles/s; manifest in {opts['out']}",
+                 status="finished", exit_code=manifest.exit_code, pairs=counts, scenes=len(manifest.inputs),
+                 seconds=round(manifest.seconds, 3), tiles_per_second=round(manifest.tiles_per_second, 3))
     raise typer.Exit(manifest.exit_code)
 
 

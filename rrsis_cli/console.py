@@ -8,6 +8,7 @@ given after its name); library code calls :func:`info` / :func:`warn` and asks
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -82,11 +83,46 @@ class _NoBar:
         pass
 
 
+class _Heartbeat(_NoBar):
+    """Progress for logs (no terminal, or JSON logs): one info record every ``every`` seconds with the count,
+    rate and estimated time left, so a long scene in a cron job shows it is alive."""
+
+    def __init__(self, total: int, desc: str, unit: str, initial: int, every: float):
+        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.done = self.start_done = initial
+        self.started = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every and self.done < self.total:
+            self.last = now
+            rate = (self.done - self.start_done) / max(now - self.started, 1e-9)
+            left = (self.total - self.done) / rate if rate > 0 else None
+            eta = f", about {left:.0f} s left" if left is not None else ""
+            info(f"{self.desc}: {self.done}/{self.total} {self.unit}s ({100 * self.done / max(self.total, 1):.0f} %), "
+                 f"{rate:.2f} {self.unit}/s{eta}",
+                 progress={"label": self.desc, "unit": self.unit, "done": self.done, "total": self.total,
+                           "per_second": round(rate, 3), "seconds_left": None if left is None else round(left, 1)})
+
+
+def heartbeat_seconds() -> float:
+    """Seconds between heartbeat records: ``RRSIS_HEARTBEAT_SECONDS`` (default 60; 0 turns them off)."""
+    try:
+        return float(os.environ.get("RRSIS_HEARTBEAT_SECONDS", "60"))
+    except ValueError:
+        return 60.0
+
+
 def progress_bar(total: int, desc: str, unit: str = "it", initial: int = 0):
-    """A tqdm bar on stderr when :func:`progress_enabled`, else an object with the same methods that does
-    nothing. Use as a context manager."""
+    """A tqdm bar on stderr when :func:`progress_enabled`; for logs (no terminal, or JSON logs, not quiet) a
+    heartbeat record every :func:`heartbeat_seconds`; else an object with the same methods that does nothing.
+    Use as a context manager."""
     if not progress_enabled():
-        return _NoBar()
+        every = heartbeat_seconds()
+        if SETTINGS.quiet or every <= 0:
+            return _NoBar()
+        return _Heartbeat(total, desc, unit, initial, every)
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)

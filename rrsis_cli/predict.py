@@ -340,6 +340,13 @@ def predict_scene(reader: SceneReader, model, text, scene: Scene, prompt: str, o
     result.seconds["write"] += time.perf_counter() - started
 
 
+def pair_fields(result: SceneResult) -> dict[str, Any]:
+    """Structured fields of one (scene, prompt) for JSON log records."""
+    return {"scene": result.scene, "prompt": result.prompt, "status": result.status, "tiles": result.tiles,
+            "tiles_resumed": result.tiles_resumed, "seconds": round(sum(result.seconds.values()), 3),
+            "output_dir": result.output_dir, **({"error": result.error} if result.error else {})}
+
+
 def unique_prompts(prompts: list[str]) -> list[str]:
     """The prompts in order, each exact text once (a repeated prompt would write the same outputs twice)."""
     unique = list(dict.fromkeys(prompts))
@@ -437,6 +444,8 @@ class SceneRunner:
         if not options.overwrite and is_finished(target / "mask.tif", scene, prompt,
                                                  config_hash(self.model.sha256, scene, prompt, options, tile)):
             result.status = "skipped-existing"
+            console.info(f"{scene.path.name} / {prompt!r}: skipped-existing (finished with the same scene, prompt "
+                         "and configuration)", **pair_fields(result))
             return
         work = work_dir(self.out, scene, prompt)
         try:
@@ -451,7 +460,8 @@ class SceneRunner:
             result.status, result.error = "failed", f"{scene.path}: {type(exc).__name__}: {exc}"
             console.error(result.error)
         console.info(f"{scene.path.name} / {prompt!r}: {result.status} ({result.tiles} tiles run, "
-                     f"{result.tiles_resumed} resumed, {result.tiles_skipped_nodata} nodata tiles skipped)")
+                     f"{result.tiles_resumed} resumed, {result.tiles_skipped_nodata} nodata tiles skipped)",
+                     **pair_fields(result))
 
 
 @dataclass
