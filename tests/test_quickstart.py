@@ -16,8 +16,9 @@ def test_quickstart_script(tmp_path):
                          env=env, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     out = tmp_path / "demo"
-    for path in ("predict/manifest.json", "predict/scene/the-red-circle/mask.tif",
-                 "predict/scene/the-red-circle/mask.geojson", "eval/metrics.json", "overlay.png"):
+    pair = json.loads((out / "predict" / "manifest.json").read_text())["results"][0]["output_dir"]
+    assert pair.startswith("scene-") and "/the-red-circle-" in pair
+    for path in (f"predict/{pair}/mask.tif", f"predict/{pair}/mask.geojson", "eval/metrics.json", "overlay.png"):
         assert (out / path).is_file(), path
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["n_scenes"] == 1
