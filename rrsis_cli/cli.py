@@ -372,9 +372,9 @@ def predict(
                                                    rich_help_panel="Output")] = None,
     vector_format: Annotated[VectorFormat | None, typer.Option(
         help="Vector output format: geojson (RFC 7946, EPSG:4326), gpkg, fgb or parquet (GeoParquet), the "
-             "last three in the scene's CRS [geojson].", rich_help_panel="Output")] = None,
+             "last three in the scene's CRS (default: geojson).", rich_help_panel="Output")] = None,
     vectors: Annotated[bool | None, typer.Option("--vectors/--no-vectors", help="Vectorise the mask; "
-                                                 "--no-vectors writes mask.tif (and prob.tif) only [vectors].",
+                                                 "--no-vectors writes mask.tif (and prob.tif) only (default: --vectors).",
                                                  rich_help_panel="Output")] = None,
     min_area: Annotated[float | None, typer.Option(help="Drop polygons smaller than this (m²).",
                                                    rich_help_panel="Output")] = None,
