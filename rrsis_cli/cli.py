@@ -370,8 +370,12 @@ def predict(
                                              rich_help_panel="Input")] = None,
     save_prob: Annotated[bool | None, typer.Option("--save-prob", help="Also write prob.tif (uint8 0-254).",
                                                    rich_help_panel="Output")] = None,
-    vector_format: Annotated[VectorFormat | None, typer.Option(help="Vector output format [geojson].",
-                                                               rich_help_panel="Output")] = None,
+    vector_format: Annotated[VectorFormat | None, typer.Option(
+        help="Vector output format: geojson (RFC 7946, EPSG:4326), gpkg, fgb or parquet (GeoParquet), the "
+             "last three in the scene's CRS (default: geojson).", rich_help_panel="Output")] = None,
+    vectors: Annotated[bool | None, typer.Option("--vectors/--no-vectors", help="Vectorise the mask; "
+                                                 "--no-vectors writes mask.tif (and prob.tif) only (default: --vectors).",
+                                                 rich_help_panel="Output")] = None,
     min_area: Annotated[float | None, typer.Option(help="Drop polygons smaller than this (m²).",
                                                    rich_help_panel="Output")] = None,
     simplify: Annotated[float | None, typer.Option(help="Simplify polygons with this tolerance (m).",
@@ -433,6 +437,7 @@ def predict(
             raise UsageError(f"cannot read prompts file: {exc.strerror}", path) from exc
     options = PredictOptions(**{k: opts[k] for k in ("tile_size", "overlap", "batch_size", "device", "precision",
                                                      "threshold", "gsd", "save_prob", "vector_format", "min_area",
+                                                     "vectors",
                                                      "simplify", "overwrite", "dry_run", "grounding", "coarse_size",
                                                      "coarse_weight", "refine_margin", "save_coarse")
                                 if opts.get(k) is not None},

@@ -1,6 +1,10 @@
 """Writing the outputs of ``predict``: Cloud-Optimised GeoTIFF masks (via rio-cogeo) and vector polygons of the
 mask, vectorised window by window and merged across window borders. Every file is written under a temporary
-name and renamed into place.
+name that keeps its extension (GDAL picks drivers and layer names from it) and renamed into place.
+
+Vectors: GeoJSON follows RFC 7946 (EPSG:4326 lon/lat, no ``crs`` member, exterior rings counter-clockwise and
+holes clockwise, coordinates rounded to :data:`GEOJSON_PRECISION` decimals); GeoPackage, FlatGeobuf and
+GeoParquet keep the scene's CRS. Every format has one layer, :data:`VECTOR_LAYER`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,33 @@ import numpy as np
 
 VECTOR_DRIVERS = {"geojson": ("GeoJSON", "geojson"), "gpkg": ("GPKG", "gpkg"), "fgb": ("FlatGeobuf", "fgb"),
                   "parquet": (None, "parquet")}
+VECTOR_LAYER = "mask"  # the layer name in every vector format (and the GeoJSON ``name`` member)
+GEOJSON_PRECISION = 7  # decimals of a degree in GeoJSON coordinates: 1e-7 degree is about 1 cm
+
+
+def temporary_path(path: Path) -> Path:
+    """``.mask.tmp.gpkg`` for ``mask.gpkg``: hidden, beside ``path`` (so a rename is atomic), same extension."""
+    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+
+
+def check_vector_format(vector_format: str) -> None:
+    """Fail (UsageError) when ``vector_format`` is unknown or its writer is not installed: called before any
+    model loads or tile runs, so a run never computes everything to fail at the last step."""
+    from rrsis_cli.errors import UsageError
+
+    if vector_format not in VECTOR_DRIVERS:
+        raise UsageError(f"--vector-format must be one of {', '.join(VECTOR_DRIVERS)}")
+    driver, _ = VECTOR_DRIVERS[vector_format]
+    if driver is None:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as exc:
+            raise UsageError("--vector-format parquet needs the pyarrow package (pip install pyarrow)") from exc
+        return
+    import pyogrio
+
+    if driver not in pyogrio.list_drivers(write=True):
+        raise UsageError(f"--vector-format {vector_format}: the GDAL of this installation cannot write {driver}")
 
 
 def mask_profile(reader, block: int = 512) -> dict[str, Any]:
@@ -29,10 +60,13 @@ def to_cog(src: Path, dst: Path, tags: dict[str, str]) -> None:
 
     profile = cog_profiles.get("deflate")
     profile.update(blockxsize=512, blockysize=512)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    cog_translate(str(src), str(tmp), profile, overview_resampling="nearest", quiet=True,
-                  additional_cog_metadata=tags, use_cog_driver=False, in_memory=False)
-    os.replace(tmp, dst)
+    tmp = temporary_path(dst)
+    try:
+        cog_translate(str(src), str(tmp), profile, overview_resampling="nearest", quiet=True,
+                      additional_cog_metadata=tags, use_cog_driver=False, in_memory=False)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vector_format: str,
@@ -88,14 +122,49 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
             frame = frame[frame["area_m2"] >= min_area]
         if simplify > 0:
             frame["geometry"] = frame.to_crs(utm).simplify(simplify).to_crs(crs)
-        frame = frame.to_crs("EPSG:4326")
     else:
         frame["area_m2"] = None
-    driver, _ = VECTOR_DRIVERS[vector_format]
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    if vector_format == "parquet":
-        frame.to_parquet(tmp)
-    else:
-        frame.to_file(tmp, driver=driver)
-    os.replace(tmp, out_path)
+    write_vectors(frame, out_path, vector_format)
     return len(frame)
+
+
+def _counter_clockwise(geom):
+    """Exterior rings counter-clockwise, holes clockwise (RFC 7946 section 3.1.6)."""
+    from shapely.geometry import MultiPolygon, Polygon
+    from shapely.geometry.polygon import orient
+
+    if isinstance(geom, Polygon):
+        return orient(geom, 1.0)
+    if isinstance(geom, MultiPolygon):
+        return MultiPolygon([orient(p, 1.0) for p in geom.geoms])
+    return geom
+
+
+def write_vectors(frame, path: Path, vector_format: str) -> None:
+    """Write ``frame`` (in the scene's CRS) to ``path`` atomically, as one layer named :data:`VECTOR_LAYER`:
+    GeoJSON per RFC 7946 (reprojected to EPSG:4326; a frame without CRS stays in pixel space), GeoPackage,
+    FlatGeobuf and GeoParquet in the frame's CRS. An empty frame keeps the column types and a Polygon layer."""
+    import geopandas as gpd
+
+    if not len(frame):  # the column types of a non-empty result (no value to infer them from)
+        types = {"prompt": object, "score": "float64", "pixels": "int64", "area_m2": "float64"}
+        frame = frame.astype({k: v for k, v in types.items() if k in frame.columns})
+    driver, _ = VECTOR_DRIVERS[vector_format]
+    options: dict[str, Any] = {}
+    if vector_format == "geojson":
+        if frame.crs is not None:
+            frame = frame.to_crs("EPSG:4326")
+            options["RFC7946"] = "YES"  # GDAL also writes no crs member and orients the rings
+        frame = frame.set_geometry(gpd.GeoSeries([_counter_clockwise(g) for g in frame.geometry],
+                                                 index=frame.index, crs=frame.crs))
+        options["COORDINATE_PRECISION"] = str(GEOJSON_PRECISION)
+    tmp = temporary_path(path)
+    try:
+        if driver is None:
+            frame.to_parquet(tmp)
+        else:
+            frame.to_file(tmp, driver=driver, engine="pyogrio", layer=VECTOR_LAYER, layer_options=options,
+                          geometry_type=None if len(frame) else "Polygon")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

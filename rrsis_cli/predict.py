@@ -35,7 +35,7 @@ from rrsis_cli.errors import (
     UsageError,
 )
 from rrsis_cli.inputs import WORK_DIR, Scene, find_scenes, output_dir, relative_output_dir, work_dir
-from rrsis_cli.outputs import VECTOR_DRIVERS, mask_profile, to_cog, vectorise
+from rrsis_cli.outputs import VECTOR_DRIVERS, check_vector_format, mask_profile, to_cog, vectorise
 from rrsis_cli.scene import SceneReader, prefetch
 from rrsis_cli.tiling import TileGrid, TileStore, blend_weights, tile_origins
 
@@ -52,6 +52,7 @@ class PredictOptions:
     threshold: float = 0.5
     bands: list[int] | None = None
     save_prob: bool = False
+    vectors: bool = True  # False (--no-vectors): mask (and prob) only, no vectorisation
     vector_format: str = "geojson"
     min_area: float = 0.0
     simplify: float = 0.0
@@ -75,7 +76,8 @@ class SceneResult:
     prompt: str
     status: str = "pending"
     output_dir: str | None = None  # relative to OUT: <scene key>/<prompt key>
-    outputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)  # kind -> path
+    features: int | None = None  # polygons written; None when no vectors were written (--no-vectors, skipped)
     tiles: int = 0
     tiles_skipped_nodata: int = 0
     tiles_resumed: int = 0
@@ -143,9 +145,14 @@ def infer(model, text, tiles: list[np.ndarray], device: torch.device, precision:
 
 
 # ------------------------------------------------------------------------------------------------ hashes
-def config_hash(model_sha: str | None, scene: Scene, prompt: str, options: PredictOptions, tile: int) -> str:
+def config_hash(model_sha: str | None, scene: Scene, prompt: str, options: PredictOptions, tile: int,
+                threshold: bool = True) -> str:
     """Identifies one (scene, prompt, model, parameters): stored in ``mask.tif`` and in the journal, so an
-    existing output is skipped, and a journal resumed, only for exactly this pair and configuration."""
+    existing output is skipped, and a journal resumed, only for exactly this pair and configuration.
+
+    ``threshold=False`` leaves the threshold out: the hash of the probability raster (tag ``rrsis_prob_hash``),
+    which does not depend on it in tile grounding, so a ``prob.tif`` is re-thresholded for any threshold. With
+    scene grounding the threshold picks the coarse candidates, so it stays in (no re-thresholding)."""
     payload = {"model": model_sha, "scene": scene.fingerprint, "prompt": prompt, "tile": tile,
                "overlap": options.overlap,
                "threshold": options.threshold, "bands": options.bands, "gsd": options.gsd,
@@ -153,6 +160,9 @@ def config_hash(model_sha: str | None, scene: Scene, prompt: str, options: Predi
     if options.grounding != "tiles":
         payload["grounding"] = [options.grounding, options.coarse_size, options.coarse_weight,
                                 options.coarse_support, options.refine_margin]
+    elif not threshold:
+        payload.pop("threshold")
+        payload["kind"] = "probability"
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -170,6 +180,23 @@ def is_finished(mask_path: Path, scene: Scene, prompt: str, chash: str) -> bool:
         return False
     return (tags.get("rrsis_config_hash") == chash and tags.get("prompt") == prompt
             and tags.get("rrsis_scene_fingerprint") == scene.fingerprint)
+
+
+def reusable_prob(prob_path: Path, reader: SceneReader, scene: Scene, prompt: str, phash: str) -> bool:
+    """True when ``prob_path`` exists and its tags prove it is the probability raster of this scene, this exact
+    prompt and this configuration except the threshold (``rrsis_prob_hash``), on the scene's grid."""
+    import rasterio
+
+    if not prob_path.exists():
+        return False
+    try:
+        with rasterio.open(prob_path) as ds:
+            tags, shape = ds.tags(), (ds.height, ds.width)
+    except rasterio.errors.RasterioIOError:
+        return False
+    return (tags.get("rrsis_prob_hash") == phash and tags.get("prompt") == prompt
+            and tags.get("rrsis_scene_fingerprint") == scene.fingerprint
+            and shape == (reader.ds.height, reader.ds.width))
 
 
 # ------------------------------------------------------------------------------------------------ scenes
@@ -251,11 +278,26 @@ def run_tiles(reader: SceneReader, model, text, grid: TileGrid, store: TileStore
     result.seconds.update(seconds)
 
 
+def quantise(prob: np.ndarray) -> np.ndarray:
+    """The uint8 probability of ``prob.tif``: round(probability × 254), 0–254 (255 is nodata)."""
+    return np.clip(np.round(prob * 254), 0, 254).astype(np.uint8)
+
+
+def mask_from_probability(p8: np.ndarray, threshold: float) -> np.ndarray:
+    """The mask rule, one for full runs and re-thresholding: 1 where the *quantised* probability p8 / 254 is
+    ≥ ``threshold``, 0 below, 255 where p8 is 255 (nodata). Comparing the quantised value (what ``prob.tif``
+    stores) rather than the float makes a mask re-thresholded from ``prob.tif`` identical to a full run."""
+    table = (np.arange(256, dtype=np.float64) / 254.0 >= threshold).astype(np.uint8)
+    table[255] = 255
+    return table[p8]
+
+
 def finalise(reader: SceneReader, store: TileStore, options: PredictOptions, mask_raw: Path, prob_raw: Path,
              coarse=None, active: set[int] | None = None) -> None:
-    """Blend the stored tiles block by block into the mask (probability ≥ threshold → 1, nodata → 255) and the
-    uint8 probability raster (probability × 254, nodata 255), both tiled GTiffs in the work directory. With a
-    coarse grounding, the block's probability is fused with it (:mod:`rrsis_cli.grounding`)."""
+    """Blend the stored tiles block by block into the uint8 probability raster (probability × 254, nodata
+    255) and the mask (:func:`mask_from_probability`: quantised probability ≥ threshold → 1, nodata → 255),
+    both tiled GTiffs in the work directory. With a coarse grounding, the block's probability is fused with it
+    and the coarse support must reach ``coarse_support`` too (:mod:`rrsis_cli.grounding`)."""
     import rasterio
     from rasterio.windows import Window
 
@@ -270,18 +312,32 @@ def finalise(reader: SceneReader, store: TileStore, options: PredictOptions, mas
             for c in range(0, ds.width, block):
                 window = Window(c, r, min(block, ds.width - c), min(block, ds.height - r))
                 prob, covered = store.blend(r, r + window.height, c, c + window.width, weights, active)
-                keep = prob >= options.threshold
+                support = None
                 if coarse is not None:
                     support = coarse.upsample(r, r + window.height, c, c + window.width)
                     prob = fuse(prob, covered, support, options.coarse_weight)
-                    keep = (prob >= options.threshold) & (support >= options.coarse_support)
-                valid = reader.valid(window)
-                mask = np.where(keep, 1, 0).astype(np.uint8)
-                mask[~valid] = 255
+                p8 = quantise(prob)
+                p8[~reader.valid(window)] = 255
+                mask = mask_from_probability(p8, options.threshold)
+                if support is not None:
+                    mask[(mask == 1) & (support < options.coarse_support)] = 0
                 mask_dst.write(mask, 1, window=window)
-                p8 = np.round(prob * 254).astype(np.uint8)
-                p8[~valid] = 255
                 prob_dst.write(p8, 1, window=window)
+
+
+def rethreshold(reader: SceneReader, prob_path: Path, threshold: float, mask_raw: Path,
+                block_size: int) -> None:
+    """The mask of an existing ``prob.tif`` at ``threshold`` (:func:`mask_from_probability`, block by block)
+    as a tiled GTiff in the work directory: what :func:`finalise` writes for the same probabilities."""
+    import rasterio
+    from rasterio.windows import Window
+
+    ds = reader.ds
+    with rasterio.open(prob_path) as src, rasterio.open(mask_raw, "w", **mask_profile(reader)) as dst:
+        for r in range(0, ds.height, block_size):
+            for c in range(0, ds.width, block_size):
+                window = Window(c, r, min(block_size, ds.width - c), min(block_size, ds.height - r))
+                dst.write(mask_from_probability(src.read(1, window=window), threshold), 1, window=window)
 
 
 def predict_scene(reader: SceneReader, model, text, scene: Scene, prompt: str, out_dir: Path, work: Path,
@@ -306,38 +362,108 @@ def predict_scene(reader: SceneReader, model, text, scene: Scene, prompt: str, o
     mask_raw, prob_raw = work / "mask_raw.tif", work / "prob_raw.tif"
     finalise(reader, store, options, mask_raw, prob_raw, coarse, None if active is None else set(active))
     result.seconds["blend"] = time.perf_counter() - started
+    extra: dict[str, Path] = {}
     if coarse is not None and options.save_coarse:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_coarse(reader, coarse, out_dir / "coarse.tif")
-        result.outputs["coarse"] = str(out_dir / "coarse.tif")
+        extra["coarse"] = work / "coarse.tif"
+        write_coarse(reader, coarse, extra["coarse"])
+    write_outputs(mask_raw, prob_raw, out_dir, work, prompt, options, output_tags(model, scene, prompt, options,
+                                                                                  tile),
+                  result, options.save_prob, extra)
 
+
+def rethreshold_pair(reader: SceneReader, model, scene: Scene, prompt: str, prob_path: Path, out_dir: Path,
+                     work: Path, options: PredictOptions, tile: int, result: SceneResult) -> None:
+    """One (scene, prompt) whose ``prob.tif`` (:func:`reusable_prob`) is there: the mask at the requested
+    threshold and its vectors from it, no tile run; the files are those of a full run at that threshold."""
     started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    mask_raw = work / "mask_raw.tif"
+    rethreshold(reader, prob_path, options.threshold, mask_raw, options.block_size)
+    result.seconds["blend"] = time.perf_counter() - started
+    write_outputs(mask_raw, prob_path, out_dir, work, prompt, options,
+                  output_tags(model, scene, prompt, options, tile), result, False)
+
+
+def output_tags(model, scene: Scene, prompt: str, options: PredictOptions, tile: int) -> dict[str, str]:
+    """Tags of ``mask.tif`` and ``prob.tif``: what produced them, and the hashes that let a later run skip the
+    pair (``rrsis_config_hash``) or re-threshold its ``prob.tif`` (``rrsis_prob_hash``)."""
     tags = {"prompt": prompt, "model": str(model.config.get("name")), "model_sha256": str(model.sha256),
             "rrsis_version": __version__, "tile_size": str(tile), "overlap": str(options.overlap),
-            "threshold": str(options.threshold), "rrsis_config_hash": chash, "rrsis_scene": str(scene.path),
-            "rrsis_scene_fingerprint": scene.fingerprint}
+            "threshold": str(options.threshold),
+            "rrsis_config_hash": config_hash(model.sha256, scene, prompt, options, tile),
+            "rrsis_prob_hash": config_hash(model.sha256, scene, prompt, options, tile, threshold=False),
+            "rrsis_scene": str(scene.path), "rrsis_scene_fingerprint": scene.fingerprint}
     if options.gsd is not None:
         tags["gsd"] = str(options.gsd)
-    if options.save_prob:
-        to_cog(prob_raw, out_dir / "prob.tif", {**tags, "values": "probability x 254, 255 nodata"})
-        result.outputs["prob"] = str(out_dir / "prob.tif")
-    result.seconds["write"] = time.perf_counter() - started
+    return tags
 
-    started = time.perf_counter()
-    _, suffix = VECTOR_DRIVERS[options.vector_format]
-    vec_path = out_dir / f"mask.{suffix}"
-    count = vectorise(mask_raw, prob_raw, vec_path, prompt, options.vector_format, options.min_area,
-                      options.simplify, options.block_size)
-    result.outputs["vectors"] = str(vec_path)
-    result.outputs["features"] = str(count)
-    result.seconds["vectorise"] = time.perf_counter() - started
 
-    # the mask is written last: its presence (with the same configuration hash) marks the pair as finished
-    started = time.perf_counter()
-    to_cog(mask_raw, out_dir / "mask.tif", tags)
-    result.outputs["mask"] = str(out_dir / "mask.tif")
-    result.seconds["write"] += time.perf_counter() - started
+def _prob_hash_of(path: Path) -> str | None:
+    import rasterio
+
+    try:
+        with rasterio.open(path) as ds:
+            return ds.tags().get("rrsis_prob_hash")
+    except rasterio.errors.RasterioIOError:
+        return None
+
+
+def write_outputs(mask_raw: Path, prob_raw: Path, out_dir: Path, work: Path, prompt: str, options: PredictOptions,
+                  tags: dict[str, str], result: SceneResult, save_prob: bool,
+                  extra: dict[str, Path] | None = None) -> None:
+    """Write a pair's outputs (``prob.tif`` when ``save_prob``, the vectors unless ``--no-vectors``,
+    ``mask.tif``) into ``work/out``, then move them, and the ``extra`` files already written, into ``out_dir``.
+    ``mask.tif`` moves last: its presence (with its configuration hash) marks the pair finished; just before it,
+    vectors of an earlier mask (other formats, or all with ``--no-vectors``) and a ``prob.tif`` of another
+    configuration are removed, so the directory only describes the new mask. Anything that fails leaves
+    nothing at the final paths."""
+    stage = work / "out"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        started = time.perf_counter()
+        moves = list((extra or {}).items())
+        if save_prob:
+            to_cog(prob_raw, stage / "prob.tif", {**tags, "values": "probability x 254, 255 nodata"})
+            moves.append(("prob", stage / "prob.tif"))
+        result.seconds["write"] = time.perf_counter() - started
+        count = None
+        if options.vectors:
+            started = time.perf_counter()
+            _, suffix = VECTOR_DRIVERS[options.vector_format]
+            vec_path = stage / f"mask.{suffix}"
+            count = vectorise(mask_raw, prob_raw, vec_path, prompt, options.vector_format, options.min_area,
+                              options.simplify, options.block_size)
+            moves.append(("vectors", vec_path))
+            result.seconds["vectorise"] = time.perf_counter() - started
+        started = time.perf_counter()
+        to_cog(mask_raw, stage / "mask.tif", tags)
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for kind, path in moves:
+            target = out_dir / path.name
+            if target.is_dir():  # mask.fgb written as a directory by earlier versions
+                shutil.rmtree(target)
+            os.replace(path, target)
+            result.outputs[kind] = str(target)
+        written = {path.name for _, path in moves}
+        for _, suffix in VECTOR_DRIVERS.values():
+            stale = out_dir / f"mask.{suffix}"
+            if stale.name not in written and (stale.is_file() or stale.is_dir()):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        prob = out_dir / "prob.tif"
+        if not save_prob and prob.exists():
+            found = _prob_hash_of(prob)
+            if found == tags["rrsis_prob_hash"]:
+                result.outputs["prob"] = str(prob)  # the probabilities of this mask (kept, e.g. re-thresholded)
+            elif found is not None:
+                prob.unlink()  # the probabilities of another configuration
+        os.replace(stage / "mask.tif", out_dir / "mask.tif")
+        result.outputs["mask"] = str(out_dir / "mask.tif")
+        result.features = count
+        result.seconds["write"] += time.perf_counter() - started
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def pair_fields(result: SceneResult) -> dict[str, Any]:
@@ -373,6 +499,8 @@ def validate_options(options: PredictOptions, prompts: list[str]) -> None:
         raise UsageError(f"--overlap must be in [0, 1), got {options.overlap}")
     if options.vector_format not in VECTOR_DRIVERS:
         raise UsageError(f"--vector-format must be one of {', '.join(VECTOR_DRIVERS)}")
+    if options.vectors:
+        check_vector_format(options.vector_format)  # its writer missing: fail before the model loads
     if options.precision not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"--precision must be fp32, bf16 or fp16, got {options.precision!r}")
     if options.batch_size < 1:
@@ -441,17 +569,26 @@ class SceneRunner:
             result.tiles = len(TileGrid.for_scene(ds.height, ds.width, tile, options.overlap))
             result.status = "dry-run"
             return
+        vectors = target / f"mask.{VECTOR_DRIVERS[options.vector_format][1]}"
         if not options.overwrite and is_finished(target / "mask.tif", scene, prompt,
-                                                 config_hash(self.model.sha256, scene, prompt, options, tile)):
+                                                 config_hash(self.model.sha256, scene, prompt, options, tile)) \
+                and (vectors.is_file() or not options.vectors):  # vectors asked for and missing: rebuilt
             result.status = "skipped-existing"
             console.info(f"{scene.path.name} / {prompt!r}: skipped-existing (finished with the same scene, prompt "
                          "and configuration)", **pair_fields(result))
             return
         work = work_dir(self.out, scene, prompt)
+        prob = target / "prob.tif"
+        reuse = (not options.overwrite and options.grounding == "tiles" and reusable_prob(
+            prob, reader, scene, prompt, config_hash(self.model.sha256, scene, prompt, options, tile, False)))
         try:
-            predict_scene(reader, self.model, self.texts.get(prompt), scene, prompt, target, work, options, tile,
-                          self.device, result)
-            result.status = "done"
+            if reuse:  # same pair and configuration but the threshold: no tile recomputed
+                rethreshold_pair(reader, self.model, scene, prompt, prob, target, work, options, tile, result)
+                result.status = "rethresholded"
+            else:
+                predict_scene(reader, self.model, self.texts.get(prompt), scene, prompt, target, work, options,
+                              tile, self.device, result)
+                result.status = "done"
             shutil.rmtree(work, ignore_errors=True)  # kept on failure or interruption: the next run resumes
         except RrsisError as exc:
             result.status, result.error = "failed", exc.one_line()

@@ -45,13 +45,14 @@ class PointwiseModel(torch.nn.Module):
 
 
 def pointwise_reference(path: Path) -> np.ndarray:
-    """The whole-image computation of the pointwise model (uint8 scene, /255)."""
+    """The whole-image computation of the pointwise model (uint8 scene, /255), with predict's mask rule: the
+    probability quantised as in prob.tif (round(p × 254)) compared with the threshold."""
     with rasterio.open(path) as ds:
         x = ds.read([1, 2, 3]).astype(np.float32) / 255.0
         valid = ds.dataset_mask() > 0  # GDAL's convention: nodata only where all bands are
     fg = 8.0 * (x[0] - 0.5 * x[1] - 0.25 * x[2]) - 0.6
     prob = 1 / (1 + np.exp(-fg))
-    out = (prob >= 0.5).astype(np.uint8)
+    out = (np.round(prob * 254) / 254 >= 0.5).astype(np.uint8)
     out[~valid] = 255
     return out
 
