@@ -10,8 +10,10 @@ MODEL_DIR/README.md          model card (optional)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -81,9 +83,42 @@ def state_dict_for_saving(model: ReferringSegmenter, weights_dtype: str = "float
             for k, v in model.state_dict().items() if keep_text or not k.startswith("text_encoder.")}
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it back is not thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_like_umask(root: Path) -> None:
+    """Give ``root`` and everything below it the modes of plainly created files and folders (0666 / 0777 less the
+    umask): ``tempfile.mkdtemp`` makes 0700 folders and safetensors 0600 files, which colleagues on a shared
+    cluster could not read once renamed into place. Best effort: a file system without modes keeps its own."""
+    mask = current_umask()
+
+    def chmod(path: str, mode: int) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(path, mode & ~mask)
+
+    chmod(str(root), 0o777)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            chmod(os.path.join(folder, name), 0o777)
+        for name in files:
+            chmod(os.path.join(folder, name), 0o666)
+
+
 def save_model(model: ReferringSegmenter, out_dir: str | Path, overwrite: bool = True,
                readme: str | None = None, weights_dtype: str = "float32") -> Path:
-    """Write a model directory atomically: built in a temporary sibling, then renamed into place.
+    """Write a model directory atomically: built in a temporary sibling, then renamed into place, with the
+    permissions the umask gives (0777 / 0666 less the umask, like any file the user creates).
     Weights are loaded back as float32 whatever ``weights_dtype`` they were stored in."""
     if weights_dtype not in WEIGHT_DTYPES:
         raise OutputError(f"unknown weights dtype {weights_dtype!r}; known: {', '.join(WEIGHT_DTYPES)}")
@@ -106,6 +141,7 @@ def save_model(model: ReferringSegmenter, out_dir: str | Path, overwrite: bool =
             model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         if readme:
             (tmp / "README.md").write_text(readme)
+        share_like_umask(tmp)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
