@@ -23,10 +23,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rrsis_cli import __version__
+from rrsis_cli import __version__, console
 from rrsis_cli.errors import ModelError, OutputError
 from rrsis_cli.models.base import ReferringSegmenter
-from rrsis_cli.models.registry import FORMAT_VERSION, architecture_class, config_for
+from rrsis_cli.models.registry import FORMAT_VERSION, architecture_class, config_for, require_weights
 from rrsis_cli.models.text import bundled_tokenizer, load_pretrained_text_encoder, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -185,15 +185,44 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], so
     model.load_state_dict(state, strict=True)
 
 
-def load_model(model: str | Path, device: str | torch.device = "cpu") -> ReferringSegmenter:
-    """Load a model directory (or build a zoo card with random weights) in eval mode on ``device``."""
-    path = Path(model)
-    if not is_model_dir(path):
-        if path.exists():
-            raise ModelError(f"not a model directory ({CONFIG_FILE} missing)", path)
-        built = build_model(str(model))
-        built.sha256 = "random-init:" + built.config.get("name", str(model))
-        return built.to(device)
+RANDOM_WEIGHTS_SEED = 0
+
+
+def random_model(name: str, device: str | torch.device = "cpu", warn: bool = True) -> ReferringSegmenter:
+    """A card (or architecture name) built with random weights seeded with :data:`RANDOM_WEIGHTS_SEED` (the same
+    weights, hence the same masks, on every run; the caller's random state is left as it was), in eval mode on
+    ``device``, with a warning that they are random. What ``--allow-random-weights`` runs."""
+    with torch.random.fork_rng(devices=[]):
+        built = build_model(name, seed=RANDOM_WEIGHTS_SEED)
+    label = built.config.get("name", name)
+    if warn:
+        console.warn(f"{label}: running with RANDOM weights (seed {RANDOM_WEIGHTS_SEED}, --allow-random-weights); "
+                     "the masks are meaningless")
+        built.sha256 = f"random-init-seed{RANDOM_WEIGHTS_SEED}:{label}"
+    else:  # an architecture without learned parameters
+        built.sha256 = f"no-weights:{label}"
+    return built.to(device)
+
+
+def load_model(model: str | Path, device: str | torch.device = "cpu",
+               allow_random_weights: bool = False) -> ReferringSegmenter:
+    """Load a model in eval mode on ``device``: a model directory, a bundled model (``demo``) or a zoo card that
+    names its weights (``model_dir:``).
+
+    A card (or architecture name) without weights raises :class:`MissingWeightsError` (exit code 2), unless
+    ``allow_random_weights``: then it is built with random weights seeded with :data:`RANDOM_WEIGHTS_SEED` (the
+    same masks on every run; the caller's random state is left as it was) and a warning is printed. Cards of an
+    architecture that declares ``needs_weights = False`` are built without either.
+    """
+    source = require_weights(model, allow_random_weights)
+    if source.model_dir is None:
+        if source.kind == "unknown":
+            path = Path(model)
+            if path.exists():
+                raise ModelError(f"not a model directory ({CONFIG_FILE} missing)", path)
+            config_for(str(model))  # raises the "neither a card nor an architecture" error
+        return random_model(str(model), device, warn=source.kind == "none")
+    path = source.model_dir
     config = read_config(path)
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
