@@ -109,7 +109,7 @@ def scaleout(a) -> None:
             out = work / f"out-{label}"
             cmd = [sys.executable, "-m", "rrsis_cli", "--quiet", "predict", str(scenes_dir), "--model", a.model,
                    "--prompt", "the building", "--out", str(out), "--overwrite", "--device", "cpu",
-                   "--tile-size", str(a.tile_size), *extra]
+                   "--tile-size", str(a.tile_size), "--allow-random-weights", *extra]
             started = time.perf_counter()
             subprocess.run(cmd, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
             times.append(time.perf_counter() - started)

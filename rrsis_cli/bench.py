@@ -5,6 +5,8 @@ size and origin) or is a user's file. Each repeat runs ``rrsis predict`` in a fr
 resident memory (``wait4`` rusage of that child alone) and its per-stage timings (from the manifest) are its
 own. The model's forward alone is then timed in this process on the same scene's tiles with the same batch
 size, giving the ratio *predict throughput / forward-only throughput*. Medians over the repeats are reported.
+Speed does not depend on the weights, so a zoo card without weights runs with seeded random weights
+(``--allow-random-weights``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def build_scene(source: str | Path, out: str | Path, size: int, block: int = 512
 def run_predict_child(scene: Path, model: str, prompt: str, out: Path, extra: list[str]) -> dict[str, Any]:
     """One ``rrsis predict`` in a fresh process: wall time, its own peak RSS and its manifest."""
     cmd = [sys.executable, "-m", "rrsis_cli", "--quiet", "predict", str(scene), "--model", model, "--prompt", prompt,
-           "--out", str(out), "--overwrite", *extra]
+           "--out", str(out), "--overwrite", "--allow-random-weights", *extra]
     with tempfile.TemporaryFile() as log:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=dict(os.environ, HF_HUB_OFFLINE="1"))
@@ -86,7 +88,7 @@ def forward_only(scene: Path, model_spec: str, prompt: str, tile_size: int | Non
     from rrsis_cli.tiling import TileGrid
 
     dev = pick_device(device)
-    model = load_model(model_spec, device=dev)
+    model = load_model(model_spec, device=dev, allow_random_weights=True)
     tile = int(tile_size or model.config["image_size"])
     reader = SceneReader(scene, None)
     grid = TileGrid.for_scene(reader.ds.height, reader.ds.width, tile, 0.25)

@@ -127,16 +127,18 @@ def root(
 # ----------------------------------------------------------------------------------------------- models
 @models_app.command("list")
 def models_list() -> None:
-    """List the zoo cards with architecture, provenance and license."""
-    from rrsis_cli.models import list_cards
+    """List the zoo cards with architecture, weights, provenance and license. Predict and evaluate need a card
+    with weights (or a model directory); the others are for `rrsis train`, `convert` and `models init`."""
+    from rrsis_cli.models import list_cards, model_source
 
     table = Table(title="rrsis model zoo")
-    for column in ("name", "arch", "description", "provenance", "license"):
+    for column in ("name", "arch", "weights", "description", "provenance", "license"):
         table.add_column(column, overflow="fold")
     for card in list_cards():
         prov = card.get("provenance", {}) or {}
-        table.add_row(card["name"], card["arch"], str(card.get("description", "")),
-                      str(prov.get("paper", prov.get("code", ""))), str(card.get("license", "")))
+        table.add_row(card["name"], card["arch"], model_source(card["name"]).describe(),
+                      str(card.get("description", "")), str(prov.get("paper", prov.get("code", ""))),
+                      str(card.get("license", "")))
     console.stdout.print(table)
 
 
@@ -145,12 +147,14 @@ def models_show(name: Annotated[str, typer.Argument(help="Card name or model dir
     """Print a card (or a model directory's config) as JSON, with parameter counts."""
     import json
 
-    from rrsis_cli.models import build_model, is_model_dir
+    from rrsis_cli.models import build_model, model_source
     from rrsis_cli.models.io import read_config
     from rrsis_cli.models.registry import config_for
 
-    config = read_config(Path(name)) if is_model_dir(name) else config_for(name)
-    model = build_model(name) if not is_model_dir(name) else None
+    source = model_source(name)
+    directory = source.model_dir if source.kind in ("directory", "bundled") else None
+    config = read_config(directory) if directory is not None else config_for(name)
+    model = build_model(name) if directory is None else None
     if model is not None:
         config["parameters"] = model.parameter_counts()
     print(json.dumps(config, indent=2))
@@ -339,11 +343,17 @@ class VectorFormat(str, Enum):
     fgb = "fgb"
 
 
+RANDOM_WEIGHTS_HELP = ("Run a zoo card that has no weights with seeded random weights (seed 0: the same, "
+                       "meaningless masks on every run), for tests and benchmarks. Without it such a card is "
+                       "refused (exit 2).")
+
+
 @app.command(epilog=EXIT_CODES_HELP)
 def predict(
     inputs: Annotated[list[Path] | None, typer.Argument(help="GeoTIFF/VRT files, folders (recursive) or .txt "
                                                         "lists.", show_default=False)] = None,
-    model: Annotated[str | None, typer.Option(help="Model directory or zoo card.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model directory, bundled model (demo) or zoo card with "
+                                              "weights (see `rrsis models list`).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory: OUT/<scene>/<prompt-slug>/.")] = None,
     prompt: Annotated[list[str] | None, typer.Option(help="Referring expression (repeatable).")] = None,
     prompts_file: Annotated[Path | None, typer.Option(help="File with one prompt per line.")] = None,
@@ -394,6 +404,8 @@ def predict(
                                                         "of its size [0.5].", rich_help_panel="Grounding")] = None,
     save_coarse: Annotated[bool | None, typer.Option("--save-coarse", help="Also write coarse.tif.",
                                                      rich_help_panel="Grounding")] = None,
+    allow_random_weights: Annotated[bool | None, typer.Option("--allow-random-weights", help=RANDOM_WEIGHTS_HELP)
+                                    ] = None,
     cluster: Annotated[str | None, typer.Option(help="Run scenes on dask workers: local, local:N, slurm.",
                                                 rich_help_panel="Scale-out")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Address of an existing dask scheduler (tcp://HOST:PORT).",
@@ -439,7 +451,8 @@ def predict(
                                                      "threshold", "gsd", "save_prob", "vector_format", "min_area",
                                                      "vectors",
                                                      "simplify", "overwrite", "dry_run", "grounding", "coarse_size",
-                                                     "coarse_weight", "refine_margin", "save_coarse")
+                                                     "coarse_weight", "refine_margin", "save_coarse",
+                                                     "allow_random_weights")
                                 if opts.get(k) is not None},
                              bands=_parse_bands(opts.get("bands")), stretch=_parse_stretch(opts.get("stretch")))
     slurm = {key: opts.get(f"slurm_{key}") for key in ("queue", "account", "walltime", "memory", "gpus", "jobs")}
@@ -545,7 +558,10 @@ def evaluate(
                                                 rich_help_panel="Dataset")] = None,
     root: Annotated[Path | None, typer.Option(help="Dataset root.", rich_help_panel="Dataset")] = None,
     split: Annotated[str, typer.Option(help="Split to score.", rich_help_panel="Dataset")] = "test",
-    model: Annotated[str | None, typer.Option(help="Model directory or card.", rich_help_panel="Dataset")] = None,
+    model: Annotated[str | None, typer.Option(help="Model directory, bundled model (demo) or zoo card with weights.",
+                                              rich_help_panel="Dataset")] = None,
+    allow_random_weights: Annotated[bool, typer.Option(
+        "--allow-random-weights", help=RANDOM_WEIGHTS_HELP, rich_help_panel="Dataset")] = False,
     predictions: Annotated[Path | None, typer.Option(
         help="Score saved masks instead of a model: <sample_id>.png|.tif at the image's size, non-zero = target.",
         rich_help_panel="Dataset")] = None,
@@ -590,13 +606,13 @@ def evaluate(
     if precision not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
     from rrsis_cli.data import open_dataset
+    from rrsis_cli.models import load_model, random_model, require_weights
 
+    source = None if model is None else require_weights(model, allow_random_weights)  # before the dataset is read
     data = open_dataset(dataset, root, split)
     loaded = None
     if model is not None:
-        from rrsis_cli.models import load_model
-
-        loaded = load_model(model, device=device)
+        loaded = random_model(model, device) if source.kind == "none" else load_model(model, device=device)
     summary = evaluate_dataset(loaded, data, out, protocol=protocol, empty_union=empty_union, strict=strict,
                                batch_size=batch_size, device=device, precision=precision, image_size=image_size,
                                predictions=predictions, save_masks=save_masks, plots=plots)

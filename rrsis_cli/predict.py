@@ -68,6 +68,7 @@ class PredictOptions:
     coarse_support: float = 0.25
     refine_margin: float = 0.5
     save_coarse: bool = False
+    allow_random_weights: bool = False  # run a card without weights (seeded random weights, with a warning)
 
 
 @dataclass
@@ -518,13 +519,16 @@ class SceneRunner:
     worker process, so the model is loaded once per worker)."""
 
     def __init__(self, model_spec: str, prompts: list[str], out: Path, options: PredictOptions):
-        from rrsis_cli.models import load_model
+        from rrsis_cli.models import load_model, random_model, require_weights
 
         self.options = options
         self.prompts = list(prompts)
         self.out = Path(out)
         self.device = pick_device(options.device)
-        self.model = load_model(model_spec, device=self.device)
+        if require_weights(model_spec, options.allow_random_weights).kind == "none":  # a card without weights
+            self.model = random_model(model_spec, device=self.device)
+        else:
+            self.model = load_model(model_spec, device=self.device)
         self.tile = int(options.tile_size or self.model.config["image_size"])
         if self.tile % 32:
             raise UsageError(f"--tile-size must be a multiple of 32, got {self.tile}")
@@ -651,10 +655,12 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
     several scenes are there. ``shard="I/N"`` (or a SLURM job array) processes one deterministic share of the
     scenes (see :mod:`rrsis_cli.distributed`)."""
     from rrsis_cli import distributed
+    from rrsis_cli.models import require_weights
 
     options = options or PredictOptions()
     prompts = unique_prompts(prompts)
     validate_options(options, prompts)
+    require_weights(model_spec, options.allow_random_weights)  # a card without weights: refused before any input
     duplicates: list[dict[str, str]] = []
     scenes = find_scenes(inputs, glob, duplicates)
     part = distributed.parse_shard(shard) if shard else distributed.shard_from_environment()

@@ -113,7 +113,10 @@ def test_predict_takes_the_options_after_its_inputs(capsys, tmp_path):
     with rasterio.open(scene, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8", crs="EPSG:32618",
                        transform=from_origin(500000, 4000000, 5, 5)) as dst:
         dst.write(np.full((3, 64, 64), 100, dtype="uint8"))
-    command = ["predict", str(scene), "--model", "lavt-tiny", "--prompt", "the roof", "--out", str(tmp_path / "o"),
+    from rrsis_cli.models import build_model, save_model
+
+    model = save_model(build_model("lavt-tiny", seed=0), tmp_path / "model")  # a card alone has no weights
+    command = ["predict", str(scene), "--model", str(model), "--prompt", "the roof", "--out", str(tmp_path / "o"),
                "--dry-run"]
     code, _, err = run(capsys, *command, "--log-format", "json")
     assert code == 0, err

@@ -363,7 +363,7 @@ def test_predict_on_a_scene_with_crobim_tiny(tmp_path):
 
     scene = Path(__file__).parents[1] / "examples" / "data" / "rgbn_5m.tif"
     manifest = predict([scene], "crobim-tiny", ["the roof"], tmp_path,
-                       PredictOptions(tile_size=128, batch_size=8, device="cpu"))
+                       PredictOptions(tile_size=128, batch_size=8, device="cpu", allow_random_weights=True))
     assert manifest.exit_code == 0 and manifest.results[0].status == "done"
     with rasterio.open(pair_dir(tmp_path, scene, "the roof") / "mask.tif") as ds:
         assert set(np.unique(ds.read(1))) <= {0, 1, 255}

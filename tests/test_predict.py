@@ -160,24 +160,25 @@ def test_exit_codes(tmp_path):
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"II*\x00not really a tiff")
     ok = _cli("predict", scene, "--model", model, "--prompt", "a roof", "--out", str(tmp_path / "o0"),
-              "--tile-size", "128")
+              "--tile-size", "128", "--allow-random-weights")
     assert ok.returncode == 0, ok.stderr
     partial = _cli("predict", scene, str(bad), "--model", model, "--prompt", "a roof", "--out",
-                   str(tmp_path / "o3"), "--tile-size", "128")
+                   str(tmp_path / "o3"), "--tile-size", "128", "--allow-random-weights")
     assert partial.returncode == 3 and f"{bad}: not a readable raster" in partial.stderr
     assert (pair_dir(tmp_path / "o3", scene, "a roof") / "mask.tif").exists()
     assert not list((tmp_path / "o3").glob("broken*"))  # nothing partial for the failed scene
-    fatal = _cli("predict", str(bad), "--model", model, "--prompt", "a roof", "--out", str(tmp_path / "o1"))
+    fatal = _cli("predict", str(bad), "--model", model, "--prompt", "a roof", "--out", str(tmp_path / "o1"),
+                 "--allow-random-weights")
     assert fatal.returncode == 1
     usage = _cli("predict", scene, "--model", model, "--out", str(tmp_path / "o2"), "--overlap", "1.5",
-                 "--prompt", "x")
+                 "--prompt", "x", "--allow-random-weights")
     assert usage.returncode == 2
 
 
 @pytest.mark.parametrize("card", ["rmsin-tiny", "lgce-tiny", "btdnet-tiny"])
 def test_predict_runs_every_architecture_through_the_registry(card, tmp_path):
     manifest = predict([DATA / "rgbn_5m.tif"], card, ["the roof"], tmp_path,
-                       PredictOptions(tile_size=128, batch_size=8, device="cpu"))
+                       PredictOptions(tile_size=128, batch_size=8, device="cpu", allow_random_weights=True))
     assert manifest.exit_code == 0 and manifest.results[0].status == "done"
     with rasterio.open(pair_dir(tmp_path, DATA / "rgbn_5m.tif", "the roof") / "mask.tif") as ds:
         assert set(np.unique(ds.read(1))) <= {0, 1}

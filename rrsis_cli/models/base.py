@@ -56,6 +56,9 @@ class ReferringSegmenter(nn.Module):
     """
 
     arch: str = ""
+    # False for an architecture without learned parameters (e.g. a deterministic per-pixel baseline): its cards
+    # run as they are, while cards of the others need weights (a model directory) or --allow-random-weights.
+    needs_weights: bool = True
 
     def __init__(self, config: dict):
         super().__init__()

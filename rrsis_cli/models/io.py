@@ -10,8 +10,10 @@ MODEL_DIR/README.md          model card (optional)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,10 +23,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rrsis_cli import __version__
+from rrsis_cli import __version__, console
 from rrsis_cli.errors import ModelError, OutputError
 from rrsis_cli.models.base import ReferringSegmenter
-from rrsis_cli.models.registry import FORMAT_VERSION, architecture_class, config_for
+from rrsis_cli.models.registry import FORMAT_VERSION, architecture_class, config_for, require_weights
 from rrsis_cli.models.text import bundled_tokenizer, load_pretrained_text_encoder, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -81,9 +83,42 @@ def state_dict_for_saving(model: ReferringSegmenter, weights_dtype: str = "float
             for k, v in model.state_dict().items() if keep_text or not k.startswith("text_encoder.")}
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it back is not thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_like_umask(root: Path) -> None:
+    """Give ``root`` and everything below it the modes of plainly created files and folders (0666 / 0777 less the
+    umask): ``tempfile.mkdtemp`` makes 0700 folders and safetensors 0600 files, which colleagues on a shared
+    cluster could not read once renamed into place. Best effort: a file system without modes keeps its own."""
+    mask = current_umask()
+
+    def chmod(path: str, mode: int) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(path, mode & ~mask)
+
+    chmod(str(root), 0o777)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            chmod(os.path.join(folder, name), 0o777)
+        for name in files:
+            chmod(os.path.join(folder, name), 0o666)
+
+
 def save_model(model: ReferringSegmenter, out_dir: str | Path, overwrite: bool = True,
                readme: str | None = None, weights_dtype: str = "float32") -> Path:
-    """Write a model directory atomically: built in a temporary sibling, then renamed into place.
+    """Write a model directory atomically: built in a temporary sibling, then renamed into place, with the
+    permissions the umask gives (0777 / 0666 less the umask, like any file the user creates).
     Weights are loaded back as float32 whatever ``weights_dtype`` they were stored in."""
     if weights_dtype not in WEIGHT_DTYPES:
         raise OutputError(f"unknown weights dtype {weights_dtype!r}; known: {', '.join(WEIGHT_DTYPES)}")
@@ -106,6 +141,7 @@ def save_model(model: ReferringSegmenter, out_dir: str | Path, overwrite: bool =
             model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         if readme:
             (tmp / "README.md").write_text(readme)
+        share_like_umask(tmp)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -149,15 +185,44 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], so
     model.load_state_dict(state, strict=True)
 
 
-def load_model(model: str | Path, device: str | torch.device = "cpu") -> ReferringSegmenter:
-    """Load a model directory (or build a zoo card with random weights) in eval mode on ``device``."""
-    path = Path(model)
-    if not is_model_dir(path):
-        if path.exists():
-            raise ModelError(f"not a model directory ({CONFIG_FILE} missing)", path)
-        built = build_model(str(model))
-        built.sha256 = "random-init:" + built.config.get("name", str(model))
-        return built.to(device)
+RANDOM_WEIGHTS_SEED = 0
+
+
+def random_model(name: str, device: str | torch.device = "cpu", warn: bool = True) -> ReferringSegmenter:
+    """A card (or architecture name) built with random weights seeded with :data:`RANDOM_WEIGHTS_SEED` (the same
+    weights, hence the same masks, on every run; the caller's random state is left as it was), in eval mode on
+    ``device``, with a warning that they are random. What ``--allow-random-weights`` runs."""
+    with torch.random.fork_rng(devices=[]):
+        built = build_model(name, seed=RANDOM_WEIGHTS_SEED)
+    label = built.config.get("name", name)
+    if warn:
+        console.warn(f"{label}: running with RANDOM weights (seed {RANDOM_WEIGHTS_SEED}, --allow-random-weights); "
+                     "the masks are meaningless")
+        built.sha256 = f"random-init-seed{RANDOM_WEIGHTS_SEED}:{label}"
+    else:  # an architecture without learned parameters
+        built.sha256 = f"no-weights:{label}"
+    return built.to(device)
+
+
+def load_model(model: str | Path, device: str | torch.device = "cpu",
+               allow_random_weights: bool = False) -> ReferringSegmenter:
+    """Load a model in eval mode on ``device``: a model directory, a bundled model (``demo``) or a zoo card that
+    names its weights (``model_dir:``).
+
+    A card (or architecture name) without weights raises :class:`MissingWeightsError` (exit code 2), unless
+    ``allow_random_weights``: then it is built with random weights seeded with :data:`RANDOM_WEIGHTS_SEED` (the
+    same masks on every run; the caller's random state is left as it was) and a warning is printed. Cards of an
+    architecture that declares ``needs_weights = False`` are built without either.
+    """
+    source = require_weights(model, allow_random_weights)
+    if source.model_dir is None:
+        if source.kind == "unknown":
+            path = Path(model)
+            if path.exists():
+                raise ModelError(f"not a model directory ({CONFIG_FILE} missing)", path)
+            config_for(str(model))  # raises the "neither a card nor an architecture" error
+        return random_model(str(model), device, warn=source.kind == "none")
+    path = source.model_dir
     config = read_config(path)
     weights = path / WEIGHTS_FILE
     if not weights.is_file():

@@ -2,8 +2,15 @@
 
 A card names an architecture and its hyper-parameters plus provenance. :func:`resolve_config` expands a card
 into the full ``config.json`` form (Swin variant -> embed_dim/depths/heads, text-encoder preset -> BERT
-config). Cards are looked up in ``$RRSIS_MODEL_CARDS`` (``:``-separated folders) and then the repository's
-``models/`` folder.
+config). Cards are looked up in ``$RRSIS_MODEL_CARDS`` (``:``-separated folders) and then in the zoo that ships
+with rrsis: the package data ``rrsis_cli/zoo/`` of an installed wheel, which the build maps from the
+repository's top-level ``models/`` folder (read directly in a source checkout or an editable install).
+
+A card may name its weights with ``model_dir:``: a model directory (a path, relative to the card's folder or
+absolute; ``~`` and ``$VARS`` expanded) or ``bundled:NAME`` for a model directory shipped with rrsis
+(:data:`BUNDLED_MODELS`, e.g. ``bundled:demo``). :func:`model_source` says where a ``--model`` value's weights
+come from; a card without weights is refused by ``load_model`` (:class:`MissingWeightsError`) unless random
+weights are asked for, except for architectures whose class sets ``needs_weights = False``.
 """
 
 from __future__ import annotations
@@ -12,12 +19,13 @@ import copy
 import importlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from rrsis_cli.errors import ModelError
+from rrsis_cli.errors import EXIT_USAGE, ModelError
 from rrsis_cli.models.swin import SWIN_VARIANTS
 from rrsis_cli.models.text import bert_config_dict
 
@@ -60,9 +68,45 @@ def architectures() -> list[str]:
     return sorted(name for name, module in ARCHITECTURE_MODULES.items() if importlib.util.find_spec(module))
 
 
+# Model directories shipped with rrsis: name -> (folder in the package zoo of a wheel, folder in the repository).
+BUNDLED_MODELS: dict[str, tuple[str, str]] = {"demo": ("demo", "examples/demo-model")}
+BUNDLED_PREFIX = "bundled:"
+
+
+def package_zoo_dir() -> Path:
+    """``rrsis_cli/zoo``: the cards (and bundled models) as package data; present in an installed wheel."""
+    return Path(__file__).resolve().parents[1] / "zoo"
+
+
+def repository_dir() -> Path | None:
+    """The source checkout the package is imported from (a clone or an editable install), else None."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "models").is_dir() else None
+
+
+def bundled_cards_dir() -> Path | None:
+    if package_zoo_dir().is_dir():
+        return package_zoo_dir()
+    root = repository_dir()
+    return None if root is None else root / "models"
+
+
+def bundled_model_dir(name: str) -> Path | None:
+    """The folder of a bundled model directory (``demo``), or None when this installation lacks it."""
+    if name not in BUNDLED_MODELS:
+        return None
+    in_package, in_repository = BUNDLED_MODELS[name]
+    candidates = [package_zoo_dir() / in_package]
+    if repository_dir() is not None:
+        candidates.append(repository_dir() / in_repository)
+    return next((c for c in candidates if (c / "config.json").is_file()), None)
+
+
 def card_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get("RRSIS_MODEL_CARDS", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[2] / "models")
+    bundled = bundled_cards_dir()
+    if bundled is not None:
+        dirs.append(bundled)
     return [d for d in dirs if d.is_dir()]
 
 
@@ -94,6 +138,7 @@ def list_cards() -> list[dict[str, Any]]:
 def resolve_config(card: dict[str, Any]) -> dict[str, Any]:
     """Expand a card (or a partial config) into the full configuration stored in ``config.json``."""
     cfg = copy.deepcopy(card)
+    cfg.pop("model_dir", None)  # where the card's weights are, not part of a model's configuration
     cfg["format_version"] = FORMAT_VERSION
     backbone = cfg.setdefault("backbone", {})
     variant = backbone.pop("variant", None)
@@ -158,3 +203,102 @@ def config_for(name: str, **overrides: Any) -> dict[str, Any]:
         cfg["text_encoder"] = {"preset": overrides.pop("preset")}
         cfg = resolve_config(cfg)
     return apply_overrides(cfg, overrides)
+
+
+# ------------------------------------------------------------------------------------- where weights come from
+GET_WEIGHTS = ("get weights with `rrsis convert` (an official checkpoint), `rrsis train` or `rrsis models init` "
+               "(each writes a model directory to pass as --model), or pass --allow-random-weights to run with "
+               "seeded random weights (tests, benchmarks)")
+
+
+class MissingWeightsError(ModelError):
+    """A zoo card (or architecture name) without weights where a model with weights is needed (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+def needs_weights(arch: str) -> bool:
+    """False for an architecture whose class declares ``needs_weights = False`` (no learned parameters, e.g. a
+    deterministic per-pixel baseline): its cards run without a model directory."""
+    return bool(getattr(architecture_class(arch), "needs_weights", True))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights of a ``--model`` value come from.
+
+    ``kind``: ``directory`` (a model directory path), ``bundled`` (a model directory shipped with rrsis),
+    ``card`` (a card whose ``model_dir`` exists), ``none`` (a card or architecture name without weights),
+    ``not-needed`` (a card of an architecture without learned parameters) or ``unknown`` (none of these;
+    ``load_model`` reports it). ``model_dir`` is the directory to load, ``card`` the card name, ``declared`` the
+    card's ``model_dir`` entry.
+    """
+
+    spec: str
+    kind: str
+    model_dir: Path | None = None
+    card: str | None = None
+    declared: str | None = None
+
+    def describe(self) -> str:
+        """One cell of ``rrsis models list``."""
+        if self.kind == "none":
+            return f"missing: {self.declared}" if self.declared else "none — card only"
+        if self.kind == "not-needed":
+            return "not needed (no learned parameters)"
+        if self.declared and self.declared.startswith(BUNDLED_PREFIX):
+            return f"bundled: --model {self.declared[len(BUNDLED_PREFIX):]} ({self.model_dir})"
+        return str(self.model_dir) if self.model_dir is not None else self.kind
+
+    def refusal(self) -> MissingWeightsError:
+        if self.declared:
+            what = (f"model card {self.card!r} names {self.declared!r} as its weights, which this installation "
+                    "does not have")
+        else:
+            what = f"{self.spec!r} is a model card without weights: running it would give random masks"
+        return MissingWeightsError(f"{what}; {GET_WEIGHTS}")
+
+
+def _card_model_dir(name: str, declared: str) -> Path | None:
+    if declared.startswith(BUNDLED_PREFIX):
+        return bundled_model_dir(declared[len(BUNDLED_PREFIX):])
+    path = Path(os.path.expandvars(os.path.expanduser(declared)))
+    if not path.is_absolute():
+        path = card_paths()[name].parent / path
+    return path if (path / "config.json").is_file() else None
+
+
+def model_source(spec: str | Path) -> ModelSource:
+    """Resolve a ``--model`` value: a model directory, a bundled model name (``demo``), a zoo card (weights from
+    its ``model_dir``, if any) or an architecture name (its default card), in this order, so a folder that is not
+    a model directory (an output folder called ``demo``) does not hide a name. Reads no weights."""
+    path, name = Path(spec), str(spec)
+    if (path / "config.json").is_file():
+        return ModelSource(name, "directory", path)
+    if name in BUNDLED_MODELS:
+        found = bundled_model_dir(name)
+        if found is None:
+            raise ModelError(f"the bundled model {name!r} is not part of this installation of rrsis")
+        return ModelSource(name, "bundled", found, declared=BUNDLED_PREFIX + name)
+    paths = card_paths()
+    if name in paths:
+        card_name = name
+    elif name in architectures():
+        card_name = default_card(name)
+    else:
+        return ModelSource(name, "unknown")  # e.g. a folder without config.json: load_model says so
+    card = read_card(card_name)
+    declared = card.get("model_dir")
+    if declared:
+        found = _card_model_dir(card_name, str(declared))
+        return ModelSource(name, "card" if found else "none", found, card_name, str(declared))
+    return ModelSource(name, "none" if needs_weights(card["arch"]) else "not-needed", card=card_name)
+
+
+def require_weights(spec: str | Path, allow_random_weights: bool = False) -> ModelSource:
+    """The source of ``spec``; raises :class:`MissingWeightsError` for a card without weights unless
+    ``allow_random_weights``. Cheap (no model is built), so commands call it before reading any input."""
+    source = model_source(spec)
+    if source.kind == "none" and not allow_random_weights:
+        raise source.refusal()
+    return source
