@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from rrsis_cli import console
+
 VECTOR_DRIVERS = {"geojson": ("GeoJSON", "geojson"), "gpkg": ("GPKG", "gpkg"), "fgb": ("FlatGeobuf", "fgb"),
                   "parquet": (None, "parquet")}
 VECTOR_LAYER = "mask"  # the layer name in every vector format (and the GeoJSON ``name`` member)
@@ -113,19 +115,52 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
             prob_sums[int(hit[0])] += prob_sum
     records = [{"prompt": prompt, "score": prob_sums[i] / max(pixels[i], 1), "pixels": pixels[i], "geometry": comp}
                for i, comp in enumerate(components)]
+    crs = horizontal_crs(crs)
     frame = gpd.GeoDataFrame(records, geometry="geometry", crs=crs) if records else gpd.GeoDataFrame(
         {"prompt": [], "score": [], "pixels": []}, geometry=[], crs=crs)
-    if crs is not None and len(frame):
-        utm = frame.estimate_utm_crs() if crs.is_geographic else crs
-        frame["area_m2"] = frame.to_crs(utm).area if crs.is_geographic else frame["pixels"] * pixel_area
+    metric = metric_crs(frame) if crs is not None and len(frame) else None
+    if metric is not None:
+        if crs.is_projected:
+            frame["area_m2"] = frame["pixels"] * pixel_area * crs.axis_info[0].unit_conversion_factor ** 2
+        else:
+            frame["area_m2"] = frame.to_crs(metric).area
         if min_area > 0:
             frame = frame[frame["area_m2"] >= min_area]
         if simplify > 0:
-            frame["geometry"] = frame.to_crs(utm).simplify(simplify).to_crs(crs)
+            frame["geometry"] = frame.to_crs(metric).simplify(simplify).to_crs(crs)
     else:
         frame["area_m2"] = None
+        if len(frame) and (min_area > 0 or simplify > 0):
+            console.warn(f"{mask_path}: no metric CRS for the scene's CRS; --min-area/--simplify not applied")
     write_vectors(frame, out_path, vector_format)
     return len(frame)
+
+
+def horizontal_crs(crs):
+    """The scene's CRS as a pyproj CRS, reduced to its horizontal part when it is compound (e.g. UTM + a
+    vertical datum); None stays None."""
+    if crs is None:
+        return None
+    from pyproj import CRS
+
+    proj = CRS.from_wkt(crs.to_wkt()) if hasattr(crs, "to_wkt") else CRS.from_user_input(crs)
+    if proj.is_compound:
+        horizontal = [sub for sub in proj.sub_crs_list if sub.is_projected or sub.is_geographic]
+        if horizontal:
+            return horizontal[0]
+    return proj
+
+
+def metric_crs(frame):
+    """A CRS in which areas and tolerances are in metres for ``frame``: its own when projected, else the local
+    UTM zone; None when neither works (a geographic CRS of another celestial body)."""
+    crs = frame.crs
+    if crs.is_projected:
+        return crs
+    try:
+        return frame.estimate_utm_crs()
+    except Exception:  # noqa: BLE001 - pyproj raises RuntimeError/CRSError for bodies without UTM zones
+        return None
 
 
 def _counter_clockwise(geom):
@@ -153,8 +188,13 @@ def write_vectors(frame, path: Path, vector_format: str) -> None:
     options: dict[str, Any] = {}
     if vector_format == "geojson":
         if frame.crs is not None:
-            frame = frame.to_crs("EPSG:4326")
-            options["RFC7946"] = "YES"  # GDAL also writes no crs member and orients the rings
+            try:
+                frame = frame.to_crs("EPSG:4326")
+                options["RFC7946"] = "YES"  # GDAL also writes no crs member and orients the rings
+            except Exception as exc:  # noqa: BLE001 - pyproj.ProjError: e.g. a CRS of another celestial body
+                console.warn(f"{path.name}: the scene's CRS ({frame.crs.name}) cannot be expressed in EPSG:4326 "
+                             f"({str(exc).splitlines()[-1][:160]}); GeoJSON written in the scene's CRS, named "
+                             "by a 'crs' member (not RFC 7946)")
         frame = frame.set_geometry(gpd.GeoSeries([_counter_clockwise(g) for g in frame.geometry],
                                                  index=frame.index, crs=frame.crs))
         options["COORDINATE_PRECISION"] = str(GEOJSON_PRECISION)
@@ -165,6 +205,23 @@ def write_vectors(frame, path: Path, vector_format: str) -> None:
         else:
             frame.to_file(tmp, driver=driver, engine="pyogrio", layer=VECTOR_LAYER, layer_options=options,
                           geometry_type=None if len(frame) else "Polygon")
+        if vector_format == "geojson" and frame.crs is not None and "RFC7946" not in options:
+            _name_crs(tmp, frame.crs)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _name_crs(path: Path, crs) -> None:
+    """Add a GeoJSON-2008 ``crs`` member naming ``crs`` by its authority URN (e.g.
+    ``urn:ogc:def:crs:IAU_2015::49910``), which GDAL reads back, to a GeoJSON file that is not in EPSG:4326."""
+    import json
+
+    authority = crs.to_authority(min_confidence=70)
+    if authority is None:
+        console.warn(f"{path.name}: the scene's CRS has no authority code; the GeoJSON names none (use "
+                     "--vector-format gpkg to keep it)")
+        return
+    data = json.loads(path.read_text())
+    data["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:{authority[0]}::{authority[1]}"}}
+    path.write_text(json.dumps(data, separators=(",", ":")))

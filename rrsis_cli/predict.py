@@ -433,9 +433,16 @@ def write_outputs(mask_raw: Path, prob_raw: Path, out_dir: Path, work: Path, pro
             started = time.perf_counter()
             _, suffix = VECTOR_DRIVERS[options.vector_format]
             vec_path = stage / f"mask.{suffix}"
-            count = vectorise(mask_raw, prob_raw, vec_path, prompt, options.vector_format, options.min_area,
-                              options.simplify, options.block_size)
-            moves.append(("vectors", vec_path))
+            try:
+                count = vectorise(mask_raw, prob_raw, vec_path, prompt, options.vector_format, options.min_area,
+                                  options.simplify, options.block_size)
+                moves.append(("vectors", vec_path))
+            except Exception as exc:  # noqa: BLE001 - a derived product never discards the mask
+                result.error = f"vectors failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                if not save_prob and prob_raw.parent != out_dir:  # keep the probabilities: a rerun re-derives
+                    to_cog(prob_raw, stage / "prob.tif", {**tags, "values": "probability x 254, 255 nodata"})
+                    moves.append(("prob", stage / "prob.tif"))
+                    save_prob = True
             result.seconds["vectorise"] = time.perf_counter() - started
         started = time.perf_counter()
         to_cog(mask_raw, stage / "mask.tif", tags)
@@ -593,6 +600,10 @@ class SceneRunner:
                 predict_scene(reader, self.model, self.texts.get(prompt), scene, prompt, target, work, options,
                               tile, self.device, result)
                 result.status = "done"
+            if result.error:  # the mask is written; a derived product (vectors) failed
+                result.status = "partial"
+                console.warn(f"{scene.path}: {prompt!r}: mask written, {result.error}; prob.tif kept so a rerun "
+                             "re-derives the vectors without running tiles")
             shutil.rmtree(work, ignore_errors=True)  # kept on failure or interruption: the next run resumes
         except RrsisError as exc:
             result.status, result.error = "failed", exc.one_line()
@@ -632,9 +643,12 @@ def finish_manifest(manifest: RunManifest, out: Path, started: float, area_km2: 
 
 
 def exit_code_for(statuses: list[str]) -> int:
-    """0 when nothing failed (done, skipped or dry-run), 1 when everything failed, 3 when some failed."""
+    """0 when nothing failed (done, skipped, re-thresholded or dry-run), 1 when everything failed, 3 when some
+    failed or a pair is ``partial`` (its mask written, a derived product such as the vectors failed)."""
     failed = sum(status == "failed" for status in statuses)
-    return EXIT_OK if not failed else (EXIT_FATAL if failed == len(statuses) else EXIT_PARTIAL)
+    if failed and failed == len(statuses):
+        return EXIT_FATAL
+    return EXIT_PARTIAL if failed or "partial" in statuses else EXIT_OK
 
 
 def write_manifest(manifest: RunManifest, path: Path) -> None:

@@ -88,11 +88,29 @@ def test_a_mask_fgb_directory_of_an_earlier_version_is_replaced(pointwise, tmp_p
     assert len(gpd.read_file(directory / "mask.fgb")) == written["results"][0]["features"]
 
 
-def test_a_failed_pair_leaves_nothing_at_its_final_paths(pointwise, tmp_path, monkeypatch):
+def test_failed_vectors_keep_the_mask_without_temporary_files(pointwise, tmp_path, monkeypatch):
+    """Vectors are derived: when writing them fails the pair is partial, its mask and prob.tif are kept."""
     def broken(*args, **kwargs):
         raise OSError("No space left on device")
 
     monkeypatch.setattr(gpd.GeoDataFrame, "to_file", broken)
+    written, directory = _run(tmp_path, vector_format="gpkg", save_prob=True)
+    assert written["exit_code"] == 3 and written["results"][0]["status"] == "partial"
+    assert "No space left on device" in written["results"][0]["error"]
+    assert sorted(p.name for p in directory.iterdir()) == ["mask.tif", "prob.tif"]  # no vectors, no temporaries
+
+
+def test_a_failed_pair_leaves_nothing_at_its_final_paths(pointwise, tmp_path, monkeypatch):
+    import rrsis_cli.predict
+
+    real = rrsis_cli.predict.to_cog
+
+    def broken(src, dst, tags):
+        if Path(dst).name == "mask.tif":
+            raise OSError("No space left on device")
+        real(src, dst, tags)
+
+    monkeypatch.setattr("rrsis_cli.predict.to_cog", broken)
     written, directory = _run(tmp_path, vector_format="gpkg", save_prob=True)
     assert written["exit_code"] == 1 and written["results"][0]["status"] == "failed"
     assert "No space left on device" in written["results"][0]["error"]
