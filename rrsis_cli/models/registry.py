@@ -41,6 +41,7 @@ ARCHITECTURE_MODULES: dict[str, str] = {
     "rmsin": "rrsis_cli.models.rmsin",
     "crobim": "rrsis_cli.models.crobim",
     "btdnet": "rrsis_cli.models.btdnet",
+    "null": "rrsis_cli.models.null",
 }
 
 
