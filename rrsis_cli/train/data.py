@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from rrsis_cli.errors import UsageError
 from rrsis_cli.models.text import tokenize
 
 # RMSIN's occlusion: 20 % of the training refs, 20-60 boxes of 32 x 32 px painted 0 (black) on the raw image.
@@ -143,7 +144,8 @@ class ReferringTrainSet(Dataset):
         self.occlusion = {**OFFICIAL_OCCLUSION, **(occlusion or {})}
         unknown = set(self.occlusion) - set(OFFICIAL_OCCLUSION)
         if unknown:
-            raise ValueError(f"unknown occlusion setting(s): {', '.join(sorted(unknown))}")
+            raise UsageError(f"unknown occlusion setting(s): {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(OFFICIAL_OCCLUSION)})")
         self.seed = seed
         self.occlusion_seed = seed if occlusion_seed is None else int(occlusion_seed)
         self.epoch = 0
