@@ -167,6 +167,13 @@ def test_boxes_use_the_width_for_both_coordinates():
     assert min(covered) < 20 * 32 * 32  # fewer pixels than whole boxes: many fall off the 100-row image
 
 
+def test_boxes_wider_than_the_image_are_a_usage_error():
+    from rrsis_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="at least 32 px wide"):
+        paint_boxes(np.zeros((64, 16, 3), np.uint8), random.Random(0))
+
+
 def test_occluded_subset_is_the_official_one():
     ids = parity.stand_in_refs()
     subset = occluded_subset([("ref", r) for r in ids], 0.2, 2401)

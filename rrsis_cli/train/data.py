@@ -87,6 +87,9 @@ def paint_boxes(image: np.ndarray, rng: random.Random, min_boxes: int = 20, max_
     """
     out = np.array(image, copy=True)
     width = out.shape[1]
+    if width < size:
+        raise UsageError(f"occlusion boxes of {size} px need images at least {size} px wide (got {width}); "
+                         "lower occlusion.size or set occlusion_prob 0")
     count = rng.randint(min_boxes, max_boxes)
     for _ in range(count):
         y, x = rng.randint(0, width - size), rng.randint(0, width - size)
