@@ -676,9 +676,10 @@ def train(
     text_layers: Annotated[int | None, typer.Option(help="Train only the first K text-encoder layers "
                                                            "(0 = frozen; default all).",
                                                        rich_help_panel="Recipe")] = None,
-    occlusion_prob: Annotated[float | None, typer.Option(help="Random-box occlusion probability (RMSIN).",
+    occlusion_prob: Annotated[float | None, typer.Option(help="Share of training refs that get RMSIN's black boxes "
+                                                             "(a fixed subset; RMSIN cards: 0.2).",
                                                             rich_help_panel="Recipe")] = None,
-    best_metric: Annotated[str | None, typer.Option(help="Validation metric that selects best/ [mIoU].",
+    best_metric: Annotated[str | None, typer.Option(help="Validation metric that selects best/ [card; mIoU].",
                                                        rich_help_panel="Recipe")] = None,
     scale_lr: Annotated[bool | None, typer.Option("--scale-lr", help="Scale the lr linearly with the global "
                                                      "batch / 8.", rich_help_panel="Recipe")] = None,

@@ -18,6 +18,7 @@ from rrsis_cli.models.btdnet import (
     TwinStreamDecoder,
     bsc_contrastive_loss,
 )
+from rrsis_cli.models.registry import config_for
 from rrsis_cli.train.data import ReferringTrainSet
 from rrsis_cli.train.loop import Trainer, TrainOptions
 from synthetic import BLIND_MIOU_BOUND, make_samples
@@ -57,7 +58,8 @@ def test_forward_shape_any_size_divisible_by_32(tiny, size):
 
 
 @pytest.mark.parametrize("switch", [{}, {"placement": "post"}, {"spatial_pool": "mean"},
-                                    {"background": "query"}, {"exchange": False}, {"update_text": False}])
+                                    {"background": "query"}, {"exchange": False}, {"update_text": False},
+                                    {"bsc__num_heads": 2}])
 def test_padding_invariance_for_every_switch(switch):
     model = build_model("btdnet-tiny", seed=1, **switch)
     ids, mask = model.tokenize(PROMPTS)
@@ -73,19 +75,39 @@ def test_padding_invariance_for_every_switch(switch):
 def test_switches_change_the_computation():
     x = torch.randn(1, 3, 64, 64)
     outs = []
-    for switch in ({}, {"placement": "post"}, {"background": "query"}):
+    for switch in ({}, {"placement": "post"}, {"background": "query"}, {"bsc__num_heads": 2}):
         model = build_model("btdnet-tiny", seed=2, **switch)
         with torch.no_grad():
             outs.append(model(x, *model.tokenize(["the red square"])))
-    assert (outs[0] - outs[1]).abs().max() > 1e-5 and (outs[0] - outs[2]).abs().max() > 1e-5
+    assert all((outs[0] - out).abs().max() > 1e-5 for out in outs[1:])
 
 
 def test_invalid_switch_values_raise():
-    for bad in ({"placement": "middle"}, {"background": "nothing"}, {"spatial_pool": "min"}):
+    for bad in ({"placement": "middle"}, {"background": "nothing"}, {"spatial_pool": "min"}, {"dmols__loss": "l1"}):
         with pytest.raises(ValueError, match="must be one of"):
             build_model("btdnet-tiny", **bad)
     with pytest.raises(ValueError, match="dmols.level"):
         build_model("btdnet-tiny", level=5)
+    with pytest.raises(ValueError, match="bsc.num_heads"):
+        build_model("btdnet-tiny", bsc__num_heads=3)  # does not divide the 16-wide first level
+
+
+def test_bsc_heads_and_the_dmols_loss_form_are_card_switches():
+    """bsc.num_heads and dmols.loss are read from the configuration (and named in every card); one head is the
+    single cosine correlation; the l2 form gives other reconstruction terms than 1 - cosine."""
+    for card in ("btdnet-swin-b", "btdnet-tiny"):
+        cfg = config_for(card)
+        assert cfg["bsc"]["num_heads"] == 1 and cfg["dmols"]["loss"] == "cosine", card
+    heads = build_model("btdnet-tiny", seed=0, bsc__num_heads=4)
+    assert all(stage.bsc.num_heads == 4 for stage in heads.backbone.layers)
+    x = torch.randn(2, 3, 64, 64)
+    ids, mask = heads.tokenize(PROMPTS)
+    target = _target(2, 64, 64)
+    cosine = _losses(build_model("btdnet-tiny", seed=0).train(), x, ids, mask, target)
+    l2 = _losses(build_model("btdnet-tiny", seed=0, dmols__loss="l2").train(), x, ids, mask, target)
+    assert torch.equal(cosine["target_dice"], l2["target_dice"])  # same model, same pass
+    assert not torch.allclose(cosine["dmols_vision"], l2["dmols_vision"])
+    assert torch.isfinite(l2["dmols_vision"]) and l2["dmols_text"] > 0
 
 
 def test_forward_with_text_equals_forward_and_broadcasts(tiny):

@@ -129,6 +129,9 @@ def test_save_load_round_trip_bit_exact(tiny, tmp_path):
     {"scale_fusion": "concat", "adc": "residual"},
     {"adc": "none", "mid__head": "token_max"},
     {"refine_stride4": True, "lgfa__stride": 8},
+    {"lgfa__num_blocks": 2, "gamma_init": 0.5},
+    {"mid__order": "pixels_first"},
+    {"adc": "residual", "adc_lambda": 0.25},
 ])
 def test_switches_keep_the_contract(overrides):
     model = build_model("crobim-tiny", seed=1, **overrides)
@@ -149,9 +152,29 @@ def test_switches_keep_the_contract(overrides):
 def test_invalid_switches_raise_model_errors():
     for overrides, match in (({"interaction": "film"}, "lgfa.interaction"), ({"adc": "x"}, "lgfa.adc"),
                              ({"scale_fusion": "max"}, "scale_fusion"), ({"mid__head": "x"}, "mid.head"),
-                             ({"text_passes": 3}, "text_passes"), ({"lgfa__stride": 2}, "lgfa.stride")):
+                             ({"text_passes": 3}, "text_passes"), ({"lgfa__stride": 2}, "lgfa.stride"),
+                             ({"mid__order": "x"}, "mid.order"), ({"lgfa__num_blocks": 0}, "lgfa.num_blocks")):
         with pytest.raises(ModelError, match=match):
             build_model("crobim-tiny", **overrides)
+
+
+def test_switches_read_from_the_config_change_the_model():
+    """lgfa.adc_lambda, lgfa.num_blocks and mid.order are configuration switches (named in every card)."""
+    lam = build_model("crobim-tiny", seed=0, adc="residual", adc_lambda=0.25)
+    assert float(lam.lgfa.adc.lam.detach()) == 0.25
+    two = build_model("crobim-tiny", seed=0, lgfa__num_blocks=2)
+    assert any(k.startswith("lgfa.interaction_more.0.") for k in two.state_dict())
+    assert not any(k.startswith("lgfa.interaction_more") for k in build_model("crobim-tiny").state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    outs = []
+    for order in ("text_first", "pixels_first"):
+        model = build_model("crobim-tiny", seed=3, mid__order=order).eval()
+        with torch.no_grad():
+            outs.append(model(x, *model.tokenize(["the red square"])))
+    assert (outs[0] - outs[1]).abs().max() > 1e-5  # same weights, other cascade order
+    for card in ("crobim-swin-b", "crobim-convnext-b", "crobim-tiny"):
+        cfg = config_for(card)
+        assert {"adc_lambda", "num_blocks"} <= set(cfg["lgfa"]) and "order" in cfg["mid"], card
 
 
 # ----------------------------------------------------------------------------------------------- blocks

@@ -16,13 +16,14 @@ from rrsis_cli.train.schedule import poly_lr_factor
 from synthetic import BLIND_MIOU_BOUND, make_samples
 
 
-def _sets(model, n_train: int, n_val: int):
+def _sets(model, n_train: int, n_val: int, occlusion_prob: float = 0.0, seed: int = 0):
     cfg = model.config
 
-    def wrap(samples):
-        return ReferringTrainSet(samples, lambda s: s, 64, cfg["mean"], cfg["std"], model.tokenizer, 20)
+    def wrap(samples, occlusion=0.0):
+        return ReferringTrainSet(samples, lambda s: s, 64, cfg["mean"], cfg["std"], model.tokenizer, 20,
+                                 occlusion_prob=occlusion, seed=seed)
 
-    return wrap(make_samples(n_train, seed=0)), wrap(make_samples(n_val, seed=1))
+    return wrap(make_samples(n_train, seed=0), occlusion_prob), wrap(make_samples(n_val, seed=1))
 
 
 def test_tiny_lavt_learns_a_language_dependent_task(tmp_path):
@@ -43,7 +44,10 @@ def test_tiny_lavt_learns_a_language_dependent_task(tmp_path):
 
 def _run(tmp_path, name: str, max_steps: int, resume: bool = False):
     model = build_model("lavt-tiny", seed=3)
-    train_set, val_set = _sets(model, 20, 4)  # 40 samples / batch 8 -> 5 steps per epoch
+    # 40 samples / batch 8 -> 5 steps per epoch; RMSIN's occlusion on a fixed half of the refs (new boxes each
+    # epoch), so the resumed run must reproduce the boxes too
+    train_set, val_set = _sets(model, 20, 4, occlusion_prob=0.5)
+    assert len(train_set.occluded) == 20
     opts = TrainOptions(out_dir=tmp_path / name, epochs=3, batch_size=8, lr=5e-4, max_steps=max_steps,
                         resume=resume, occlusion_prob=0.5, clip_grad=1.0)
     return Trainer(model, train_set, val_set, opts).run()
@@ -79,6 +83,26 @@ def test_poly_schedule_and_warmup():
     assert poly_lr_factor(100, 100) == 0.0
     assert poly_lr_factor(0, 100, warmup_steps=10) == pytest.approx(0.1)
     assert poly_lr_factor(10, 100, warmup_steps=10) == 1.0
+
+
+def test_occlusion_depends_on_seed_epoch_and_index_only():
+    """What a resumed run needs: an item is the same whatever was drawn before (global generators included)."""
+    import random
+
+    model = build_model("lavt-tiny", seed=0)
+    first, _ = _sets(model, 6, 1, occlusion_prob=0.5, seed=4)
+    first.set_epoch(2)
+    before = [first[i]["pixel_values"] for i in range(12)]
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    again, _ = _sets(model, 6, 1, occlusion_prob=0.5, seed=4)
+    again.set_epoch(2)
+    assert again.occluded == first.occluded and len(again.occluded) == 6
+    for i in reversed(range(12)):
+        assert torch.equal(again[i]["pixel_values"], before[i]), i
+    other, _ = _sets(model, 6, 1, occlusion_prob=0.5, seed=5)
+    assert other.occluded != first.occluded
 
 
 def test_losses():

@@ -40,13 +40,14 @@ Training only (``training_losses``; inference needs none of it):
   ``dmols.word_mask_ratio`` of the real words replaced by [MASK]; from the masked pass' target-region feature
   o = pool_G(F'_k) (level ``dmols.level``) a vision head reconstructs the unmasked pass' pool_G(F'_k) and a text
   head reconstructs the unmasked sentence embedding masked-mean(BERT(ids)); targets carry no gradient;
-  L = 1 - cosine. The heads (``dmols.*``) are stored with the model but are not used by ``forward``.
+  L = 1 - cosine (``dmols.loss: cosine``) or the mean squared error (``l2``). The heads (``dmols.*``) are stored with the model but are not used by ``forward``.
 
 Assumptions and deviations (all [INF] in papers.md unless stated; the paper's formulas were not readable):
 
 1. Backbone Swin-B (window 12, ImageNet-22k init) and BERT-base, 480 px, 20 tokens: the lineage defaults; the
    paper's backbone is not known (BERT is, from a third-party summary).
-2. BSC as above, one head, width d_i = C_i (``bsc.dim``), learnable temperature initialised at 0.07, placed after
+2. BSC as above, one head (``bsc.num_heads``: the width split into heads, each L2-normalised and correlated
+   on its own, the spatial maps averaged over heads), width d_i = C_i (``bsc.dim``), learnable temperature initialised at 0.07, placed after
    every Swin stage (``bsc.placement: encoder``; ``post`` is the late-fusion reading). The text is refined
    level by level (``bsc.update_text``), which is how "multi-scale interaction" is read here; the refined text
    depends on the image, so only BERT's output is cached per prompt.
@@ -84,6 +85,7 @@ from rrsis_cli.models.swin import (
 PLACEMENTS = ("encoder", "post")
 SPATIAL_POOLS = ("max", "mean")
 BACKGROUND_MODES = ("complement", "query")
+RECONSTRUCTION_LOSSES = ("cosine", "l2")
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -122,9 +124,12 @@ class BidirectionalSpatialCorrelation(nn.Module):
     """
 
     def __init__(self, vis_dim: int, text_dim: int, dim: int | None = None, temperature: float = 0.07,
-                 spatial_pool: str = "max", update_text: bool = True):
+                 spatial_pool: str = "max", update_text: bool = True, num_heads: int = 1):
         super().__init__()
         dim = int(dim or vis_dim)
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"bsc.num_heads must divide the correlation width {dim}, not {num_heads}")
+        self.num_heads = num_heads
         self.spatial_pool = spatial_pool
         self.vis_proj = nn.Linear(vis_dim, dim)
         self.text_proj = nn.Linear(text_dim, dim)
@@ -135,24 +140,37 @@ class BidirectionalSpatialCorrelation(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.logit_scale.exp().clamp(max=100.0)
 
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> per-head L2-normalised (B, heads, T, d / heads)."""
+        b, n, _ = t.shape
+        return F.normalize(t.view(b, n, self.num_heads, -1), dim=-1).transpose(1, 2)
+
     def forward(self, x: torch.Tensor, words: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, BSCTrace]:
-        vis = F.normalize(self.vis_proj(x), dim=-1)
-        txt = F.normalize(self.text_proj(words), dim=-1)
+        b, n, _ = x.shape
+        length = words.shape[1]
+        vis = self._heads(self.vis_proj(x))  # (B, h, N, d/h)
+        txt = self._heads(self.text_proj(words))  # (B, h, L, d/h)
         scale = self.scale()
-        corr = scale * vis @ txt.transpose(1, 2)  # (B, N, L)
-        real = mask.transpose(1, 2) > 0  # (B, 1, L)
+        corr = scale * vis @ txt.transpose(-1, -2)  # (B, h, N, L)
+        real = (mask.transpose(1, 2) > 0).unsqueeze(1)  # (B, 1, 1, L)
         corr_words = corr.masked_fill(~real, torch.finfo(corr.dtype).min)
-        x = x + self.vis_out(corr_words.softmax(dim=-1) @ txt)
+        x = x + self.vis_out((corr_words.softmax(dim=-1) @ txt).transpose(1, 2).reshape(b, n, -1))
         if self.text_out is not None:
-            words = words + self.text_out(corr.transpose(1, 2).softmax(dim=-1) @ vis)
+            words = words + self.text_out(
+                (corr.transpose(-1, -2).softmax(dim=-1) @ vis).transpose(1, 2).reshape(b, length, -1))
         if self.spatial_pool == "max":
             score = corr_words.amax(dim=-1, keepdim=True)
         else:
             weights = real.to(corr.dtype)
             score = (corr * weights).sum(-1, keepdim=True) / weights.sum(-1, keepdim=True).clamp_min(1.0)
-        sentence = F.normalize(masked_mean(txt, mask), dim=-1)
-        return x, torch.sigmoid(score), words, BSCTrace(vis, sentence, scale, (0, 0))
+        score = score.mean(dim=1)  # (B, N, 1): the heads' spatial maps averaged
+        # for the contrastive loss: the heads side by side, scaled back to unit length
+        root = self.num_heads ** 0.5
+        vis_flat = vis.transpose(1, 2).reshape(b, n, -1) / root
+        txt_flat = txt.transpose(1, 2).reshape(b, length, -1) / root
+        sentence = F.normalize(masked_mean(txt_flat, mask), dim=-1)
+        return x, torch.sigmoid(score), words, BSCTrace(vis_flat, sentence, scale, (0, 0))
 
 
 class BSCStage(SwinStage):
@@ -164,7 +182,8 @@ class BSCStage(SwinStage):
         super().__init__(dim, depth, num_heads, window, mlp_ratio, drop_path)
         self.bsc = BidirectionalSpatialCorrelation(
             dim, text_dim, bsc_cfg.get("dim"), float(bsc_cfg.get("temperature", 0.07)),
-            _choice(bsc_cfg, "spatial_pool", "max", SPATIAL_POOLS, "bsc"), bool(bsc_cfg.get("update_text", True)))
+            _choice(bsc_cfg, "spatial_pool", "max", SPATIAL_POOLS, "bsc"), bool(bsc_cfg.get("update_text", True)),
+            int(bsc_cfg.get("num_heads", 1)))
         self.downsample = PatchMerging(dim) if downsample else None
 
 
@@ -306,6 +325,15 @@ def binary_dice(logit: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> 
     return (1 - (2 * inter + eps) / (prob.sum(1) + tgt.sum(1) + eps)).mean()
 
 
+def reconstruction_error(pred: torch.Tensor, goal: torch.Tensor, form: str = "cosine") -> torch.Tensor:
+    """Per-sample D-MOLS reconstruction error (B, C) x (B, C) -> (B,): ``cosine`` 1 - cos(pred, goal);
+    ``l2`` the mean squared difference over the channels (scale-dependent, unlike cosine)."""
+    pred, goal = pred.float(), goal.float()
+    if form == "cosine":
+        return 1 - F.cosine_similarity(pred, goal, dim=-1)
+    return (pred - goal).pow(2).mean(-1)
+
+
 def region_weights(target: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Share of target pixels in every cell of ``grid`` (area pooling): (B, H, W) -> (B, h * w)."""
     return F.adaptive_avg_pool2d(target.float()[:, None], grid).flatten(1)
@@ -368,6 +396,7 @@ class BTDNet(ReferringSegmenter):
         self.decoder = TwinStreamDecoder(channels, self.text_dim, config.get("decoder", {}))
         self.dmols_cfg = dict(config.get("dmols", {}))
         self.dmols_level = int(self.dmols_cfg.get("level", 3))
+        self.dmols_loss = _choice(self.dmols_cfg, "loss", "cosine", RECONSTRUCTION_LOSSES, "dmols")
         if not 1 <= self.dmols_level <= len(channels):
             raise ValueError(f"dmols.level must be in 1..{len(channels)}, not {self.dmols_level}")
         self.dmols = DMOLSHeads(channels[self.dmols_level - 1], self.text_dim, self.dmols_cfg.get("head_hidden"))
@@ -410,7 +439,8 @@ class BTDNet(ReferringSegmenter):
     def reconstruction_losses(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                               attention_mask: torch.Tensor, target: torch.Tensor, text: TextFeatures,
                               clean: BackboneOutput) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_vis, L_txt) of D-MOLS, each 1 - cosine averaged over samples whose target reaches level k."""
+        """(L_vis, L_txt) of D-MOLS (``dmols.loss``: 1 - cosine or mean squared error per sample), averaged over
+        samples whose target reaches level k."""
         k = self.dmols_level - 1
         pixels, ids = self.mask_inputs(pixel_values, input_ids, attention_mask)
         masked_text = self.encode_text(ids, attention_mask)
@@ -421,8 +451,8 @@ class BTDNet(ReferringSegmenter):
         goal_vis, _ = region_pool(clean.features[k].flatten(2).transpose(1, 2).detach(), weights)
         goal_txt = masked_mean(text.features.permute(0, 2, 1), text.mask).detach()
         rec_vis, rec_txt = self.dmols(obj)
-        loss_vis = 1 - F.cosine_similarity(rec_vis.float(), goal_vis.float(), dim=-1)
-        loss_txt = 1 - F.cosine_similarity(rec_txt.float(), goal_txt.float(), dim=-1)
+        loss_vis = reconstruction_error(rec_vis, goal_vis, self.dmols_loss)
+        loss_txt = reconstruction_error(rec_txt, goal_txt, self.dmols_loss)
         return mean_over(loss_vis, valid), mean_over(loss_txt, valid)
 
     def training_losses(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -23,7 +23,7 @@ Data flow (shapes for Swin-B / ConvNeXt-B at 480 px, L tokens, D = 768 BERT widt
    * language-to-vision interaction per level (``lgfa.interaction``): ``attention`` (default)
      F_i' = F_i + gamma_i * Attn(q = LN(F_i), k = v = T_w) with padded words masked and gamma_i a learnable
      scalar (``lgfa.gamma_init``); ``pwam``: LAVT's pixel-word attention and tanh gate,
-     F_i' = F_i + gate(PWAM(F_i, T_w)) * PWAM(F_i, T_w);
+     F_i' = F_i + gate(PWAM(F_i, T_w)) * PWAM(F_i, T_w); ``lgfa.num_blocks`` (1) such blocks in a row per level;
    * multi-scale attention fusion (``lgfa.scale_fusion``): each F_i' -> 1x1 conv + BN + ReLU to C_f
      (``lgfa.channels``, 256), resized to stride ``lgfa.stride`` (8: 60 x 60); ``attention``: per-pixel softmax
      weights over the levels from a 3x3 conv on their concatenation, F_fus = sum_i w_i * P_i; ``concat``: a
@@ -32,12 +32,14 @@ Data flow (shapes for Swin-B / ConvNeXt-B at 480 px, L tokens, D = 768 BERT widt
      a = sigmoid(tau * cos(F_fus, W_s mean(T_w))) per pixel (tau learnable, ``lgfa.adc_tau``);
      ``relevance``: F_out = a * F_fus + (1 - a) * G(F_fus) with G a 3x3 conv + BN + ReLU on F_fus plus its
      global-average context; ``residual``: F_out = F_fus + lambda * (1 - a) * sum_i P_i(pre-language F_i);
-     ``none``: F_out = F_fus. Output (B, C_f, H/8, W/8).
+     ``none``: F_out = F_fus; lambda is learnable, initialised at ``lgfa.adc_lambda`` (1.0).
+     Output (B, C_f, H/8, W/8).
 5. **MID**, mutual-interaction decoder: V_0 = F_out tokens (B, N, C_f) with 2-D sine positions,
    T_0 = Linear(D -> C_f)(T_aug). ``mid.num_layers`` (3) cascaded pairs, pre-norm:
    language-to-vision alignment T <- T + Attn(q = T, k = V + pos, v = V), T <- T + MLP(T) (the text tokens
    gather visual evidence), then vision-to-language alignment V <- V + Attn(q = V + pos, k = v = T, masked),
-   V <- V + MLP(V). The block names follow the figure, whose arrows only make sense with this reading (§2.3).
+   V <- V + MLP(V) (``mid.order: text_first``; ``pixels_first`` runs the pixel update first in every pair).
+   The block names follow the figure, whose arrows only make sense with this reading (§2.3).
    Skip (the figure's sum node): P = V_L + V_0, LayerNorm-ed per pixel [INF].
 6. **Mask head** (the figure's product node), ``mid.head``: ``kernels`` (default) k = MLP(masked mean of
    LN(T_L)) -> (B, 2, C_f) and logits = k . P / sqrt(C_f); ``token_max``: z = max over valid tokens of
@@ -394,15 +396,23 @@ class LGFA(nn.Module):
         super().__init__()
         interaction = cfg.get("interaction", "attention")
         heads = list(cfg.get("num_heads", [1] * len(in_channels)))
-        if interaction == "attention":
-            gamma = float(cfg.get("gamma_init", 0.0))
-            self.interaction = nn.ModuleList(LanguageToVisionAttention(c, text_dim, h, gamma)
-                                             for c, h in zip(in_channels, heads, strict=True))
-        elif interaction == "pwam":
-            self.interaction = nn.ModuleList(LanguageToVisionPWAM(c, text_dim, h)
-                                             for c, h in zip(in_channels, heads, strict=True))
-        else:
+        if interaction not in ("attention", "pwam"):
             raise ModelError(f"unknown lgfa.interaction {interaction!r}; known: attention, pwam")
+        blocks = int(cfg.get("num_blocks", 1))
+        if blocks < 1:
+            raise ModelError(f"lgfa.num_blocks must be at least 1, got {blocks}")
+        gamma = float(cfg.get("gamma_init", 0.0))
+
+        def level_blocks() -> nn.ModuleList:
+            if interaction == "attention":
+                return nn.ModuleList(LanguageToVisionAttention(c, text_dim, h, gamma)
+                                     for c, h in zip(in_channels, heads, strict=True))
+            return nn.ModuleList(LanguageToVisionPWAM(c, text_dim, h) for c, h in zip(in_channels, heads, strict=True))
+
+        # the first block per level keeps the keys ``interaction.<level>``; further ones (``lgfa.num_blocks``)
+        # are ``interaction_more.<block>.<level>``
+        self.interaction = level_blocks()
+        self.interaction_more = nn.ModuleList(level_blocks() for _ in range(blocks - 1)) if blocks > 1 else None
         channels = int(cfg.get("channels", 256))
         self.stride = int(cfg.get("stride", 8))
         if self.stride not in (4, 8, 16, 32):
@@ -416,6 +426,8 @@ class LGFA(nn.Module):
     def forward(self, feats: list[torch.Tensor], words: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         enhanced = [block(f, words, mask) for block, f in zip(self.interaction, feats, strict=True)]
+        for more in self.interaction_more or ():
+            enhanced = [block(f, words, mask) for block, f in zip(more, enhanced, strict=True)]
         size = tuple(feats[int(math.log2(self.stride)) - 2].shape[-2:])
         fused = self.fusion(enhanced, size)
         if self.adc is not None:
@@ -435,8 +447,14 @@ class MID(nn.Module):
     Returns (pixel map P = V_L + V_0 LayerNorm-ed, (B, C, h, w); text tokens T_L, (B, T, C)).
     """
 
-    def __init__(self, dim: int, text_dim: int, num_layers: int = 3, num_heads: int = 8, mlp_ratio: float = 4.0):
+    ORDERS = ("text_first", "pixels_first")
+
+    def __init__(self, dim: int, text_dim: int, num_layers: int = 3, num_heads: int = 8, mlp_ratio: float = 4.0,
+                 order: str = "text_first"):
         super().__init__()
+        if order not in self.ORDERS:
+            raise ModelError(f"unknown mid.order {order!r}; known: {', '.join(self.ORDERS)}")
+        self.order = order
         self.text_proj = nn.Linear(text_dim, dim)
         self.l2v_align = nn.ModuleList(CrossAttentionLayer(dim, num_heads, mlp_ratio) for _ in range(num_layers))
         self.v2l_align = nn.ModuleList(CrossAttentionLayer(dim, num_heads, mlp_ratio) for _ in range(num_layers))
@@ -450,8 +468,12 @@ class MID(nn.Module):
         pos = sine_positions(h, w, c, visual.device, visual.dtype)
         v, t = v0, self.text_proj(text)
         for l2v, v2l in zip(self.l2v_align, self.v2l_align, strict=True):
-            t = l2v(t, v, pos_context=pos)  # text tokens gather visual evidence
-            v = v2l(v, t, text_mask, pos_x=pos)  # pixels read the updated text
+            if self.order == "text_first":
+                t = l2v(t, v, pos_context=pos)  # text tokens gather visual evidence
+                v = v2l(v, t, text_mask, pos_x=pos)  # pixels read the updated text
+            else:
+                v = v2l(v, t, text_mask, pos_x=pos)  # pixels read the text first
+                t = l2v(t, v, pos_context=pos)
         return _map(self.pixel_norm(v + v0), h, w), t
 
 
@@ -517,7 +539,7 @@ class CroBIM(ReferringSegmenter):
         dim = int(lgfa.get("channels", 256))
         mid = config.get("mid", {})
         self.mid = MID(dim, self.text_dim, int(mid.get("num_layers", 3)), int(mid.get("num_heads", 8)),
-                       float(mid.get("mlp_ratio", 4.0)))
+                       float(mid.get("mlp_ratio", 4.0)), str(mid.get("order", "text_first")))
         refine = channels[0] if mid.get("refine_stride4", False) else None
         self.head = MaskHead(dim, mid.get("head", "kernels"), refine)
 

@@ -62,7 +62,12 @@ class TrainOptions:
     compile: bool = False
     seed: int = 0
     text_layers: int | None = None
-    occlusion_prob: float = 0.0
+    text_dropout: bool = True  # False: the text encoder runs in eval mode (LAVT/LGCE: BERT outside the model)
+    amsgrad: bool = False
+    sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP, as the official scripts (CUDA only)
+    occlusion_prob: float = 0.0  # share of training refs in RMSIN's fixed occluded subset (0.2 officially)
+    occlusion: dict = field(default_factory=dict)  # box parameters over rrsis_cli.train.data.OFFICIAL_OCCLUSION
+    occlusion_seed: int | None = None  # seed of the subset draw (default: seed)
     loss: dict = field(default_factory=lambda: {"type": "weighted_ce", "class_weights": [0.9, 1.1]})
     best_metric: str = "mIoU"
     num_workers: int = 0
@@ -108,6 +113,16 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def sync_batchnorm(model: ReferringSegmenter, info: DistInfo, device: torch.device,
+                   enabled: bool = True) -> ReferringSegmenter:
+    """BatchNorm -> SyncBatchNorm when several CUDA processes train (the official scripts convert the model
+    always; with one process that is plain BatchNorm). SyncBatchNorm does not run on CPU, so gloo runs keep
+    per-process statistics. State-dict keys are unchanged."""
+    if enabled and info.world > 1 and device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 def seed_everything(seed: int) -> None:
@@ -212,7 +227,7 @@ class Trainer:
         self.info = init_distributed("cuda" if options.device.startswith("cuda") or
                                      (options.device == "auto" and torch.cuda.is_available()) else "cpu")
         self.device = pick_device(options.device, self.info)
-        self.model = model.to(self.device).train()
+        self.model = sync_batchnorm(model, self.info, self.device, options.sync_bn).to(self.device).train()
         self.train_set, self.val_set = train_set, val_set
         self.out = Path(options.out_dir)
         world_batch = options.batch_size * self.info.world * options.grad_accum
@@ -227,7 +242,7 @@ class Trainer:
         self.steps_per_epoch = max(1, self.batches_per_epoch // options.grad_accum)
         self.total_steps = self.steps_per_epoch * options.epochs
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, options.weight_decay, options.text_layers),
-                                           lr=self.lr, weight_decay=options.weight_decay)
+                                           lr=self.lr, weight_decay=options.weight_decay, amsgrad=options.amsgrad)
         self.text_frozen = not any(p.requires_grad for p in self.model.text_encoder.parameters())
         self.train_mode()
         self.scaler = torch.amp.GradScaler(enabled=options.precision == "fp16" and self.device.type == "cuda")
@@ -244,9 +259,12 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     def train_mode(self) -> None:
-        """Training mode, except a fully frozen text encoder, which stays deterministic (no dropout)."""
+        """Training mode, except the text encoder when it is fully frozen or ``text_dropout`` is off: it then
+        stays in eval mode (no dropout). The official LAVT/LGCE scripts keep BERT outside the model, loaded by
+        ``from_pretrained`` (which sets eval mode) and never switched to training mode; RMSIN's BERT is inside
+        the model and trains with dropout."""
         self.model.train()
-        if self.text_frozen:
+        if self.text_frozen or not self.options.text_dropout:
             self.model.text_encoder.eval()
 
     # ------------------------------------------------------------------------------------------ state

@@ -1,8 +1,10 @@
 """``rrsis train``: resolve the model and the recipe, open the dataset splits, run the :class:`Trainer`.
 
-Recipe defaults come from the model card's ``training:`` section (LAVT family: AdamW, weight decay 0.01,
-lr 5e-5 for RefSegRS / 3e-5 for RRSIS-D via ``lr_by_dataset``, poly 0.9, 40 epochs, batch 8) and its
-``loss:`` section; a YAML config file and then command-line flags override them.
+Recipe defaults come from the model card's ``training:`` section (LAVT family: AdamW without AMSGrad, weight
+decay 0.01 except backbone norms and position tables, BERT layers 0-9, lr 5e-5 / 3e-5 per dataset via
+``lr_by_dataset``, poly 0.9 per iteration, 40 epochs, batch 8, best checkpoint by oIoU; RMSIN adds the
+occlusion of 20 % of the training refs) and its ``loss:`` section; a YAML config file and then command-line
+flags override them. Every card states where each value comes from and what differs from the official code.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from rrsis_cli.train.data import ReferringTrainSet
 from rrsis_cli.train.loop import Trainer, TrainOptions
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "poly_power", "warmup_steps", "text_layers",
-               "occlusion_prob", "grad_accum", "clip_grad", "best_metric")
+               "text_dropout", "amsgrad", "sync_bn", "occlusion_prob", "occlusion", "occlusion_seed", "grad_accum",
+               "clip_grad", "best_metric")
 
 
 def resolve_model(model: str, text_encoder: str | None, backbone_weights: str | None,
@@ -44,7 +47,8 @@ def recipe_defaults(config: dict[str, Any], dataset_format: str) -> dict[str, An
 
 
 def training_split(dataset_format: str, root: str | Path, split: str, model: ReferringSegmenter, seed: int,
-                   occlusion_prob: float = 0.0) -> ReferringTrainSet:
+                   occlusion_prob: float = 0.0, occlusion: dict | None = None,
+                   occlusion_seed: int | None = None) -> ReferringTrainSet:
     from rrsis_cli.data import open_dataset
 
     dataset = open_dataset(dataset_format, root, split)
@@ -52,7 +56,8 @@ def training_split(dataset_format: str, root: str | Path, split: str, model: Ref
         raise DatasetError(f"split {split!r} is empty", root)
     cfg = model.config
     return ReferringTrainSet(dataset.samples, dataset.load_training_sample, int(cfg["image_size"]), cfg["mean"],
-                             cfg["std"], model.tokenizer, int(cfg["max_tokens"]), occlusion_prob, seed)
+                             cfg["std"], model.tokenizer, int(cfg["max_tokens"]), occlusion_prob, seed, occlusion,
+                             occlusion_seed)
 
 
 def run_training(dataset_format: str, root: str | Path, model: str, out_dir: str | Path,
@@ -66,7 +71,8 @@ def run_training(dataset_format: str, root: str | Path, model: str, out_dir: str
     net = resolve_model(model, text_encoder, backbone_weights, seed)
     options = {**recipe_defaults(net.config, dataset_format), **overrides, "out_dir": Path(out_dir)}
     opts = TrainOptions(**options)
-    train_set = training_split(dataset_format, root, train_split, net, seed, opts.occlusion_prob)
+    train_set = training_split(dataset_format, root, train_split, net, seed, opts.occlusion_prob, opts.occlusion,
+                               opts.occlusion_seed)
     val_set = training_split(dataset_format, root, val_split, net, seed) if val_split else None
     console.info(f"training {net.config.get('name', net.arch)} on {dataset_format}:{train_split} "
                  f"({len(train_set)} samples), validating on {val_split} ({len(val_set) if val_set else 0})")
