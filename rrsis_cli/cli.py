@@ -373,6 +373,12 @@ def predict(
     gsd: Annotated[float | None, typer.Option(help="Resample to this ground sample distance (m/pixel) before "
                                               "tiling; outputs are on the resampled grid.",
                                               rich_help_panel="Input")] = None,
+    rpc_height: Annotated[float | None, typer.Option(help="Scenes georeferenced by RPCs: constant terrain height "
+                                                     "(m above the WGS 84 ellipsoid) [the RPCs' HEIGHT_OFF].",
+                                                     rich_help_panel="Input")] = None,
+    rpc_dem: Annotated[Path | None, typer.Option(help="Scenes georeferenced by RPCs: DEM with heights above the "
+                                                 "ellipsoid (GDAL's RPC_DEM; the scene is warped once to a "
+                                                 "temporary GeoTIFF).", rich_help_panel="Input")] = None,
     stretch: Annotated[str | None, typer.Option(help="Fixed value range per band instead of the scene's 2-98 % "
                                                 "stretch: LOW,LOW,LOW:HIGH,HIGH,HIGH.",
                                                 rich_help_panel="Input")] = None,
@@ -452,9 +458,10 @@ def predict(
                                                      "vectors",
                                                      "simplify", "overwrite", "dry_run", "grounding", "coarse_size",
                                                      "coarse_weight", "refine_margin", "save_coarse",
-                                                     "allow_random_weights")
+                                                     "allow_random_weights", "rpc_height")
                                 if opts.get(k) is not None},
-                             bands=_parse_bands(opts.get("bands")), stretch=_parse_stretch(opts.get("stretch")))
+                             bands=_parse_bands(opts.get("bands")), stretch=_parse_stretch(opts.get("stretch")),
+                             rpc_dem=str(opts["rpc_dem"]) if opts.get("rpc_dem") else None)
     slurm = {key: opts.get(f"slurm_{key}") for key in ("queue", "account", "walltime", "memory", "gpus", "jobs")}
     inputs_list = [opts["inputs"]] if isinstance(opts["inputs"], str | Path) else list(opts["inputs"])
     from rrsis_cli.signals import stop_on_signals
@@ -719,7 +726,13 @@ def train(
 
 # ------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: runs the app and maps project errors to exit codes in one place."""
+    """Console entry point: runs the app and maps project errors to exit codes in one place. Library warnings
+    and log records go through the console meanwhile (one line each; JSON with --log-format json)."""
+    with console.routed_warnings():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)  # typer.Exit(n) comes back as the return value here
         if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C (KeyboardInterrupt) into Exit(130)

@@ -3,15 +3,24 @@
 The root CLI callback calls :func:`configure` once per invocation (and each command again for the global options
 given after its name); library code calls :func:`info` / :func:`warn` and asks
 :func:`progress_enabled` before drawing progress bars.
+
+The console entry point runs inside :func:`routed_warnings` so that what libraries say on their own (Python warnings
+from rasterio, pyogrio, numpy ...; records of the ``logging`` module) reaches stderr through the same path: one
+line each, a JSON object with ``--log-format json``, never a raw warning with its source line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 
@@ -59,6 +68,42 @@ def warn(message: str, **fields) -> None:
 
 def error(message: str, **fields) -> None:
     _emit("error", message, **fields)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Replacement for :func:`warnings.showwarning`: one console line (no source line), category and origin as
+    fields."""
+    text = " ".join(str(message).split())
+    warn(f"{category.__name__}: {text}", category=category.__name__, origin=f"{Path(filename).name}:{lineno}")
+
+
+class _ConsoleHandler(logging.Handler):
+    """Library log records (warnings and errors) as console lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = " ".join(record.getMessage().split())
+        except Exception:  # noqa: BLE001 - a malformed record must not break the run
+            text = str(record.msg)
+        emit = error if record.levelno >= logging.ERROR else warn
+        emit(text, logger=record.name)
+
+
+@contextmanager
+def routed_warnings() -> Iterator[None]:
+    """While active, Python warnings and library log records (WARNING and above) go through the console, so
+    stderr stays one line per message (JSON objects in json mode). The CLI entry point runs inside it; what was
+    there before is restored on exit (the CLI is also called in-process, by tests and other programs)."""
+    previous = warnings.showwarning
+    handler = _ConsoleHandler(logging.WARNING)
+    root = logging.getLogger()
+    warnings.showwarning = _show_warning
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+        root.removeHandler(handler)
 
 
 def progress_enabled() -> bool:

@@ -36,7 +36,7 @@ from rrsis_cli.errors import (
 )
 from rrsis_cli.inputs import WORK_DIR, Scene, find_scenes, output_dir, relative_output_dir, work_dir
 from rrsis_cli.outputs import VECTOR_DRIVERS, check_vector_format, mask_profile, to_cog, vectorise
-from rrsis_cli.scene import SceneReader, prefetch
+from rrsis_cli.scene import SceneReader, describe_error, prefetch
 from rrsis_cli.tiling import TileGrid, TileStore, blend_weights, tile_origins
 
 __all__ = ["PredictOptions", "RunManifest", "SceneResult", "blend_weights", "predict", "tile_origins"]
@@ -60,6 +60,8 @@ class PredictOptions:
     dry_run: bool = False
     block_size: int = 1024
     gsd: float | None = None
+    rpc_height: float | None = None  # RPC scenes: constant height (m above the ellipsoid) [the RPCs' HEIGHT_OFF]
+    rpc_dem: str | None = None  # RPC scenes: DEM with heights above the ellipsoid
     stretch: tuple[list[float], list[float]] | None = None
     read_ahead: int = 2
     grounding: str = "tiles"
@@ -158,6 +160,8 @@ def config_hash(model_sha: str | None, scene: Scene, prompt: str, options: Predi
                "overlap": options.overlap,
                "threshold": options.threshold, "bands": options.bands, "gsd": options.gsd,
                "stretch": options.stretch, "version": __version__}
+    if options.rpc_height is not None or options.rpc_dem is not None:
+        payload["rpc"] = [options.rpc_height, options.rpc_dem]
     if options.grounding != "tiles":
         payload["grounding"] = [options.grounding, options.coarse_size, options.coarse_weight,
                                 options.coarse_support, options.refine_margin]
@@ -519,6 +523,8 @@ def validate_options(options: PredictOptions, prompts: list[str]) -> None:
         raise UsageError(f"--grounding must be tiles or scene, got {options.grounding!r}")
     if not 0 <= options.coarse_weight <= 1:
         raise UsageError(f"--coarse-weight must be in [0, 1], got {options.coarse_weight}")
+    if options.rpc_dem is not None and not Path(options.rpc_dem).is_file():
+        raise UsageError("--rpc-dem: file not found", options.rpc_dem)
 
 
 class SceneRunner:
@@ -548,16 +554,19 @@ class SceneRunner:
         options, prompts = self.options, self.prompts
         results = [] if results is None else results
         try:
-            reader = SceneReader(scene.path, options.bands, options.gsd, options.stretch)
-        except RrsisError as exc:
-            console.error(exc.one_line())
+            reader = SceneReader(scene.path, options.bands, options.gsd, options.stretch, options.rpc_height,
+                                 options.rpc_dem)
+        except Exception as exc:  # noqa: BLE001 - one scene never stops the others
+            error = exc.one_line() if isinstance(exc, RrsisError) else f"{scene.path}: {describe_error(exc)}"
+            console.error(error)
             results += [SceneResult(str(scene.path), p, "failed", relative_output_dir(scene, p),
-                                    error=exc.one_line()) for p in prompts]
-            return {**scene.as_dict(), "error": exc.one_line()}, results, 0.0
+                                    error=error) for p in prompts]
+            return {**scene.as_dict(), "error": error}, results, 0.0
         ds = reader.ds
         record = {**scene.as_dict(), "width": reader.native_size[0], "height": reader.native_size[1],
                   "processed_width": ds.width, "processed_height": ds.height, "bands": reader.bands,
                   "dtype": str(reader.dtype), "crs": str(ds.crs) if ds.crs else None,
+                  "georeference": reader.georeference.as_record(),
                   "normalisation": {"low": reader.lo.tolist(), "high": reader.hi.tolist(),
                                     "method": "user" if options.stretch else
                                     ("/255" if reader.dtype == np.uint8 else "2-98% percentiles")}}
@@ -609,7 +618,7 @@ class SceneRunner:
             result.status, result.error = "failed", exc.one_line()
             console.error(exc.one_line())
         except Exception as exc:  # noqa: BLE001 - one scene never stops the others
-            result.status, result.error = "failed", f"{scene.path}: {type(exc).__name__}: {exc}"
+            result.status, result.error = "failed", f"{scene.path}: {describe_error(exc)}"
             console.error(result.error)
         console.info(f"{scene.path.name} / {prompt!r}: {result.status} ({result.tiles} tiles run, "
                      f"{result.tiles_resumed} resumed, {result.tiles_skipped_nodata} nodata tiles skipped)",

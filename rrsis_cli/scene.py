@@ -4,21 +4,39 @@ next batches of tiles in a background thread while the model runs (GDAL releases
 
 Normalisation is decided once per scene, never per tile (per-tile min-max makes seams): uint8 → /255; other
 types a 2–98 % stretch per band over valid pixels of a decimated read (GDAL uses overviews when present), or
-the user's ``stretch``. A CRS-less raster is read in pixel space with a warning.
+the user's ``stretch``. A raster without any georeference is read in pixel space with a warning.
+
+Georeferencing (:func:`georeference`): a geotransform is used as it is. A raster placed by ground control points or
+by rational polynomial coefficients (level-1 VHR products, scans, drone mosaics) has no grid of its own: it is warped
+on the fly (a :class:`rasterio.vrt.WarpedVRT`, GDAL's own GCP polynomial or RPC transformer, nearest neighbour as
+gdalwarp: every processed pixel is a pixel of the source, no new values) onto the
+north-up grid GDAL suggests, in the GCPs' CRS when it is projected, else in the local UTM zone; every output is then
+on that grid. RPCs use a constant height (``rpc_height``, by default the RPCs' own ``HEIGHT_OFF``) or a DEM
+(``rpc_dem``; then the scene is warped once into a temporary GeoTIFF, since rasterio's WarpedVRT upper-cases
+option values and so cannot pass a file name).
 
 Valid pixels follow GDAL's convention (RFC 15, rasterio's ``dataset_mask()``), computed by :func:`valid_mask` for
 every reader of the valid mask (tiles, the final mask and so the vectors, the statistics, scene evaluation): a
 per-dataset mask (internal mask, ``.msk`` file, alpha band) decides where there is one; otherwise a pixel is nodata
 only where *every* selected band holds its nodata value, so a 0 in one band of an RGB scene with nodata 0 is data.
+NaN (and ±inf) is never data: in a float raster a band's pixel that is not finite counts as that band's nodata.
+
+Read failures raise :class:`~rrsis_cli.errors.InputError` naming the file, the window and GDAL's own messages (which
+rasterio keeps in the exception chain behind "Read failed. See previous exception for details.").
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +66,235 @@ def resample_to_gsd(ds, gsd: float, path: Path):
                      resampling=Resampling.bilinear)
 
 
+# ----------------------------------------------------------------------------------------------- errors
+def gdal_messages(exc: BaseException) -> list[str]:
+    """GDAL's own messages behind ``exc``: rasterio raises "Read failed. See previous exception for details." and
+    keeps GDAL's errors in the exception chain (``__cause__`` / ``__context__``). Outermost first, each once."""
+    messages: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = " ".join(str(current).split()).rstrip(".")
+        if text and "See previous exception" not in text and not any(text in m for m in messages):
+            messages.append(text)
+        current = current.__cause__ or current.__context__
+    return messages
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for any exception: GDAL's messages from the chain when there are some, else ``Type: message``."""
+    messages = gdal_messages(exc)
+    if not messages:
+        return type(exc).__name__
+    if len(messages) == 1 and str(exc).strip() == messages[0]:
+        return f"{type(exc).__name__}: {messages[0]}"
+    return "; ".join(messages)
+
+
+METHOD_NAMES = {"transform": "geotransform", "gcps": "GCPs", "rpcs": "RPCs", "none": "no georeference"}
+
+
+def crs_label(crs) -> str:
+    """``EPSG:32618``, or the CRS's name when it has no authority code (never a whole WKT)."""
+    from pyproj import CRS as ProjCRS
+
+    code = crs.to_authority() if hasattr(crs, "to_authority") else None
+    if code:
+        return ":".join(code)
+    try:
+        return repr(ProjCRS.from_wkt(crs.to_wkt()).name)
+    except Exception:  # noqa: BLE001
+        return "a CRS without a code"
+
+
+def window_text(window, ds=None) -> str:
+    """``rows 0-511, cols 512-1023`` (end inclusive) and, for a tiled file, the internal tiles it touches."""
+    if window is None:
+        return "whole raster" if ds is None else f"whole raster ({ds.width} x {ds.height})"
+    row, col = int(window.row_off), int(window.col_off)
+    height, width = int(window.height), int(window.width)
+    text = f"rows {row}-{row + height - 1}, cols {col}-{col + width - 1}"
+    if ds is not None and getattr(ds, "block_shapes", None):
+        by, bx = ds.block_shapes[0]
+        if by > 1 and bx < ds.width:  # a tiled file: name its tiles as GDAL counts them (X, Y offsets)
+            r0, r1 = max(row, 0) // by, max(min(row + height, ds.height) - 1, 0) // by
+            c0, c1 = max(col, 0) // bx, max(min(col + width, ds.width) - 1, 0) // bx
+            text += (f" (tile X {c0}, Y {r0})" if (r0, c0) == (r1, c1)
+                     else f" (tiles X {c0}-{c1}, Y {r0}-{r1})")
+    return text
+
+
+@contextmanager
+def read_errors(path: Path, what: str, window=None, ds=None):
+    """Turn a failed GDAL read into an :class:`InputError` with the file, the window and GDAL's messages."""
+    from rasterio._err import CPLE_BaseError
+    from rasterio.errors import RasterioError
+
+    try:
+        yield
+    except (RasterioError, CPLE_BaseError) as exc:
+        raise InputError(f"{what} failed in {window_text(window, ds)}: {describe_error(exc)}", path) from exc
+
+
+@contextmanager
+def quiet_georeference_warning():
+    """rasterio warns (NotGeoreferencedWarning) on opening a raster without geotransform, GCPs or RPCs; the reader
+    reports the georeference itself (one line, through the console)."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
+# ------------------------------------------------------------------------------------------ georeference
+@dataclass
+class Georeference:
+    """How a scene is placed on the ground and on which grid it is processed (recorded in the manifest).
+
+    ``method``: ``transform`` (a geotransform), ``gcps``, ``rpcs`` or ``none``; ``crs``: the CRS of that
+    georeference (the GCPs' CRS; EPSG:4326 for RPCs); ``warped``: processed and written on a grid GDAL suggests
+    for warping the scene (GCPs, RPCs), described by ``grid``."""
+
+    method: str
+    crs: str | None = None
+    warped: bool = False
+    gcp_count: int | None = None
+    transformer: str | None = None
+    rpc_height: float | None = None
+    rpc_height_source: str | None = None
+    rpc_dem: str | None = None
+    grid: dict[str, Any] = field(default_factory=dict)
+
+    def as_record(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+
+
+def georeference(ds) -> Georeference:
+    """The georeference GDAL would use for ``ds``, in GDAL's order: a geotransform that is not the default
+    (identity) one, else GCPs, else RPCs, else none."""
+    if not ds.transform.is_identity:
+        return Georeference("transform", ds.crs.to_string() if ds.crs else None)
+    gcps, gcp_crs = ds.gcps
+    if gcps:
+        return Georeference("gcps", gcp_crs.to_string() if gcp_crs else None, gcp_count=len(gcps))
+    if ds.rpcs:
+        return Georeference("rpcs", "EPSG:4326")
+    return Georeference("none")
+
+
+def _utm_zone(lon: float, lat: float):
+    from pyproj.aoi import AreaOfInterest
+    from pyproj.database import query_utm_crs_info
+    from rasterio.crs import CRS
+
+    found = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
+    return CRS.from_epsg(int(found[0].code)) if found else CRS.from_epsg(4326)
+
+
+def warp_grid_crs(ds, geo: Georeference, options: dict[str, Any], path: Path):
+    """CRS of the warped grid: the georeference's own CRS when projected, else the UTM zone (WGS 84) of the
+    footprint's centre, so that tiles have square pixels in metres. Fails for a footprint outside the CRS's range
+    (GCPs that do not belong to their stated CRS)."""
+    from rasterio.crs import CRS
+    from rasterio.warp import calculate_default_transform
+
+    crs = CRS.from_user_input(geo.crs)
+    if crs.is_projected:
+        return crs
+    try:
+        transform, width, height = calculate_default_transform(
+            crs, crs, ds.width, ds.height, gcps=ds.gcps[0] if geo.method == "gcps" else None,
+            rpcs=ds.rpcs if geo.method == "rpcs" else None, **options)
+    except Exception as exc:  # noqa: BLE001 - GDAL cannot transform the footprint: say so, with its message
+        raise InputError(f"GDAL cannot place the scene with its {METHOD_NAMES[geo.method]} "
+                         f"({describe_error(exc)})", path) from exc
+    lon, lat = transform.c + transform.a * width / 2, transform.f + transform.e * height / 2
+    west, north = transform.c, transform.f
+    east, south = transform.c + transform.a * width, transform.f + transform.e * height
+    if not (-360 <= min(west, east) and max(west, east) <= 360 and -90 <= min(south, north)
+            and max(south, north) <= 90):
+        raise InputError(f"the {METHOD_NAMES[geo.method]} place the scene at x {west:.6g}..{east:.6g}, "
+                         f"y {south:.6g}..{north:.6g}, outside the range of their geographic CRS {crs_label(crs)}",
+                         path)
+    return _utm_zone(((lon + 180) % 360) - 180, lat)
+
+
+def needs_alpha(ds) -> bool:
+    """True when a warp of ``ds`` needs an alpha band to mark pixels outside the footprint: no nodata value,
+    mask or alpha band of its own."""
+    from rasterio.enums import MaskFlags
+
+    return all(MaskFlags.all_valid in flags for flags in ds.mask_flag_enums)
+
+
+def warp_to_map(ds, geo: Georeference, path: Path, rpc_height: float | None, rpc_dem: str | Path | None):
+    """``ds`` warped onto a north-up map grid through GDAL's GCP or RPC transformer; returns (dataset, temporary
+    directory or None). Fills ``geo``'s warp fields."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    options: dict[str, Any] = {"SRC_METHOD": "GCP_POLYNOMIAL" if geo.method == "gcps" else "RPC"}
+    geo.transformer = "GDAL GCP polynomial (order from the GCP count)" if geo.method == "gcps" else "GDAL RPC"
+    if geo.method == "rpcs":
+        if rpc_height is None:
+            rpc_height, geo.rpc_height_source = float(ds.rpcs.height_off), "HEIGHT_OFF of the RPCs"
+        else:
+            geo.rpc_height_source = "--rpc-height"
+        geo.rpc_height = float(rpc_height)
+        options["RPC_HEIGHT"] = rpc_height
+        if rpc_dem is not None:
+            geo.rpc_dem = str(rpc_dem)
+            geo.rpc_height_source = "--rpc-dem (constant height where the DEM has no data)"
+            options["RPC_DEM_MISSING_VALUE"] = rpc_height
+    dst_crs = warp_grid_crs(ds, geo, {**options, **({"RPC_DEM": str(rpc_dem)} if geo.rpc_dem else {})}, path)
+    alpha = needs_alpha(ds)
+    tmp = None
+    try:
+        if geo.rpc_dem:
+            tmp = Path(tempfile.mkdtemp(prefix="rrsis-rpc-warp-"))
+            warped = warp_rpc_with_dem(ds, dst_crs, options, Path(geo.rpc_dem), alpha, tmp / "warped.tif")
+        else:
+            warped = WarpedVRT(ds, src_crs=geo.crs, crs=dst_crs, resampling=Resampling.nearest, add_alpha=alpha,
+                               **options)
+    except Exception as exc:  # noqa: BLE001 - GDAL's transformer failed: one line with its message
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(f"GDAL cannot warp the scene with its {METHOD_NAMES[geo.method]} "
+                         f"({describe_error(exc)})", path) from exc
+    geo.warped = True
+    geo.grid = {"crs": warped.crs.to_string(), "transform": list(warped.transform)[:6], "width": warped.width,
+                "height": warped.height, "resampling": "nearest"}
+    return warped, tmp
+
+
+def warp_rpc_with_dem(ds, dst_crs, options: dict[str, Any], dem: Path, alpha: bool, out: Path):
+    """The RPC warp with heights from ``dem``, written once to ``out`` (a tiled GeoTIFF) and opened: rasterio's
+    WarpedVRT upper-cases warp option values, which breaks the DEM's file name, while ``reproject`` passes it
+    as it is."""
+    import rasterio
+    from rasterio.enums import ColorInterp, Resampling
+    from rasterio.warp import calculate_default_transform, reproject
+
+    extras = {**options, "RPC_DEM": str(dem)}
+    extras.pop("SRC_METHOD")
+    transform, width, height = calculate_default_transform("EPSG:4326", dst_crs, ds.width, ds.height,
+                                                           rpcs=ds.rpcs, **extras)
+    count = ds.count + (1 if alpha else 0)
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": ds.dtypes[0],
+               "crs": dst_crs, "transform": transform, "nodata": None if alpha else ds.nodata, "tiled": True,
+               "blockxsize": 512, "blockysize": 512, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    with rasterio.open(out, "w", **profile) as dst:
+        if alpha:
+            dst.colorinterp = [*ds.colorinterp, ColorInterp.alpha]
+        reproject(rasterio.band(ds, list(ds.indexes)), rasterio.band(dst, list(range(1, ds.count + 1))),
+                  src_crs="EPSG:4326", dst_crs=dst_crs, dst_transform=transform, rpcs=ds.rpcs,
+                  resampling=Resampling.nearest, src_nodata=ds.nodata, dst_nodata=None if alpha else ds.nodata,
+                  dst_alpha=count if alpha else 0, **extras)
+    return rasterio.open(out)
+
+
 def mask_kind(ds, bands: list[int]) -> str:
     """How the valid mask of ``bands`` of ``ds`` is decided, from GDAL's mask flags: ``"per_dataset"`` (an
     internal mask, ``.msk`` file or alpha band shared by all bands: read once), ``"all_valid"`` (a selected band
@@ -64,18 +311,28 @@ def mask_kind(ds, bands: list[int]) -> str:
 
 
 def valid_mask(ds, bands: list[int], window=None, boundless: bool = False,
-               out_shape: tuple[int, int] | None = None, kind: str | None = None) -> np.ndarray:
+               out_shape: tuple[int, int] | None = None, kind: str | None = None,
+               data: np.ndarray | None = None) -> np.ndarray:
     """(h, w) bool valid-data mask of ``bands`` in ``window`` (the whole raster by default; ``boundless``: outside
     the raster is invalid; ``out_shape``: a decimated, nearest-neighbour read) with GDAL's semantics (RFC 15, as
     rasterio's ``dataset_mask()`` but over the selected bands only): GDAL's own per-band masks (nodata values,
     internal masks, alpha) combined so that a pixel is nodata only where all the bands are. ``kind`` is
-    :func:`mask_kind`, passed by callers that read many windows; rasters without any mask read nothing."""
+    :func:`mask_kind`, passed by callers that read many windows; rasters without any mask read nothing.
+
+    In float bands a value that is not finite (NaN, ±inf) is nodata too, whatever the nodata value: ``data`` is
+    the (C, h, w) values of the same read when the caller has them, else they are read here."""
     from rasterio.windows import Window
 
     kind = kind or mask_kind(ds, bands)
     if window is None:
         window = Window(0, 0, ds.width, ds.height)
     shape = out_shape or (int(window.height), int(window.width))
+    finite = None
+    if any(np.dtype(ds.dtypes[b - 1]).kind == "f" for b in bands):
+        if data is None:
+            data = ds.read(bands, window=window, boundless=boundless, out_shape=(len(bands), *shape),
+                           fill_value=0)
+        finite = np.isfinite(data)
     if kind == "all_valid":
         valid = np.ones(shape, bool)
         if boundless and out_shape is None:  # everything outside the raster is invalid
@@ -84,19 +341,21 @@ def valid_mask(ds, bands: list[int], window=None, boundless: bool = False,
             valid[max(0, ds.height - row):] = False
             valid[:, :max(0, -col)] = False
             valid[:, max(0, ds.width - col):] = False
-        return valid
+        return valid if finite is None else valid & finite.any(axis=0)
     if kind == "per_dataset":
         masks = ds.read_masks(bands[0], window=window, boundless=boundless, out_shape=shape)
-        return masks > 0
-    masks = ds.read_masks(bands, window=window, boundless=boundless, out_shape=(len(bands), *shape))
-    return masks.any(axis=0)
+        return masks > 0 if finite is None else (masks > 0) & finite.any(axis=0)
+    masks = ds.read_masks(bands, window=window, boundless=boundless, out_shape=(len(bands), *shape)) > 0
+    return masks.any(axis=0) if finite is None else (masks & finite).any(axis=0)
 
 
 class SceneReader:
-    """Owns one open raster: band selection, nodata mask, scene-level normalisation, windowed reads."""
+    """Owns one open raster: georeference (GCP/RPC scenes warped onto a map grid), band selection, nodata mask,
+    scene-level normalisation, windowed reads. ``ds`` is what is processed and what outputs are aligned with."""
 
     def __init__(self, path: Path, bands: list[int] | None, gsd: float | None = None,
-                 stretch: tuple[list[float], list[float]] | None = None):
+                 stretch: tuple[list[float], list[float]] | None = None, rpc_height: float | None = None,
+                 rpc_dem: str | Path | None = None):
         import rasterio
 
         self.path = path
@@ -105,10 +364,26 @@ class SceneReader:
         if path.stat().st_size == 0:
             raise InputError("empty file (0 bytes)", path)
         try:
-            self.ds = rasterio.open(path)
+            with quiet_georeference_warning():
+                self.ds = rasterio.open(path)
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"not a readable raster ({str(exc).splitlines()[0]})", path) from exc
         ds = self._source = self.ds
+        self._opened: list[Any] = []  # datasets layered over the source (warps), closed before it
+        self._tmp: Path | None = None
+        try:
+            self._setup(ds, bands, gsd, stretch, rpc_height, rpc_dem)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, ds, bands, gsd, stretch, rpc_height, rpc_dem) -> None:
+        path = self.path
+        if ds.count == 0:
+            names = ", ".join(ds.subdatasets[:4]) + (" ..." if len(ds.subdatasets) > 4 else "")
+            raise InputError("no raster bands" + (f"; it holds {len(ds.subdatasets)} subdataset(s) ({names}): "
+                                                  "convert the one to segment to a GeoTIFF" if ds.subdatasets
+                                                  else ""), path)
         if ds.width == 0 or ds.height == 0:
             raise InputError("raster has zero size", path)
         self.bands = bands or list(range(1, min(3, ds.count) + 1))
@@ -117,13 +392,31 @@ class SceneReader:
         dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
         if dtype.kind not in "uif":
             raise InputError(f"unsupported data type {dtype}", path)
-        if ds.crs is None:
-            console.warn(f"{path}: no CRS; outputs are in pixel coordinates and areas are not computed")
+        self.georeference = georeference(ds)
+        method = self.georeference.method
+        if method in ("gcps", "rpcs") and self.georeference.crs is None:
+            console.warn(f"{path}: GCPs without a CRS cannot place the scene; outputs are in pixel coordinates")
+            self.georeference = Georeference("none")
+        elif method in ("gcps", "rpcs"):
+            if method == "gcps" and (rpc_height is not None or rpc_dem is not None):
+                console.warn(f"{path}: georeferenced by GCPs; --rpc-height/--rpc-dem do not apply")
+            self.ds, self._tmp = warp_to_map(ds, self.georeference, path, rpc_height, rpc_dem)
+            self._opened.append(self.ds)
+            grid = self.georeference.grid
+            console.info(f"{path.name}: georeferenced by {METHOD_NAMES[method]}; warped on the fly to {grid['crs']} "
+                         f"({grid['width']} x {grid['height']} px of {abs(grid['transform'][0]):.4g}); "
+                         "outputs are on this grid")
+        elif method == "none":
+            console.warn(f"{path}: no georeference (no geotransform, GCPs or RPCs); outputs are in pixel "
+                         "coordinates and areas are not computed")
+        elif ds.crs is None:
+            console.warn(f"{path}: no CRS; outputs keep the geotransform without a CRS and areas are not computed")
         self.dtype = dtype
         self.native_size = (ds.width, ds.height)
         self.seconds = {"read": 0.0, "normalise": 0.0}
         if gsd is not None:
-            self.ds = resample_to_gsd(ds, gsd, path)
+            self.ds = resample_to_gsd(self.ds, gsd, path)
+            self._opened.append(self.ds)
         self.mask_kind = mask_kind(self.ds, self.bands)
         if stretch is not None:
             lo, hi = (np.asarray(v, np.float32) for v in stretch)
@@ -135,33 +428,46 @@ class SceneReader:
 
     def statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-band value range mapped to [0, 1]: uint8 → 0..255; else the 2–98 % percentiles of a decimated
-        read (overviews when present) over valid pixels."""
+        read (overviews when present) over valid, finite pixels."""
         n = len(self.bands)
         if self.dtype == np.uint8:
             return np.zeros(n, np.float32), np.full(n, 255.0, np.float32)
         scale = min(1.0, 1024 / max(self.ds.width, self.ds.height))
         shape = (n, max(1, int(self.ds.height * scale)), max(1, int(self.ds.width * scale)))
-        data = self.ds.read(self.bands, out_shape=shape).astype(np.float64)
-        valid = self.valid(out_shape=shape[1:])
+        with read_errors(self.path, "reading the statistics sample", ds=self.ds):
+            raw = self.ds.read(self.bands, out_shape=shape)
+            valid = self.valid(out_shape=shape[1:], data=raw)
         lo, hi = [], []
-        for band in data:
+        for band in raw:
             values = band[valid]
-            values = values[np.isfinite(values)]
+            values = values[np.isfinite(values)].astype(np.float64)
             a, b = np.percentile(values, (2, 98)) if values.size else (0.0, 1.0)
             lo.append(a)
             hi.append(b if b > a else a + 1)
         return np.array(lo, np.float32), np.array(hi, np.float32)
 
     def read(self, row: int, col: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
-        """(C, tile, tile) float in [0, 1] and a (tile, tile) valid mask; outside the scene is invalid.
-        Interior windows are plain reads; only edge tiles pay for a boundless read."""
+        """(C, tile, tile) float in [0, 1] and a (tile, tile) valid mask; outside the scene is invalid (values 0).
+        A window reaching outside the scene reads its part inside and pads it (a WarpedVRT refuses boundless
+        reads)."""
         from rasterio.windows import Window
 
         started = time.perf_counter()
         window = Window(col, row, tile, tile)
-        inside = row + tile <= self.ds.height and col + tile <= self.ds.width
-        raw = self.ds.read(self.bands, window=window, boundless=not inside, fill_value=0)
-        valid = self.valid(window, boundless=not inside)
+        with read_errors(self.path, "read", window, self.ds):
+            if row >= 0 and col >= 0 and row + tile <= self.ds.height and col + tile <= self.ds.width:
+                raw = self.ds.read(self.bands, window=window)
+                valid = self.valid(window, data=raw)
+            else:
+                raw = np.zeros((len(self.bands), tile, tile), self.ds.dtypes[self.bands[0] - 1])
+                valid = np.zeros((tile, tile), bool)
+                r0, c0 = max(row, 0), max(col, 0)
+                r1, c1 = min(row + tile, self.ds.height), min(col + tile, self.ds.width)
+                if r1 > r0 and c1 > c0:
+                    inner = Window(c0, r0, c1 - c0, r1 - r0)
+                    part = self.ds.read(self.bands, window=inner)
+                    raw[:, r0 - row:r1 - row, c0 - col:c1 - col] = part
+                    valid[r0 - row:r1 - row, c0 - col:c1 - col] = self.valid(inner, data=part)
         read_done = time.perf_counter()
         data = self.normalise(raw)
         self.seconds["read"] += read_done - started
@@ -169,20 +475,30 @@ class SceneReader:
         return data, valid
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
-        """(C, h, w) raw values -> (3, h, w) float in [0, 1] with the scene-level range (one band is repeated)."""
-        data = np.clip((raw.astype(np.float32) - self.lo[:, None, None]) / (self.hi - self.lo)[:, None, None], 0, 1)
+        """(C, h, w) raw values -> (3, h, w) float in [0, 1] with the scene-level range (one band is repeated).
+        Values are clipped to the range before scaling (an extreme nodata value such as -3.4e38 cannot
+        overflow); NaN becomes 0 (such pixels are nodata, see :func:`valid_mask`)."""
+        lo, hi = self.lo[:, None, None], self.hi[:, None, None]
+        data = (np.clip(raw.astype(np.float32), lo, hi) - lo) / (hi - lo)
+        if raw.dtype.kind == "f":
+            data = np.nan_to_num(data, nan=0.0)
         if data.shape[0] < 3:
             data = np.repeat(data[:1], 3, axis=0)
         return data[:3]
 
-    def valid(self, window=None, boundless: bool = False, out_shape: tuple[int, int] | None = None) -> np.ndarray:
-        """(h, w) bool: valid pixels of the selected bands (:func:`valid_mask`); all-valid rasters read nothing."""
-        return valid_mask(self.ds, self.bands, window, boundless, out_shape, self.mask_kind)
+    def valid(self, window=None, boundless: bool = False, out_shape: tuple[int, int] | None = None,
+              data: np.ndarray | None = None) -> np.ndarray:
+        """(h, w) bool: valid pixels of the selected bands (:func:`valid_mask`); all-valid rasters read nothing
+        (float rasters read their values, for NaN, unless ``data`` has them)."""
+        with read_errors(self.path, "reading the valid mask", window, self.ds):
+            return valid_mask(self.ds, self.bands, window, boundless, out_shape, self.mask_kind, data)
 
     def close(self) -> None:
-        self.ds.close()
-        if self.ds is not self._source:
-            self._source.close()
+        for dataset in reversed(self._opened):
+            dataset.close()
+        self._source.close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def prefetch(jobs: Iterable[Callable[[], Any]], depth: int = 2) -> Iterator[tuple[Any, float]]:
