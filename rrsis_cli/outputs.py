@@ -51,7 +51,7 @@ def check_vector_format(vector_format: str) -> None:
 def mask_profile(reader, block: int = 512) -> dict[str, Any]:
     ds = reader.ds
     return {"driver": "GTiff", "width": ds.width, "height": ds.height, "count": 1, "dtype": "uint8",
-            "crs": ds.crs, "transform": ds.transform, "nodata": 255, "tiled": True, "blockxsize": block,
+            "crs": reader.crs, "transform": ds.transform, "nodata": 255, "tiled": True, "blockxsize": block,
             "blockysize": block, "compress": "deflate"}
 
 

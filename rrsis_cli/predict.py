@@ -236,7 +236,7 @@ def write_coarse(reader: SceneReader, coarse, path: Path) -> None:
     size = coarse.prob.shape[0]
     transform = ds.transform * Affine.scale(ds.width / size, ds.height / size)
     tmp = path.with_name(f".{path.name}.raw.tif")
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint8", "crs": ds.crs,
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint8", "crs": reader.crs,
                "transform": transform, "nodata": 255}
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(np.round(coarse.prob * 254).astype(np.uint8), 1)
@@ -565,7 +565,7 @@ class SceneRunner:
         ds = reader.ds
         record = {**scene.as_dict(), "width": reader.native_size[0], "height": reader.native_size[1],
                   "processed_width": ds.width, "processed_height": ds.height, "bands": reader.bands,
-                  "dtype": str(reader.dtype), "crs": str(ds.crs) if ds.crs else None,
+                  "dtype": str(reader.dtype), "crs": str(reader.crs) if reader.crs else None,
                   "georeference": reader.georeference.as_record(),
                   "normalisation": {"low": reader.lo.tolist(), "high": reader.hi.tolist(),
                                     "method": "user" if options.stretch else
@@ -576,7 +576,7 @@ class SceneRunner:
                 result = SceneResult(str(scene.path), prompt, output_dir=relative_output_dir(scene, prompt))
                 results.append(result)
                 self._run_prompt(reader, scene, prompt, result)
-                if result.status == "done" and ds.crs is not None and not ds.crs.is_geographic:
+                if result.status == "done" and reader.crs is not None and not reader.crs.is_geographic:
                     area_km2 += abs(ds.transform.a * ds.transform.e) * ds.width * ds.height / 1e6
         finally:
             reader.close()

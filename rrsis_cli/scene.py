@@ -407,8 +407,9 @@ class SceneReader:
                          f"({grid['width']} x {grid['height']} px of {abs(grid['transform'][0]):.4g}); "
                          "outputs are on this grid")
         elif method == "none":
-            console.warn(f"{path}: no georeference (no geotransform, GCPs or RPCs); outputs are in pixel "
-                         "coordinates and areas are not computed")
+            console.warn(f"{path}: no georeference (no geotransform, GCPs or RPCs"
+                         + ("; its CRS alone cannot place it" if ds.crs else "")
+                         + "); outputs are in pixel coordinates and areas are not computed")
         elif ds.crs is None:
             console.warn(f"{path}: no CRS; outputs keep the geotransform without a CRS and areas are not computed")
         self.dtype = dtype
@@ -425,6 +426,12 @@ class SceneReader:
             self.lo, self.hi = lo, hi
         else:
             self.lo, self.hi = self.statistics()
+
+    @property
+    def crs(self):
+        """The CRS of the processed grid (``ds``), or None for a scene without georeference (a CRS without a
+        geotransform, GCPs or RPCs places nothing: the outputs must not claim it)."""
+        return None if self.georeference.method == "none" else self.ds.crs
 
     def statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-band value range mapped to [0, 1]: uint8 → 0..255; else the 2–98 % percentiles of a decimated

@@ -124,6 +124,22 @@ def fit_rpcs(transform, crs, height: int, width: int, metres_per_height: float =
                err_bias=0.0, err_rand=0.0)
 
 
+def _gcp_vrt(path: Path, source: Path, transform, crs, height: int, width: int) -> Path:
+    """As rasterio's tests/data/RGB.byte.gcp.vrt: a dataset CRS (EPSG:32618) with the default (identity)
+    geotransform, and GCPs in lon/lat (EPSG:4326). GDAL places it by its GCPs, in their own CRS."""
+    rows, cols, lon, lat = _lonlat_grid(transform, crs, height, width, n=5)
+    points_xml = "".join(f'<GCP Id="{i}" Pixel="{c}" Line="{r}" X="{float(x)!r}" Y="{float(y)!r}" Z="0"/>'
+                         for i, (r, c, x, y) in enumerate(zip(rows, cols, lon, lat, strict=True)))
+    bands = "".join(f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>0</NoDataValue><SimpleSource>'
+                    f'<SourceFilename relativeToVRT="1">{source.name}</SourceFilename><SourceBand>{b}</SourceBand>'
+                    "</SimpleSource></VRTRasterBand>" for b in (1, 2, 3))
+    path.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>EPSG:32618</SRS>'
+                    "<GeoTransform>0, 1, 0, 0, 0, 1</GeoTransform>"
+                    f'<GCPList Projection="EPSG:4326" dataAxisToSRSAxisMapping="2,1">{points_xml}</GCPList>'
+                    f"{bands}</VRTDataset>")
+    return path
+
+
 @pytest.fixture()
 def scenes(tmp_path) -> dict[str, Path]:
     """The original crop (geotransform), a GCP copy and an RPC copy of it, and an RPC copy whose samples depend
@@ -139,7 +155,9 @@ def scenes(tmp_path) -> dict[str, Path]:
     xs, ys = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
     for (row, col), x, y in zip(corners, xs, ys, strict=True):
         assert abs((x - transform.c) / transform.a - col) < 0.1 and abs((y - transform.f) / transform.e - row) < 0.1
-    return {"original": _write(tmp_path / "original.tif", data, profile, transform, crs),
+    original = _write(tmp_path / "original.tif", data, profile, transform, crs)
+    return {"original": original,
+            "gcps_lonlat_vrt": _gcp_vrt(tmp_path / "gcps_lonlat.vrt", original, transform, crs, height, width),
             "gcps": _write(tmp_path / "gcps.tif", data, profile, crs=crs, gcps=gcps),
             "rpcs": _write(tmp_path / "rpcs.tif", data, profile, rpcs=rpcs),
             "rpcs_height": _write(tmp_path / "rpcs_height.tif", data, profile,
@@ -160,16 +178,12 @@ def _boundary_distance(a, b) -> float:
                for x, y in ((a, b), (b, a)))
 
 
-@pytest.mark.parametrize("method", ["gcps", "rpcs"])
-def test_gcp_and_rpc_scenes_are_placed_like_the_original(pointwise, scenes, tmp_path, method):
+@pytest.mark.parametrize("fixture", ["gcps", "rpcs", "gcps_lonlat_vrt"])
+def test_gcp_and_rpc_scenes_are_placed_like_the_original(pointwise, scenes, tmp_path, fixture):
+    method = fixture[:4]
     _, original = _run(scenes["original"], tmp_path / "original")
-    record, copy = _run(scenes[method], tmp_path / method)
+    record, copy = _run(scenes[fixture], tmp_path / fixture)
 
-    georef = record["georeference"]
-    assert georef["method"] == method and georef["warped"] is True
-    assert georef["crs"] == ("EPSG:32618" if method == "gcps" else "EPSG:4326")
-    assert georef["grid"]["crs"] == "EPSG:32618"  # the GCPs' CRS; for RPCs the UTM zone of the scene
-    assert record["crs"] == "EPSG:32618"
     with rasterio.open(original / "mask.tif") as ref, rasterio.open(copy / "mask.tif") as mask:
         assert mask.crs == ref.crs
         assert mask.res == pytest.approx(ref.res, rel=1e-3)
@@ -184,12 +198,23 @@ def test_gcp_and_rpc_scenes_are_placed_like_the_original(pointwise, scenes, tmp_
     assert _boundary_distance(a, b) <= PIXEL  # within one pixel
     assert a.symmetric_difference(b).area <= 0.02 * a.area
 
+    georef = record["georeference"]  # the manifest says how the scene was placed, and on which grid
+    assert georef["method"] == method and georef["warped"] is True
+    assert georef["crs"] == ("EPSG:32618" if fixture == "gcps" else "EPSG:4326")
+    assert georef["grid"]["crs"] == "EPSG:32618"  # the GCPs' CRS; for RPCs the UTM zone of the scene
+    assert record["crs"] == "EPSG:32618"
 
-def test_scene_without_georeference_stays_in_pixel_space(pointwise, tmp_path):
-    data, _, _, profile = _crop()
-    scene = _write(tmp_path / "plain.tif", data, profile)
+
+@pytest.mark.parametrize("with_crs", [False, True])
+def test_scene_without_georeference_stays_in_pixel_space(pointwise, tmp_path, with_crs):
+    """No geotransform, GCPs or RPCs: pixel space, and a CRS alone (EPSG:32618 here) is not claimed."""
+    data, transform, crs, profile = _crop()
+    scene = _write(tmp_path / "plain.tif", data, profile, **({"transform": rasterio.Affine.identity(), "crs": crs}
+                                                               if with_crs else {}))
+    with rasterio.open(scene) as ds:
+        assert ds.transform.is_identity and (ds.crs == crs) == with_crs and not ds.gcps[0] and not ds.rpcs
     record, out = _run(scene, tmp_path / "out")
-    assert record["georeference"] == {"method": "none", "warped": False}
+    assert record["georeference"] == {"method": "none", "warped": False} and record["crs"] is None
     with rasterio.open(out / "mask.tif") as mask:
         assert mask.crs is None and mask.transform.is_identity and mask.shape == data.shape[1:]
 
