@@ -29,6 +29,7 @@ from rich.console import Console
 class Settings:
     quiet: bool = False
     debug: bool = False
+    silenced: bool = False
     log_format: str = "text"
 
 
@@ -57,13 +58,26 @@ def _emit(level: str, message: str, **fields) -> None:
     stderr.print(f"{prefix}{message}", style=style, markup=False)
 
 
+@contextmanager
+def silenced():
+    """Info and warning messages are dropped within the block (errors still print): for work that repeats
+    something already reported, such as opening a second handle on a scene."""
+    previous = SETTINGS.silenced
+    SETTINGS.silenced = True
+    try:
+        yield
+    finally:
+        SETTINGS.silenced = previous
+
+
 def info(message: str, **fields) -> None:
-    if not SETTINGS.quiet:
+    if not SETTINGS.quiet and not SETTINGS.silenced:
         _emit("info", message, **fields)
 
 
 def warn(message: str, **fields) -> None:
-    _emit("warning", message, **fields)
+    if not SETTINGS.silenced:
+        _emit("warning", message, **fields)
 
 
 def error(message: str, **fields) -> None:

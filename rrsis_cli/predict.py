@@ -34,12 +34,15 @@ from rrsis_cli.errors import (
     Stopped,
     UsageError,
 )
+from rrsis_cli.inference import foreground_probability, pick_device, resolve_precision
 from rrsis_cli.inputs import WORK_DIR, Scene, find_scenes, output_dir, relative_output_dir, work_dir
 from rrsis_cli.outputs import VECTOR_DRIVERS, check_vector_format, mask_profile, to_cog, vectorise
-from rrsis_cli.scene import SceneReader, describe_error, prefetch
-from rrsis_cli.tiling import TileGrid, TileStore, blend_weights, tile_origins
+from rrsis_cli.pipeline import assemble, mask_from_probability, new_pair, quantise, run_pairs
+from rrsis_cli.scene import SceneReader, describe_error
+from rrsis_cli.tiling import TileGrid, blend_weights, tile_origins
 
-__all__ = ["PredictOptions", "RunManifest", "SceneResult", "blend_weights", "predict", "tile_origins"]
+__all__ = ["PredictOptions", "RunManifest", "SceneResult", "blend_weights", "mask_from_probability", "pick_device",
+           "predict", "quantise", "tile_origins"]
 
 
 @dataclass
@@ -48,7 +51,7 @@ class PredictOptions:
     overlap: float = 0.25
     batch_size: int = 8
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 autocast on CUDA, fp32 on the CPU
     threshold: float = 0.5
     bands: list[int] | None = None
     save_prob: bool = False
@@ -64,6 +67,7 @@ class PredictOptions:
     rpc_dem: str | None = None  # RPC scenes: DEM with heights above the ellipsoid
     stretch: tuple[list[float], list[float]] | None = None
     read_ahead: int = 2
+    read_workers: int | None = None  # tile-reading threads; None: from the core count (2..4)
     grounding: str = "tiles"
     coarse_size: int | None = None
     coarse_weight: float = 0.75
@@ -79,6 +83,8 @@ class SceneResult:
     prompt: str
     status: str = "pending"
     output_dir: str | None = None  # relative to OUT: <scene key>/<prompt key>
+    reads_per_tile: float | None = None  # tile reads of the run ÷ tiles of the grid (1.0: one read for all prompts)
+    work_bytes_per_pixel: float | None = None  # work journal on disk ÷ scene pixels, at its largest
     outputs: dict[str, str] = field(default_factory=dict)  # kind -> path
     features: int | None = None  # polygons written; None when no vectors were written (--no-vectors, skipped)
     tiles: int = 0
@@ -109,12 +115,9 @@ class RunManifest:
 
 
 # ------------------------------------------------------------------------------------------------ engine
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {spec!r} requested but CUDA is not available")
-    return torch.device(spec)
+def read_workers(options: PredictOptions) -> int:
+    """Tile-reading threads: ``--read-workers``, else the core count clamped to 2..4."""
+    return int(options.read_workers or min(4, max(2, os.cpu_count() or 2)))
 
 
 class TextCache:
@@ -135,16 +138,8 @@ class TextCache:
 
 
 def infer(model, text, tiles: list[np.ndarray], device: torch.device, precision: str) -> np.ndarray:
-    """Foreground probability (B, tile, tile) for normalised tiles."""
-    cfg = model.config
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-    x = ((torch.from_numpy(np.stack(tiles)) - mean) / std).to(device)
-    ctx = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
-           if precision != "fp32" and device.type == "cuda" else torch.inference_mode())
-    with torch.inference_mode(), ctx:
-        logits = model.forward_with_text(x, text)
-    return logits.float().softmax(1)[:, 1].cpu().numpy()
+    """Foreground probability (B, tile, tile) for tiles in [0, 1] (:func:`rrsis_cli.inference.foreground_probability`)."""
+    return foreground_probability(model, text, tiles, device, resolve_precision(precision, device))
 
 
 # ------------------------------------------------------------------------------------------------ hashes
@@ -244,92 +239,6 @@ def write_coarse(reader: SceneReader, coarse, path: Path) -> None:
     tmp.unlink()
 
 
-def run_tiles(reader: SceneReader, model, text, grid: TileGrid, store: TileStore, options: PredictOptions,
-              device: torch.device, result: SceneResult, label: str, active: list[int] | None = None) -> None:
-    """Run every batch of the grid (or of its ``active`` tiles) not yet in the journal: reads happen
-    ``read_ahead`` batches ahead in a background thread; each finished batch is stored and journaled."""
-    every = grid.batches(options.batch_size, active)
-    batches = [b for b in every if b[0] not in store.done]
-    result.tiles_resumed = sum(len(b) for b in every if b[0] in store.done)
-    seconds = {"read_wait": 0.0, "infer": 0.0, "store": 0.0}
-    reader.seconds = {"read": 0.0, "normalise": 0.0}
-
-    def read_job(batch: list[int]):
-        def job():
-            tiles, nodata = {}, []
-            for index in batch:
-                data, valid = reader.read(*grid.origin(index), grid.tile)
-                if valid.any():
-                    tiles[index] = data
-                else:
-                    nodata.append(index)
-            return batch, tiles, nodata
-        return job
-
-    total = len(grid) if active is None else len(active)
-    with console.progress_bar(total, label, unit="tile", initial=result.tiles_resumed) as bar:
-        for (batch, tiles, nodata), waited in prefetch(map(read_job, batches), options.read_ahead):
-            seconds["read_wait"] += waited
-            started = time.perf_counter()
-            probs = infer(model, text, list(tiles.values()), device, options.precision) if tiles else []
-            seconds["infer"] += time.perf_counter() - started
-            started = time.perf_counter()
-            store.write_batch(batch[0], dict(zip(tiles, probs, strict=True)), nodata)
-            seconds["store"] += time.perf_counter() - started
-            result.tiles += len(tiles)
-            bar.update(len(batch))
-    result.tiles_skipped_nodata = len(store.skipped)
-    result.seconds.update(reader.seconds)  # spent in the read-ahead thread, overlapped with inference
-    result.seconds.update(seconds)
-
-
-def quantise(prob: np.ndarray) -> np.ndarray:
-    """The uint8 probability of ``prob.tif``: round(probability × 254), 0–254 (255 is nodata)."""
-    return np.clip(np.round(prob * 254), 0, 254).astype(np.uint8)
-
-
-def mask_from_probability(p8: np.ndarray, threshold: float) -> np.ndarray:
-    """The mask rule, one for full runs and re-thresholding: 1 where the *quantised* probability p8 / 254 is
-    ≥ ``threshold``, 0 below, 255 where p8 is 255 (nodata). Comparing the quantised value (what ``prob.tif``
-    stores) rather than the float makes a mask re-thresholded from ``prob.tif`` identical to a full run."""
-    table = (np.arange(256, dtype=np.float64) / 254.0 >= threshold).astype(np.uint8)
-    table[255] = 255
-    return table[p8]
-
-
-def finalise(reader: SceneReader, store: TileStore, options: PredictOptions, mask_raw: Path, prob_raw: Path,
-             coarse=None, active: set[int] | None = None) -> None:
-    """Blend the stored tiles block by block into the uint8 probability raster (probability × 254, nodata
-    255) and the mask (:func:`mask_from_probability`: quantised probability ≥ threshold → 1, nodata → 255),
-    both tiled GTiffs in the work directory. With a coarse grounding, the block's probability is fused with it
-    and the coarse support must reach ``coarse_support`` too (:mod:`rrsis_cli.grounding`)."""
-    import rasterio
-    from rasterio.windows import Window
-
-    from rrsis_cli.grounding import fuse
-
-    ds = reader.ds
-    weights = blend_weights(store.grid.tile)
-    block = options.block_size
-    profile = mask_profile(reader)
-    with rasterio.open(mask_raw, "w", **profile) as mask_dst, rasterio.open(prob_raw, "w", **profile) as prob_dst:
-        for r in range(0, ds.height, block):
-            for c in range(0, ds.width, block):
-                window = Window(c, r, min(block, ds.width - c), min(block, ds.height - r))
-                prob, covered = store.blend(r, r + window.height, c, c + window.width, weights, active)
-                support = None
-                if coarse is not None:
-                    support = coarse.upsample(r, r + window.height, c, c + window.width)
-                    prob = fuse(prob, covered, support, options.coarse_weight)
-                p8 = quantise(prob)
-                p8[~reader.valid(window)] = 255
-                mask = mask_from_probability(p8, options.threshold)
-                if support is not None:
-                    mask[(mask == 1) & (support < options.coarse_support)] = 0
-                mask_dst.write(mask, 1, window=window)
-                prob_dst.write(p8, 1, window=window)
-
-
 def rethreshold(reader: SceneReader, prob_path: Path, threshold: float, mask_raw: Path,
                 block_size: int) -> None:
     """The mask of an existing ``prob.tif`` at ``threshold`` (:func:`mask_from_probability`, block by block)
@@ -354,19 +263,29 @@ def predict_scene(reader: SceneReader, model, text, scene: Scene, prompt: str, o
     coarse, active = None, None
     if options.grounding == "scene":
         coarse, active = ground_scene(reader, model, text, options, tile, grid, device, result)
-    job = {"config_hash": chash, "grid": asdict(grid), "batch_size": options.batch_size,
+    job = {"format": "bands-1", "config_hash": chash, "grid": asdict(grid), "batch_size": options.batch_size,
            "active": None if active is None else hashlib.sha256(str(active).encode()).hexdigest()}
-    store = TileStore(work, grid, job)
-    if store.resumed_batches:
-        console.info(f"{reader.path.name} / {prompt!r}: resuming, {store.resumed_batches} finished batch(es) "
-                     "found in the journal")
-    run_tiles(reader, model, text, grid, store, options, device, result,
-              f"{reader.path.stem[:24]} / {prompt[:24]}", active)
-
-    started = time.perf_counter()
-    mask_raw, prob_raw = work / "mask_raw.tif", work / "prob_raw.tif"
-    finalise(reader, store, options, mask_raw, prob_raw, coarse, None if active is None else set(active))
-    result.seconds["blend"] = time.perf_counter() - started
+    pair = new_pair(work, grid, job, prompt, text, coarse, active, options.coarse_weight, options.coarse_support)
+    try:
+        if pair.journal.finished >= 0:
+            console.info(f"{reader.path.name} / {prompt!r}: resuming, {pair.journal.finished + 1} of "
+                         f"{len(grid.rows)} row band(s) found in the journal")
+        stats = run_pairs(reader, model, grid, [pair], options.batch_size, device,
+                          resolve_precision(options.precision, device), read_workers(options),
+                          max(options.read_ahead, read_workers(options) + 1),
+                          f"{reader.path.stem[:24]} / {prompt[:24]}")
+        result.tiles, result.tiles_resumed = pair.tiles, pair.tiles_resumed
+        result.tiles_skipped_nodata = pair.nodata_tiles
+        result.reads_per_tile = stats.tiles_read / max(1, len(grid))
+        result.seconds.update(stats.seconds)
+        started = time.perf_counter()
+        mask_raw, prob_raw = work / "mask_raw.tif", work / "prob_raw.tif"
+        assemble(reader, pair.journal, options.threshold, mask_raw, prob_raw, mask_profile(reader),
+                 options.block_size)
+        result.work_bytes_per_pixel = pair.journal.disk_bytes() / max(1, grid.height * grid.width)
+    finally:
+        pair.journal.close()
+    result.seconds["assemble"] = time.perf_counter() - started
     extra: dict[str, Path] = {}
     if coarse is not None and options.save_coarse:
         extra["coarse"] = work / "coarse.tif"
@@ -513,8 +432,8 @@ def validate_options(options: PredictOptions, prompts: list[str]) -> None:
         raise UsageError(f"--vector-format must be one of {', '.join(VECTOR_DRIVERS)}")
     if options.vectors:
         check_vector_format(options.vector_format)  # its writer missing: fail before the model loads
-    if options.precision not in ("fp32", "bf16", "fp16"):
-        raise UsageError(f"--precision must be fp32, bf16 or fp16, got {options.precision!r}")
+    if options.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"--precision must be auto, fp32, bf16 or fp16, got {options.precision!r}")
     if options.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
     if not 0 < options.threshold < 1:

@@ -358,6 +358,7 @@ class SceneReader:
                  rpc_dem: str | Path | None = None):
         import rasterio
 
+        self._args = (bands, gsd, stretch, rpc_height, rpc_dem)
         self.path = path
         if not path.exists():
             raise InputError("file not found", path)
@@ -499,6 +500,14 @@ class SceneReader:
         (float rasters read their values, for NaN, unless ``data`` has them)."""
         with read_errors(self.path, "reading the valid mask", window, self.ds):
             return valid_mask(self.ds, self.bands, window, boundless, out_shape, self.mask_kind, data)
+
+    def clone(self) -> SceneReader:
+        """Another reader of the same scene with its own dataset handles (GDAL handles are not shared between
+        threads), the same grid, bands and normalisation (the statistics are not recomputed), for parallel
+        reads. Its set-up messages are not repeated."""
+        bands, gsd, _, rpc_height, rpc_dem = self._args
+        with console.silenced():
+            return SceneReader(self.path, bands, gsd, (self.lo.tolist(), self.hi.tolist()), rpc_height, rpc_dem)
 
     def close(self) -> None:
         for dataset in reversed(self._opened):

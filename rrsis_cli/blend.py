@@ -1,0 +1,164 @@
+"""Streaming blend: tile probabilities become finished rows one tile row at a time, in bounded memory, with a
+journal of finished row bands that is the only work state on disk.
+
+Tiles are processed in row-major order. Tile row ``r`` covers scene rows ``[rows[r], rows[r] + tile)``; once it
+is added, no later tile touches rows above ``rows[r + 1]``, so the band ``[rows[r], rows[r + 1])`` is final:
+:class:`RowBlender` keeps weighted sums for one tile's height × the scene width, hands the finished band out,
+and shifts. Each pixel's sum is taken over its tiles in row-major order, as the previous block-wise blend did,
+so the result is the same to the bit.
+
+:class:`BandJournal` stores each finished band quantised to uint8 (probability × 254, 255 nodata: 1 byte per
+scene pixel, the value ``prob.tif`` holds and the mask is derived from) in one memory-mapped file, fsyncs it,
+then appends the band to ``journal.txt``: a handful of files per (scene, prompt) whatever its size. A run
+killed mid-scene resumes after the last journaled band; the rows a later band still needs from earlier tile rows
+(the overlap carried in the blender) are rebuilt by recomputing those few tile rows (:meth:`TileGrid`-order
+batches, so the sums are the same as in an uninterrupted run).
+
+Memory: 8 bytes × tile × scene width per (scene, prompt) in flight (two float32 sums), plus the tiles of the
+batches in flight; independent of the scene's height and of the number of polygons found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rrsis_cli.tiling import TileGrid
+
+JOURNAL = "journal.txt"
+PROB_FILE = "prob.u8"
+SUPPORT_FILE = "support.u8"
+
+
+def band_rows(grid: TileGrid, r: int) -> tuple[int, int]:
+    """Scene rows finished once tile row ``r`` has been added: ``[rows[r], rows[r + 1])`` (to the bottom for the
+    last tile row)."""
+    rows = grid.rows
+    return rows[r], rows[r + 1] if r + 1 < len(rows) else grid.height
+
+
+def carry_rows(grid: TileGrid, finished: int) -> list[int]:
+    """Tile rows up to ``finished`` whose tiles reach below its band: what a resumed blender must re-add."""
+    end = band_rows(grid, finished)[1]
+    return [k for k in range(finished + 1) if grid.rows[k] + grid.tile > end]
+
+
+class RowBlender:
+    """Weighted sums of the tiles of the current tile row and the overlap it carries: (tile, width) float32
+    each. :meth:`add` tiles of tile row ``r`` (in column order, rows in order), then :meth:`finish` ``r``."""
+
+    def __init__(self, grid: TileGrid, weights: np.ndarray):
+        self.grid = grid
+        self.weights = weights
+        self.psum = np.zeros((grid.tile, grid.width), np.float32)
+        self.wsum = np.zeros((grid.tile, grid.width), np.float32)
+        self.top = 0  # scene row of psum[0]
+
+    def _move_to(self, top: int) -> None:
+        shift = top - self.top
+        if shift <= 0:
+            return
+        for acc in (self.psum, self.wsum):
+            if shift < acc.shape[0]:
+                acc[:-shift] = acc[shift:]
+                acc[-shift:] = 0
+            else:
+                acc[:] = 0
+        self.top = top
+
+    def add(self, r: int, c: int, prob: np.ndarray) -> None:
+        """Add the (tile, tile) probability of tile (row ``r``, column ``c``) of the grid."""
+        grid, tile = self.grid, self.grid.tile
+        y, x = grid.rows[r], grid.cols[c]
+        self._move_to(y)
+        h, w = min(tile, grid.height - y), min(tile, grid.width - x)
+        weights = self.weights[:h, :w]
+        self.psum[:h, x:x + w] += prob[:h, :w] * weights
+        self.wsum[:h, x:x + w] += weights
+
+    def finish(self, r: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """(row0, row1, probability, covered) of the band tile row ``r`` finished: the weighted mean (0 where no
+        tile ran) and the pixels some tile covered."""
+        y0, y1 = band_rows(self.grid, r)
+        self._move_to(self.grid.rows[r])
+        a, b = y0 - self.top, y1 - self.top
+        psum, wsum = self.psum[a:b], self.wsum[a:b]
+        prob = np.where(wsum > 0, psum / np.maximum(wsum, 1e-12), 0.0).astype(np.float32)
+        return y0, y1, prob, wsum > 0
+
+
+class BandJournal:
+    """Finished bands of one (scene, prompt) in ``work``: ``prob.u8`` (height × width uint8, memory-mapped),
+    optionally ``support.u8`` (scene grounding: 1 where the coarse pass supports the target), and
+    ``journal.txt`` (one JSON line per finished tile row, written after the data is on disk). ``job`` must match
+    for an existing work directory to be resumed; otherwise it is reset."""
+
+    def __init__(self, work: Path, grid: TileGrid, job: dict, support: bool = False):
+        self.work = work
+        self.grid = grid
+        work.mkdir(parents=True, exist_ok=True)
+        job_path = work / "job.json"
+        names = [PROB_FILE] + ([SUPPORT_FILE] if support else [])
+        resumable = (job_path.is_file() and json.loads(job_path.read_text()) == job
+                     and all((work / n).is_file() for n in names))
+        if not resumable:
+            for stale in (work / JOURNAL, job_path, work / PROB_FILE, work / SUPPORT_FILE):
+                stale.unlink(missing_ok=True)
+            for name in names:
+                with open(work / name, "wb") as f:
+                    f.truncate(grid.height * grid.width)  # sparse: disk is used as bands are written
+            tmp = work / ".job.json.tmp"
+            tmp.write_text(json.dumps(job))
+            os.replace(tmp, job_path)
+        shape = (grid.height, grid.width)
+        self.prob = np.memmap(work / PROB_FILE, np.uint8, "r+", shape=shape)
+        self.support = np.memmap(work / SUPPORT_FILE, np.uint8, "r+", shape=shape) if support else None
+        self.finished = self._read_journal() if resumable else -1
+        self.skipped = 0
+
+    def _read_journal(self) -> int:
+        """The last tile row whose band is on disk, -1 for none. Bands are journaled in order; a torn last
+        line (killed mid-write) is ignored."""
+        path = self.work / JOURNAL
+        last = -1
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    row = int(json.loads(line)["tile_row"])
+                except (json.JSONDecodeError, KeyError, ValueError):
+                    break
+                if row != last + 1:
+                    break
+                last = row
+        return last
+
+    def write_band(self, r: int, p8: np.ndarray, support: np.ndarray | None = None) -> None:
+        """Store tile row ``r``'s finished band (uint8 probability, and the support bits with grounding), make
+        it durable, then journal it."""
+        y0, y1 = band_rows(self.grid, r)
+        self.prob[y0:y1] = p8
+        self.prob.flush()
+        if self.support is not None:
+            self.support[y0:y1] = support
+            self.support.flush()
+        with open(self.work / JOURNAL, "a") as journal:
+            journal.write(json.dumps({"tile_row": r, "rows": [y0, y1]}) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+        self.finished = r
+
+    def close(self) -> None:
+        for array in (self.prob, self.support):
+            if array is not None:
+                array._mmap.close()  # noqa: SLF001 - release the mapping before the work directory is removed
+
+    @property
+    def done(self) -> bool:
+        return self.finished == len(self.grid.rows) - 1
+
+    def disk_bytes(self) -> int:
+        return sum(os.stat(self.work / n).st_blocks * 512 for n in (PROB_FILE, SUPPORT_FILE, JOURNAL)
+                   if (self.work / n).is_file())

@@ -1,0 +1,251 @@
+"""The tile pipeline of one scene: parallel reads → batched inference for every prompt → streaming blend →
+journaled bands → the mask and probability rasters.
+
+* **Reads**: a pool of ``read_workers`` threads, each with its own handle on the scene (GDAL releases the GIL
+  while it decodes), reads and normalises the tiles of the batches ahead of the model; at most ``read_ahead``
+  batches wait, so memory stays bounded.
+* **One read per tile for all prompts**: each batch is read once and run for every (scene, prompt) pair that
+  still needs it; the manifest counts reads per tile.
+* **Batches** are fixed chunks of the grid's tiles in row-major order (of the active tiles with scene grounding),
+  so a resumed run recomputes exactly the batches of an uninterrupted one.
+* **Blend**: each pair's :class:`~rrsis_cli.blend.RowBlender` turns finished tile rows into bands, quantised and
+  journaled by its :class:`~rrsis_cli.blend.BandJournal` (1 byte per pixel, a handful of files); a killed run
+  resumes after the last journaled band.
+* :func:`assemble` writes the mask and ``prob`` GeoTIFFs (tiled, in the work directory) from the journal,
+  block by block, for the COG and vector writers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rrsis_cli import console
+from rrsis_cli.blend import BandJournal, RowBlender, band_rows, carry_rows
+from rrsis_cli.inference import foreground_probability
+from rrsis_cli.tiling import TileGrid, blend_weights
+
+
+def quantise(prob: np.ndarray) -> np.ndarray:
+    """The uint8 probability of ``prob.tif``: round(probability × 254), 0–254 (255 is nodata)."""
+    return np.clip(np.round(prob * 254), 0, 254).astype(np.uint8)
+
+
+def mask_from_probability(p8: np.ndarray, threshold: float) -> np.ndarray:
+    """The mask rule, one for full runs and re-thresholding: 1 where the *quantised* probability p8 / 254 is
+    ≥ ``threshold``, 0 below, 255 where p8 is 255 (nodata). Comparing the quantised value (what ``prob.tif``
+    stores) rather than the float makes a mask re-thresholded from ``prob.tif`` identical to a full run."""
+    table = (np.arange(256, dtype=np.float64) / 254.0 >= threshold).astype(np.uint8)
+    table[255] = 255
+    return table[p8]
+
+
+@dataclass
+class Pair:
+    """One (scene, prompt) in the pipeline: its text features, journal and blender, the tiles it runs
+    (``active``: scene grounding; None = all) and, with scene grounding, the coarse map and fusion settings."""
+
+    prompt: str
+    text: Any
+    journal: BandJournal
+    blender: RowBlender
+    active: set[int] | None = None
+    coarse: Any = None
+    coarse_weight: float = 0.75
+    coarse_support: float = 0.25
+    start_tile: int = 0  # first tile index this pair needs (resume: the first tile of its carried rows)
+    next_row: int = 0  # next tile row to close
+    tiles: int = 0
+    tiles_resumed: int = 0
+    nodata_tiles: int = 0
+
+    def __post_init__(self) -> None:
+        grid = self.journal.grid
+        finished = self.journal.finished
+        carried = carry_rows(grid, finished) if finished >= 0 else []
+        first_row = carried[0] if carried else finished + 1
+        self.start_tile = first_row * len(grid.cols)
+        self.next_row = first_row
+        self.tiles_resumed = (finished + 1) * len(grid.cols)
+
+    def needs(self, index: int) -> bool:
+        return index >= self.start_tile and (self.active is None or index in self.active)
+
+
+@dataclass
+class PipelineStats:
+    seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "read_wait": 0.0, "infer": 0.0,
+                                                               "blend": 0.0, "journal": 0.0})
+    tiles_read: int = 0
+    tiles_total: int = 0
+
+
+class ReadPool:
+    """Threads reading tiles, one :class:`~rrsis_cli.scene.SceneReader` clone each (made up front, in the
+    calling thread)."""
+
+    def __init__(self, reader, workers: int):
+        self.workers = max(1, int(workers))
+        self.readers = [reader.clone() for _ in range(self.workers)]  # the caller keeps ``reader`` for itself
+        self.free: deque = deque(self.readers)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rrsis-read")
+
+    def _read_batch(self, grid: TileGrid, indices: list[int]):
+        reader = self.free.popleft()  # each worker thread takes a handle no other thread holds
+        try:
+            started = time.perf_counter()
+            tiles, nodata = {}, []
+            for index in indices:
+                data, valid = reader.read(*grid.origin(index), grid.tile)
+                if valid.any():
+                    tiles[index] = data
+                else:
+                    nodata.append(index)
+            return tiles, nodata, time.perf_counter() - started
+        finally:
+            self.free.append(reader)
+
+    def submit(self, grid: TileGrid, indices: list[int]):
+        return self.pool.submit(self._read_batch, grid, indices)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for reader in self.readers:
+            reader.close()
+
+
+def batches_for(grid: TileGrid, batch_size: int, pairs: list[Pair]) -> list[list[int]]:
+    """The fixed batches (of all tiles, or of the union of the pairs' active tiles) that some pair still needs."""
+    active = None
+    if all(p.active is not None for p in pairs):
+        active = sorted(set().union(*(p.active for p in pairs)))
+    return [b for b in grid.batches(batch_size, active) if any(p.needs(i) for p in pairs for i in b)]
+
+
+def close_rows(pair: Pair, reader, upto_index: int, stats: PipelineStats) -> None:
+    """Close every tile row of ``pair`` whose last tile index is ≤ ``upto_index``: rows already journaled
+    (carried for a resume) are skipped, the others are blended, quantised and journaled."""
+    from rasterio.windows import Window
+
+    from rrsis_cli.grounding import fuse
+
+    grid, ncols = pair.journal.grid, len(pair.journal.grid.cols)
+    while pair.next_row < len(grid.rows) and (pair.next_row + 1) * ncols - 1 <= upto_index:
+        r = pair.next_row
+        pair.next_row += 1
+        if r <= pair.journal.finished:
+            continue
+        started = time.perf_counter()
+        y0, y1, prob, covered = pair.blender.finish(r)
+        support = None
+        if pair.coarse is not None:
+            support = pair.coarse.upsample(y0, y1, 0, grid.width)
+            prob = fuse(prob, covered, support, pair.coarse_weight)
+        p8 = quantise(prob)
+        p8[~reader.valid(Window(0, y0, grid.width, y1 - y0))] = 255
+        stats.seconds["blend"] += time.perf_counter() - started
+        started = time.perf_counter()
+        bits = None if support is None else (support >= pair.coarse_support).astype(np.uint8)
+        pair.journal.write_band(r, p8, bits)
+        stats.seconds["journal"] += time.perf_counter() - started
+
+
+def run_pairs(reader, model, grid: TileGrid, pairs: list[Pair], batch_size: int, device, precision: str,
+              read_workers: int = 2, read_ahead: int = 4, label: str = "tiles") -> PipelineStats:
+    """Run the tiles every pair still needs, reading each batch once for all of them, and journal their bands.
+    Pairs whose journal is complete are left as they are."""
+    stats = PipelineStats(tiles_total=len(grid))
+    pairs = [p for p in pairs if not p.journal.done]
+    if not pairs:
+        return stats
+    batches = batches_for(grid, batch_size, pairs)
+    pool = ReadPool(reader, read_workers)
+    pending: deque = deque()
+    queue = iter(batches)
+    done_tiles = min(p.tiles_resumed for p in pairs)
+    try:
+        with console.progress_bar(len(grid), label, unit="tile", initial=done_tiles) as bar:
+            for batch in queue:
+                pending.append((batch, pool.submit(grid, batch)))
+                if len(pending) >= read_ahead:
+                    break
+            while pending:
+                batch, future = pending.popleft()
+                started = time.perf_counter()
+                tiles, nodata, read_seconds = future.result()
+                stats.seconds["read_wait"] += time.perf_counter() - started
+                stats.seconds["read"] += read_seconds
+                stats.tiles_read += len(batch)
+                following = next(queue, None)
+                if following is not None:
+                    pending.append((following, pool.submit(grid, following)))
+                for pair in pairs:
+                    _run_batch(pair, reader, batch, tiles, nodata, model, device, precision, stats)
+                    close_rows(pair, reader, batch[-1], stats)
+                bar.update(len(batch))
+        for pair in pairs:
+            close_rows(pair, reader, len(grid), stats)  # rows after the last batch (no tile needed them)
+    finally:
+        pool.close()
+    return stats
+
+
+def _run_batch(pair: Pair, reader, batch: list[int], tiles: dict[int, np.ndarray], nodata: list[int], model,
+               device, precision: str, stats: PipelineStats) -> None:
+    wanted = [i for i in batch if pair.needs(i)]
+    if not wanted:
+        return
+    # a batch is run whole (its tiles that hold data, with or without this pair's use of them), as in every run
+    # of the same configuration: the forward sees the same batch, so resumed results are the same to the bit
+    indices = [i for i in batch if i in tiles and (pair.active is None or i in pair.active)]
+    started = time.perf_counter()
+    probs = foreground_probability(model, pair.text, [tiles[i] for i in indices], device, precision) \
+        if indices else []
+    stats.seconds["infer"] += time.perf_counter() - started
+    ncols = len(pair.journal.grid.cols)
+    for index, prob in zip(indices, probs, strict=True):
+        if index >= pair.start_tile:
+            close_rows(pair, reader, index - 1, stats)  # rows before this tile's row are complete
+            started = time.perf_counter()
+            pair.blender.add(index // ncols, index % ncols, prob)
+            stats.seconds["blend"] += time.perf_counter() - started
+    counted = [i for i in wanted if i >= pair.start_tile]
+    pair.tiles += sum(i in tiles for i in counted)
+    pair.nodata_tiles += sum(i in nodata for i in counted)
+
+
+def new_pair(work: Path, grid: TileGrid, job: dict, prompt: str, text, coarse=None, active=None,
+             coarse_weight: float = 0.75, coarse_support: float = 0.25) -> Pair:
+    journal = BandJournal(work, grid, job, support=coarse is not None)
+    return Pair(prompt, text, journal, RowBlender(grid, blend_weights(grid.tile)),
+                None if active is None else set(active), coarse, coarse_weight, coarse_support)
+
+
+def assemble(reader, journal: BandJournal, threshold: float, mask_raw: Path, prob_raw: Path, profile: dict,
+             block: int = 1024) -> None:
+    """The mask (:func:`mask_from_probability`; with scene grounding also the coarse support) and the uint8
+    probability as tiled GeoTIFFs in the work directory, from the journal's bands, block row by block row."""
+    import rasterio
+    from rasterio.windows import Window
+
+    height, width = journal.grid.height, journal.grid.width
+    with rasterio.open(mask_raw, "w", **profile) as mask_dst, rasterio.open(prob_raw, "w", **profile) as prob_dst:
+        for r in range(0, height, block):
+            rows = slice(r, min(r + block, height))
+            window = Window(0, r, width, rows.stop - r)
+            p8 = np.asarray(journal.prob[rows])
+            mask = mask_from_probability(p8, threshold)
+            if journal.support is not None:
+                mask[(mask == 1) & (np.asarray(journal.support[rows]) == 0)] = 0
+            mask_dst.write(mask, 1, window=window)
+            prob_dst.write(p8, 1, window=window)
+
+
+__all__ = ["Pair", "PipelineStats", "ReadPool", "assemble", "band_rows", "mask_from_probability", "new_pair",
+           "quantise", "run_pairs"]
