@@ -451,7 +451,8 @@ def predict(
                                                      rich_help_panel="Input")] = None,
     rpc_dem: Annotated[Path | None, typer.Option(help="Scenes georeferenced by RPCs: DEM with heights above the "
                                                  "ellipsoid (GDAL's RPC_DEM; the scene is warped once to a "
-                                                 "temporary GeoTIFF).", rich_help_panel="Input")] = None,
+                                                 "temporary GeoTIFF).", show_default="none: a constant height",
+                                                 rich_help_panel="Input")] = None,
     stretch: Annotated[str | None, typer.Option(help="Fixed value range per band: LOW,LOW,LOW:HIGH,HIGH,HIGH.",
                                                 show_default="the scene's 2-98 % per band; uint8 /255",
                                                 rich_help_panel="Input")] = None,

@@ -62,6 +62,9 @@ def read_header(scene: Scene, bands: list[int] | None, gsd: float | None, nodata
         header.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return header
     with ds:
+        if ds.count == 0 or ds.width == 0 or ds.height == 0:
+            header.error = "no raster bands" if ds.count == 0 else "raster has zero size"
+            return header  # the reader fails this scene with the full story; the others run
         header.width, header.height, header.count = ds.width, ds.height, ds.count
         header.dtype = ds.dtypes[0]
         geo = georeference(ds)
@@ -74,10 +77,13 @@ def read_header(scene: Scene, bands: list[int] | None, gsd: float | None, nodata
         header.bands = list(bands) if bands else default_bands(ds.count)
         plain = geo.method == "transform" and header.projected
         header.processed = gsd_shape(ds.bounds, gsd) if gsd and plain else (ds.width, ds.height)
-        if nodata and ds.width and ds.height and max(header.bands) <= ds.count and min(header.bands) >= 1:
+        if nodata and max(header.bands) <= ds.count and min(header.bands) >= 1:
             scale = min(1.0, NODATA_PREVIEW / max(ds.width, ds.height))
             shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
-            header.nodata_fraction = float(1.0 - valid_mask(ds, header.bands, out_shape=shape).mean())
+            try:
+                header.nodata_fraction = float(1.0 - valid_mask(ds, header.bands, out_shape=shape).mean())
+            except rasterio.errors.RasterioError:
+                header.nodata_fraction = None  # unreadable pixels: the run reports them
     return header
 
 
