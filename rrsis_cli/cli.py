@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.table import Table
 
 from rrsis_cli import __version__, console
+from rrsis_cli import predict as predict_module
 from rrsis_cli.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, RrsisError, Stopped
+from rrsis_cli.predict import PredictOptions, RunManifest
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 all done (empty masks included); 1 fatal error, nothing done; 2 usage error; "
@@ -28,7 +31,7 @@ EXIT_CODES_HELP = (
 )
 
 # --------------------------------------------------------------------------------------- global options
-# --debug, --quiet and --log-format are defined once, here. They are accepted before the subcommand (the root
+# --debug, --verbose, --quiet and --log-format are defined once, here. They are accepted before the subcommand (the root
 # callback) and after it: every command and command group is registered on an RrsisTyper, which adds them to
 # each command it registers, so `rrsis predict ... --quiet` and `rrsis --quiet predict ...` are the same.
 GLOBAL_PANEL = "Global options (before or after the command)"
@@ -43,14 +46,18 @@ DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks for 
                                            rich_help_panel=GLOBAL_PANEL)]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.",
                                            rich_help_panel=GLOBAL_PANEL)]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Also debug-level messages (resolved model, "
+                                             "tile size, decisions).", rich_help_panel=GLOBAL_PANEL)]
 LogFormatOption = Annotated[LogFormat | None, typer.Option(
     "--log-format", help="text (the default), or json lines on stderr (cron).", rich_help_panel=GLOBAL_PANEL)]
 
 
-def apply_global_options(debug: bool = False, quiet: bool = False, log_format: LogFormat | None = None) -> None:
+def apply_global_options(debug: bool = False, quiet: bool = False, log_format: LogFormat | None = None,
+                         verbose: bool = False) -> None:
     """Options given after a (sub)command add to those given before it: a flag can only switch on, and
     --log-format replaces the earlier format. The root callback resets them first, once per invocation."""
-    console.configure(debug=debug or None, quiet=quiet or None, log_format=log_format.value if log_format else None)
+    console.configure(debug=debug or None, quiet=quiet or None, log_format=log_format.value if log_format else None,
+                      verbose=verbose or None)
 
 
 def with_global_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -59,13 +66,14 @@ def with_global_options(func: Callable[..., Any]) -> Callable[..., Any]:
     signature = inspect.signature(func, eval_str=True)  # typer reads real annotations from __signature__
     keyword = inspect.Parameter.KEYWORD_ONLY
     extra = [inspect.Parameter("global_debug", keyword, default=False, annotation=DebugOption),
+             inspect.Parameter("global_verbose", keyword, default=False, annotation=VerboseOption),
              inspect.Parameter("global_quiet", keyword, default=False, annotation=QuietOption),
              inspect.Parameter("global_log_format", keyword, default=None, annotation=LogFormatOption)]
 
     @functools.wraps(func)
     def command(*args: Any, global_debug: bool = False, global_quiet: bool = False,
-                global_log_format: LogFormat | None = None, **kwargs: Any) -> Any:
-        apply_global_options(global_debug, global_quiet, global_log_format)
+                global_log_format: LogFormat | None = None, global_verbose: bool = False, **kwargs: Any) -> Any:
+        apply_global_options(global_debug, global_quiet, global_log_format, global_verbose)
         return func(*args, **kwargs)
 
     command.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore[attr-defined]
@@ -77,14 +85,56 @@ def _group() -> None:
     pass
 
 
+# ------------------------------------------------------------------------------------------ help layout
+# Commands in workflow order, then the helpers; flags without a type metavar (`--overwrite`, not
+# `--overwrite <bool>`); option defaults rendered by typer from real default values (see `predict`).
+WORKFLOW_ORDER = ("predict", "evaluate", "train", "overlay", "manifest", "models", "convert", "data", "bench")
+HELPERS_PANEL = "Helpers"
+
+
+def _flags_without_metavar(params: list[Any]) -> list[Any]:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # typer prints the metavar (else <bool>) in the type column
+    return params
+
+
+class RrsisCommand(typer.core.TyperCommand):
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return _flags_without_metavar(super().get_params(ctx))
+
+
+class RrsisGroup(typer.core.TyperGroup):
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return _flags_without_metavar(super().get_params(ctx))
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(WORKFLOW_ORDER)}
+        return sorted(names, key=lambda name: rank.get(name, len(rank)))
+
+
+def given_by_user(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every parameter the user did not give (on the command line or in the environment)
+    replaced by None, so that a ``--config`` file fills it before the defaults do. Options keep their real
+    defaults in the signature, which is what ``--help`` shows."""
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name != "DEFAULT"
+
+    return {name: value if given(name) else None for name, value in values.items()}
+
+
 class RrsisTyper(typer.Typer):
     """A Typer whose commands, and the group itself (``rrsis models --quiet list``), take the global options."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", RrsisGroup)
         super().__init__(*args, **kwargs)
         self.callback()(with_global_options(_group))  # the root app replaces it with `root` below
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        kwargs.setdefault("cls", RrsisCommand)
         register = super().command(*args, **kwargs)
 
         def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,7 +154,7 @@ app = RrsisTyper(
     rich_markup_mode="rich",
 )
 models_app = RrsisTyper(help="The model zoo: list, show and initialise model cards.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
+app.add_typer(models_app, name="models", rich_help_panel=HELPERS_PANEL)
 
 
 def _version(value: bool) -> None:
@@ -118,10 +168,11 @@ def root(
     version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
     debug: DebugOption = False,
+    verbose: VerboseOption = False,
     quiet: QuietOption = False,
     log_format: LogFormatOption = None,
 ) -> None:
-    console.configure(quiet=quiet, debug=debug, log_format=(log_format or LogFormat.text).value)
+    console.configure(quiet=quiet, debug=debug, log_format=(log_format or LogFormat.text).value, verbose=verbose)
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -145,18 +196,15 @@ def models_list() -> None:
 @models_app.command("show")
 def models_show(name: Annotated[str, typer.Argument(help="Card name or model directory.")]) -> None:
     """Print a card (or a model directory's config) as JSON, with parameter counts."""
-    import json
-
-    from rrsis_cli.models import build_model, model_source
-    from rrsis_cli.models.io import read_config
+    from rrsis_cli.models import model_source
+    from rrsis_cli.models.info import read_config
+    from rrsis_cli.models.io import count_parameters
     from rrsis_cli.models.registry import config_for
 
     source = model_source(name)
     directory = source.model_dir if source.kind in ("directory", "bundled") else None
     config = read_config(directory) if directory is not None else config_for(name)
-    model = build_model(name) if directory is None else None
-    if model is not None:
-        config["parameters"] = model.parameter_counts()
+    config["parameters"] = count_parameters(config)  # on the meta device: no weights are allocated
     print(json.dumps(config, indent=2))
 
 
@@ -198,7 +246,7 @@ def models_export(
 
 
 # ---------------------------------------------------------------------------------------------- convert
-@app.command()
+@app.command(rich_help_panel=HELPERS_PANEL)
 def convert(
     arch: Annotated[str, typer.Option(help="Architecture of the official checkpoint: lavt, lgce or rmsin.")],
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint saved by the official training code (.pth).")],
@@ -220,7 +268,7 @@ def convert(
 # ------------------------------------------------------------------------------------------------- data
 data_app = RrsisTyper(help="Datasets: inspect benchmark folders, generate synthetic referring data.",
                        no_args_is_help=True)
-app.add_typer(data_app, name="data")
+app.add_typer(data_app, name="data", rich_help_panel=HELPERS_PANEL)
 
 
 @data_app.command("info")
@@ -319,20 +367,29 @@ def data_scene(
                  "ground truth: " + ", ".join(f"{v['path']} ({v['objects']})" for v in report["prompts"].values()))
 
 
-@app.command()
+@app.command(rich_help_panel=HELPERS_PANEL)
 def overlay(
     scene: Annotated[Path, typer.Argument(help="Scene GeoTIFF.")],
     mask: Annotated[Path, typer.Argument(help="Mask GeoTIFF written by rrsis predict (1 = target).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
     gt: Annotated[Path | None, typer.Option(help="Ground-truth vectors to outline (GeoJSON/GPKG).")] = None,
+    bands: Annotated[str | None, typer.Option(help="Bands of the scene to show as RGB, e.g. 3,2,1 (or one band).",
+                                              show_default="the first three")] = None,
     max_side: Annotated[int, typer.Option(help="Longest side of the preview in pixels.")] = 1024,
-    title: Annotated[str | None, typer.Option(help="Title [the prompt recorded in the mask].")] = None,
+    title: Annotated[str | None, typer.Option(help="Title.", show_default="the prompt recorded in the mask")] = None,
 ) -> None:
     """Render a PNG preview: the scene, the predicted mask in magenta, ground-truth outlines in yellow; titled
     with the prompt (and the IoU when --gt is given), with a legend."""
+    from rrsis_cli.errors import UsageError
     from rrsis_cli.overlay import render_overlay
 
-    console.info(f"wrote {render_overlay(scene, mask, out, gt=gt, max_side=max_side, title=title)}")
+    if max_side < 1:
+        raise UsageError(f"--max-side must be at least 1, got {max_side}")
+    for option, path in (("SCENE", scene), ("MASK", mask), ("--gt", gt)):
+        if path is not None and not path.exists():
+            raise UsageError(f"{option} not found", path)
+    png = render_overlay(scene, mask, out, gt=gt, max_side=max_side, title=title, bands=_parse_bands(bands))
+    console.info(f"wrote {png}")
 
 
 # ---------------------------------------------------------------------------------------------- predict
@@ -348,118 +405,136 @@ RANDOM_WEIGHTS_HELP = ("Run a zoo card that has no weights with seeded random we
                        "refused (exit 2).")
 
 
+# Defaults of predict's options come from PredictOptions and predict() themselves, so --help never drifts from
+# what a run does. A value the user does not give is left to --config, then to these defaults (given_by_user).
+PREDICT_DEFAULTS = PredictOptions()
+PREDICT_RUN_DEFAULTS = {name: p.default for name, p in inspect.signature(predict_module.predict).parameters.items()}
+OPTION_FIELDS = ("tile_size", "overlap", "batch_size", "device", "precision", "threshold", "gsd", "save_prob",
+                 "vectors", "vector_format", "min_area", "simplify", "overwrite", "dry_run", "grounding",
+                 "coarse_size", "coarse_weight", "refine_margin", "save_coarse", "allow_random_weights",
+                 "rpc_height")
+
+
 @app.command(epilog=EXIT_CODES_HELP)
 def predict(
+    ctx: typer.Context,
     inputs: Annotated[list[Path] | None, typer.Argument(help="GeoTIFF/VRT files, folders (recursive) or .txt "
                                                         "lists.", show_default=False)] = None,
-    model: Annotated[str | None, typer.Option(help="Model directory, bundled model (demo) or zoo card with "
-                                              "weights (see `rrsis models list`).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model directory, bundled model (demo) or zoo "
+                                              "card with weights (see `rrsis models list`).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory: OUT/<scene>/<prompt-slug>/.")] = None,
-    prompt: Annotated[list[str] | None, typer.Option(help="Referring expression (repeatable).")] = None,
-    prompts_file: Annotated[Path | None, typer.Option(help="File with one prompt per line.")] = None,
-    tile_size: Annotated[int | None, typer.Option(help="Tile side [the model's image size].",
-                                                  rich_help_panel="Tiling")] = None,
-    overlap: Annotated[float | None, typer.Option(help="Tile overlap fraction [0.25].",
-                                                  rich_help_panel="Tiling")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Tiles per forward pass [8].",
-                                                   rich_help_panel="Compute")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N [auto].",
-                                               rich_help_panel="Compute")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (autocast on GPU) [fp32].",
-                                                  rich_help_panel="Compute")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Probability threshold for the mask [0.5].")] = None,
-    bands: Annotated[str | None, typer.Option(help="Bands to use as RGB, e.g. 3,2,1 [first three].",
-                                              rich_help_panel="Input")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Referring expression (repeatable; "
+                                                     "quote it).")] = None,
+    prompts_file: Annotated[Path | None, typer.Option(help="File with one prompt per line (blank lines and # "
+                                                      "comments ignored, repeats dropped).")] = None,
+    tile_size: Annotated[int | None, typer.Option(help="Tile side in pixels, a multiple of 32.",
+                                                  show_default="the model's input size",
+                                                  rich_help_panel="Tiling")] = PREDICT_DEFAULTS.tile_size,
+    overlap: Annotated[float, typer.Option(help="Tile overlap fraction, in [0, 1).",
+                                           rich_help_panel="Tiling")] = PREDICT_DEFAULTS.overlap,
+    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.",
+                                            rich_help_panel="Compute")] = PREDICT_DEFAULTS.batch_size,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.",
+                                        rich_help_panel="Compute")] = PREDICT_DEFAULTS.device,
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast on GPU).",
+                                           rich_help_panel="Compute")] = PREDICT_DEFAULTS.precision,
+    threshold: Annotated[float, typer.Option(help="Probability threshold for the mask, in (0, 1).")
+                         ] = PREDICT_DEFAULTS.threshold,
+    bands: Annotated[str | None, typer.Option(help="Bands to use as RGB, e.g. 3,2,1 (or one band, grey).",
+                                              show_default="the first three", rich_help_panel="Input")] = None,
     gsd: Annotated[float | None, typer.Option(help="Resample to this ground sample distance (m/pixel) before "
                                               "tiling; outputs are on the resampled grid.",
-                                              rich_help_panel="Input")] = None,
+                                              show_default="no resampling", rich_help_panel="Input")] = None,
     rpc_height: Annotated[float | None, typer.Option(help="Scenes georeferenced by RPCs: constant terrain height "
-                                                     "(m above the WGS 84 ellipsoid) [the RPCs' HEIGHT_OFF].",
+                                                     "(m above the WGS 84 ellipsoid).",
+                                                     show_default="the RPCs' HEIGHT_OFF",
                                                      rich_help_panel="Input")] = None,
     rpc_dem: Annotated[Path | None, typer.Option(help="Scenes georeferenced by RPCs: DEM with heights above the "
                                                  "ellipsoid (GDAL's RPC_DEM; the scene is warped once to a "
-                                                 "temporary GeoTIFF).", rich_help_panel="Input")] = None,
-    stretch: Annotated[str | None, typer.Option(help="Fixed value range per band instead of the scene's 2-98 % "
-                                                "stretch: LOW,LOW,LOW:HIGH,HIGH,HIGH.",
+                                                 "temporary GeoTIFF).", show_default="none: a constant height",
+                                                 rich_help_panel="Input")] = None,
+    stretch: Annotated[str | None, typer.Option(help="Fixed value range per band: LOW,LOW,LOW:HIGH,HIGH,HIGH.",
+                                                show_default="the scene's 2-98 % per band; uint8 /255",
                                                 rich_help_panel="Input")] = None,
-    glob: Annotated[str | None, typer.Option(help="Pattern for folder inputs [*.tif|*.tiff|*.vrt].",
+    glob: Annotated[str | None, typer.Option(help="Pattern for folder inputs.", show_default="*.tif *.tiff *.vrt",
                                              rich_help_panel="Input")] = None,
-    save_prob: Annotated[bool | None, typer.Option("--save-prob", help="Also write prob.tif (uint8 0-254).",
-                                                   rich_help_panel="Output")] = None,
-    vector_format: Annotated[VectorFormat | None, typer.Option(
+    save_prob: Annotated[bool, typer.Option("--save-prob", help="Also write prob.tif (uint8 0-254).",
+                                            rich_help_panel="Output")] = PREDICT_DEFAULTS.save_prob,
+    vector_format: Annotated[VectorFormat, typer.Option(
         help="Vector output format: geojson (RFC 7946, EPSG:4326), gpkg, fgb or parquet (GeoParquet), the "
-             "last three in the scene's CRS (default: geojson).", rich_help_panel="Output")] = None,
-    vectors: Annotated[bool | None, typer.Option("--vectors/--no-vectors", help="Vectorise the mask; "
-                                                 "--no-vectors writes mask.tif (and prob.tif) only (default: --vectors).",
-                                                 rich_help_panel="Output")] = None,
-    min_area: Annotated[float | None, typer.Option(help="Drop polygons smaller than this (m²).",
-                                                   rich_help_panel="Output")] = None,
-    simplify: Annotated[float | None, typer.Option(help="Simplify polygons with this tolerance (m).",
-                                                   rich_help_panel="Output")] = None,
-    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Recompute outputs that exist.",
-                                                   rich_help_panel="Output")] = None,
-    dry_run: Annotated[bool | None, typer.Option("--dry-run", help="List scenes and tiles; compute nothing.")] = None,
-    grounding: Annotated[str | None, typer.Option(
+             "last three in the scene's CRS.", rich_help_panel="Output")] = VectorFormat(PREDICT_DEFAULTS.vector_format),
+    vectors: Annotated[bool, typer.Option("--vectors/--no-vectors", help="Vectorise the mask; --no-vectors writes "
+                                          "mask.tif (and prob.tif) only.", rich_help_panel="Output")
+                       ] = PREDICT_DEFAULTS.vectors,
+    min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this (m²).",
+                                            rich_help_panel="Output")] = PREDICT_DEFAULTS.min_area,
+    simplify: Annotated[float, typer.Option(help="Simplify polygons with this tolerance (m).",
+                                            rich_help_panel="Output")] = PREDICT_DEFAULTS.simplify,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute outputs that exist.",
+                                            rich_help_panel="Output")] = PREDICT_DEFAULTS.overwrite,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (scenes, sizes, tiles, nodata, outputs "
+                                          "that would be skipped, disk needed); load no model, write nothing.")
+                       ] = PREDICT_DEFAULTS.dry_run,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as JSON (also with "
+                                          "--log-format json).")] = False,
+    grounding: Annotated[str, typer.Option(
         help="tiles: every tile judged alone (all instances); scene: coarse pass over the whole scene picks the "
-             "referent, then only windows around it are refined [tiles].", rich_help_panel="Grounding")] = None,
-    coarse_size: Annotated[int | None, typer.Option(help="Side of the coarse view [the model's image size].",
-                                                    rich_help_panel="Grounding")] = None,
-    coarse_weight: Annotated[float | None, typer.Option(help="Weight of the coarse probability in refined "
-                                                        "windows [0.75].", rich_help_panel="Grounding")] = None,
-    refine_margin: Annotated[float | None, typer.Option(help="Window margin around each candidate, as a fraction "
-                                                        "of its size [0.5].", rich_help_panel="Grounding")] = None,
-    save_coarse: Annotated[bool | None, typer.Option("--save-coarse", help="Also write coarse.tif.",
-                                                     rich_help_panel="Grounding")] = None,
-    allow_random_weights: Annotated[bool | None, typer.Option("--allow-random-weights", help=RANDOM_WEIGHTS_HELP)
-                                    ] = None,
+             "referent, then only windows around it are refined.", rich_help_panel="Grounding")
+        ] = PREDICT_DEFAULTS.grounding,
+    coarse_size: Annotated[int | None, typer.Option(help="Side of the coarse view, a multiple of 32.",
+                                                    show_default="the model's input size",
+                                                    rich_help_panel="Grounding")] = PREDICT_DEFAULTS.coarse_size,
+    coarse_weight: Annotated[float, typer.Option(help="Weight of the coarse probability in refined windows.",
+                                                 rich_help_panel="Grounding")] = PREDICT_DEFAULTS.coarse_weight,
+    refine_margin: Annotated[float, typer.Option(help="Window margin around each candidate, as a fraction of its "
+                                                 "size.", rich_help_panel="Grounding")] = PREDICT_DEFAULTS.refine_margin,
+    save_coarse: Annotated[bool, typer.Option("--save-coarse", help="Also write coarse.tif (--grounding scene).",
+                                              rich_help_panel="Grounding")] = PREDICT_DEFAULTS.save_coarse,
+    allow_random_weights: Annotated[bool, typer.Option("--allow-random-weights", help=RANDOM_WEIGHTS_HELP)
+                                    ] = PREDICT_DEFAULTS.allow_random_weights,
     cluster: Annotated[str | None, typer.Option(help="Run scenes on dask workers: local, local:N, slurm.",
-                                                rich_help_panel="Scale-out")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="Address of an existing dask scheduler (tcp://HOST:PORT).",
-                                                  rich_help_panel="Scale-out")] = None,
-    shard: Annotated[str | None, typer.Option(help="Process shard I of N (0-based I/N) of the scenes [from "
-                                              "SLURM_ARRAY_TASK_ID/COUNT in a job array].",
+                                                show_default="in this process", rich_help_panel="Scale-out")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Address of an existing dask scheduler (tcp://HOST:PORT); "
+                                                  "excludes --cluster.", rich_help_panel="Scale-out")] = None,
+    shard: Annotated[str | None, typer.Option(help="Process shard I of N (0-based I/N) of the scenes.",
+                                              show_default="SLURM_ARRAY_TASK_ID/COUNT in a job array, else all",
                                               rich_help_panel="Scale-out")] = None,
-    retries: Annotated[int | None, typer.Option(help="Times a scene is retried after its dask worker dies [2].",
-                                                rich_help_panel="Scale-out")] = None,
-    lock_wait: Annotated[float | None, typer.Option(help="Seconds to wait for another run writing to OUT [0].",
-                                                    rich_help_panel="Scale-out")] = None,
-    slurm_queue: Annotated[str | None, typer.Option(help="SLURM partition.", rich_help_panel="SLURM")] = None,
-    slurm_account: Annotated[str | None, typer.Option(help="SLURM account.", rich_help_panel="SLURM")] = None,
+    retries: Annotated[int, typer.Option(help="Times a scene is retried after its dask worker dies.",
+                                         rich_help_panel="Scale-out")] = PREDICT_RUN_DEFAULTS["retries"],
+    lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing to OUT.",
+                                             rich_help_panel="Scale-out")] = PREDICT_RUN_DEFAULTS["lock_wait"],
+    slurm_queue: Annotated[str | None, typer.Option(help="SLURM partition.", show_default="dask-jobqueue config",
+                                                    rich_help_panel="SLURM")] = None,
+    slurm_account: Annotated[str | None, typer.Option(help="SLURM account.", show_default="dask-jobqueue config",
+                                                      rich_help_panel="SLURM")] = None,
     slurm_walltime: Annotated[str | None, typer.Option(help="Walltime per job, HH:MM:SS.",
+                                                       show_default="dask-jobqueue config",
                                                        rich_help_panel="SLURM")] = None,
     slurm_memory: Annotated[str | None, typer.Option(help="Memory per job, e.g. 32GB.",
+                                                     show_default="dask-jobqueue config",
                                                      rich_help_panel="SLURM")] = None,
-    slurm_gpus: Annotated[int | None, typer.Option(help="GPUs per job (one worker each).",
+    slurm_gpus: Annotated[int | None, typer.Option(help="GPUs per job (one worker each).", show_default="none",
                                                    rich_help_panel="SLURM")] = None,
-    slurm_jobs: Annotated[int | None, typer.Option(help="Number of SLURM jobs to start [1].",
+    slurm_jobs: Annotated[int | None, typer.Option(help="Number of SLURM jobs to start.", show_default="1",
                                                    rich_help_panel="SLURM")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any of these options (flags win).")] = None,
 ) -> None:
     """Segment the objects each prompt refers to in every scene: COG mask + vectors per (scene, prompt)."""
-    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items() if k != "config"}
+    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()
+              if k not in ("ctx", "config", "as_json")}
     from rrsis_cli.errors import UsageError
-    from rrsis_cli.predict import PredictOptions
+    from rrsis_cli.inputs import read_prompts_file
     from rrsis_cli.predict import predict as run_predict
     from rrsis_cli.yaml_config import merge_options
 
-    opts = merge_options(config, values)
+    opts = merge_options(config, given_by_user(ctx, values))
     missing = [name for name in ("inputs", "model", "out") if not opts.get(name)]
     if missing:
         raise UsageError("missing required: " + ", ".join("INPUT..." if m == "inputs" else "--" + m for m in missing))
     prompts = [opts.pop("prompt")] if isinstance(opts.get("prompt"), str) else list(opts.pop("prompt", None) or [])
     if opts.get("prompts_file"):
-        path = Path(opts.pop("prompts_file"))
-        try:
-            prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        except OSError as exc:
-            raise UsageError(f"cannot read prompts file: {exc.strerror}", path) from exc
-    options = PredictOptions(**{k: opts[k] for k in ("tile_size", "overlap", "batch_size", "device", "precision",
-                                                     "threshold", "gsd", "save_prob", "vector_format", "min_area",
-                                                     "vectors",
-                                                     "simplify", "overwrite", "dry_run", "grounding", "coarse_size",
-                                                     "coarse_weight", "refine_margin", "save_coarse",
-                                                     "allow_random_weights", "rpc_height")
-                                if opts.get(k) is not None},
+        prompts += read_prompts_file(opts.pop("prompts_file"))
+    options = PredictOptions(**{k: opts[k] for k in OPTION_FIELDS if opts.get(k) is not None},
                              bands=_parse_bands(opts.get("bands")), stretch=_parse_stretch(opts.get("stretch")),
                              rpc_dem=str(opts["rpc_dem"]) if opts.get("rpc_dem") else None)
     slurm = {key: opts.get(f"slurm_{key}") for key in ("queue", "account", "walltime", "memory", "gpus", "jobs")}
@@ -469,17 +544,73 @@ def predict(
     with stop_on_signals():  # SIGTERM/SIGHUP: manifest written, lock released, exit 143/129 (see main)
         manifest = run_predict(inputs_list, opts["model"], prompts, Path(opts["out"]), options,
                                glob=opts.get("glob"), cluster=opts.get("cluster"), scheduler=opts.get("scheduler"),
-                               shard=opts.get("shard"), lock_wait=float(opts.get("lock_wait") or 0),
-                               retries=int(opts.get("retries") or 2), slurm=slurm)
+                               shard=opts.get("shard"),
+                               lock_wait=float(opts.get("lock_wait", PREDICT_RUN_DEFAULTS["lock_wait"])),
+                               retries=int(opts.get("retries", PREDICT_RUN_DEFAULTS["retries"])), slurm=slurm)
     counts: dict[str, int] = {}
     for result in manifest.results:
         counts[result.status] = counts.get(result.status, 0) + 1
-    console.info(f"{len(manifest.inputs)} scene(s) x {len(prompts)} prompt(s): "
-                 + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-                 + f"; {manifest.tiles_per_second:.1f} tiles/s; manifest in {opts['out']}",
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    if options.dry_run:
+        print_plan(manifest, as_json or console.SETTINGS.log_format == "json")
+        console.info(f"dry run: {len(manifest.inputs)} scene(s) x {len(prompts)} prompt(s): {summary}; no model "
+                     f"loaded, nothing written", status="dry-run", exit_code=manifest.exit_code, pairs=counts,
+                     scenes=len(manifest.inputs))
+        raise typer.Exit(manifest.exit_code)
+    console.info(f"{len(manifest.inputs)} scene(s) x {len(prompts)} prompt(s): {summary}"
+                 f"; {manifest.tiles_per_second:.1f} tiles/s; manifest in {opts['out']}",
                  status="finished", exit_code=manifest.exit_code, pairs=counts, scenes=len(manifest.inputs),
                  seconds=round(manifest.seconds, 3), tiles_per_second=round(manifest.tiles_per_second, 3))
     raise typer.Exit(manifest.exit_code)
+
+
+def crs_cell(row: dict[str, Any]) -> str:
+    """The CRS column of the dry-run table; scenes placed by GCPs or RPCs are warped when read."""
+    crs = row.get("crs") or "none"
+    method = row.get("georeference", "transform")
+    return crs if method in ("transform", "none") else f"{method}: {crs} (warped)"
+
+
+def print_plan(manifest: RunManifest, as_json: bool) -> None:
+    """The dry-run plan on stdout: a table, or JSON (``--json`` / ``--log-format json``)."""
+    from rrsis_cli.preflight import human_bytes
+
+    rows = manifest.inputs
+    totals = {key: sum(r.get("disk_bytes", {}).get(key, 0) for r in rows) for key in ("outputs", "journal")}
+    totals["journal"] = max((r.get("disk_bytes", {}).get("journal", 0) for r in rows), default=0)  # one at a time
+    if as_json:
+        plan = {"dry_run": True, "model": manifest.model, "model_sha256": manifest.model_sha256,
+                "tile_size": manifest.options.get("tile_size"), "prompts": manifest.prompts,
+                "scenes": rows, "results": [{"scene": r.scene, "prompt": r.prompt, "status": r.status,
+                                             "output_dir": r.output_dir, "error": r.error} for r in manifest.results],
+                "disk_bytes": {**totals, "total": totals["outputs"] + totals["journal"]}}
+        print(json.dumps(plan, indent=2, default=str))
+        return
+    table = Table(title=f"rrsis predict --dry-run: {manifest.model} (tile {manifest.options.get('tile_size')} px)")
+    for column in ("scene", "size", "bands", "dtype", "CRS", "tiles", "nodata", "finished", "disk"):
+        table.add_column(column, justify="left" if column in ("scene", "CRS", "dtype") else "right",
+                         overflow="fold", min_width=8 if column == "scene" else None)
+    names = [Path(r["path"]).name for r in rows]
+    for r, name in zip(rows, names, strict=True):
+        name = name if names.count(name) == 1 else r["key"]  # keys tell same-named scenes apart
+        if "error" in r:
+            table.add_row(name, "-", "-", "-", "-", "-", "-", "-", f"unreadable: {r['error']}")
+            continue
+        size = f"{r['width']}x{r['height']}"
+        if (r["processed_width"], r["processed_height"]) != (r["width"], r["height"]):
+            size += f" -> {r['processed_width']}x{r['processed_height']}"
+        nodata = "-" if r.get("nodata_fraction") is None else f"{100 * r['nodata_fraction']:.1f} %"
+        table.add_row(name, size, f"{','.join(map(str, r['bands']))} of {r['band_count']}", r["dtype"],
+                      crs_cell(r), str(r["tiles"]), nodata,
+                      f"{len(r['prompts_finished'])}/{len(manifest.prompts)}",
+                      human_bytes(r["disk_bytes"]["total"]))
+    from rich.console import Console
+
+    out = console.stdout if console.stdout.is_terminal else Console(highlight=False, width=200)  # a file: no folds
+    out.print(table)
+    out.print(f"disk: up to {human_bytes(totals['outputs'])} of rasters (before compression; vectors not "
+                         f"counted) + {human_bytes(totals['journal'])} of tile journal while a pair runs",
+                         markup=False)
 
 
 def _parse_bands(bands: str | list | None) -> list[int] | None:
@@ -506,7 +637,7 @@ def _parse_stretch(stretch: str | None) -> tuple[list[float], list[float]] | Non
 
 
 manifest_app = RrsisTyper(help="Run manifests of predict.", no_args_is_help=True)
-app.add_typer(manifest_app, name="manifest")
+app.add_typer(manifest_app, name="manifest", rich_help_panel=HELPERS_PANEL)
 
 
 @manifest_app.command("merge")
@@ -522,16 +653,16 @@ def manifest_merge(
     raise typer.Exit(merged["exit_code"])
 
 
-@app.command()
+@app.command(rich_help_panel=HELPERS_PANEL)
 def bench(
-    model: Annotated[str, typer.Option(help="Model directory or zoo card.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model directory or zoo card.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for bench.json (and the built scene).")],
     size: Annotated[int, typer.Option(help="Side of the scene to build, pixels.")] = 2000,
     scene: Annotated[Path | None, typer.Option(help="Use this scene instead of building one.")] = None,
-    source: Annotated[Path | None, typer.Option(help="Real imagery to mirror-tile into the scene "
-                                                "[examples/data/rgbn_5m.tif].")] = None,
-    prompt: Annotated[str, typer.Option(help="Prompt to run.")] = "the building",
-    tile_size: Annotated[int | None, typer.Option(help="Tile side [the model's image size].")] = None,
+    source: Annotated[Path | None, typer.Option(help="Real imagery to mirror-tile into the scene.",
+                                                show_default="examples/data/rgbn_5m.tif")] = None,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Prompt to run.")] = "the building",
+    tile_size: Annotated[int | None, typer.Option(help="Tile side.", show_default="the model's input size")] = None,
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
@@ -565,8 +696,8 @@ def evaluate(
                                                 rich_help_panel="Dataset")] = None,
     root: Annotated[Path | None, typer.Option(help="Dataset root.", rich_help_panel="Dataset")] = None,
     split: Annotated[str, typer.Option(help="Split to score.", rich_help_panel="Dataset")] = "test",
-    model: Annotated[str | None, typer.Option(help="Model directory, bundled model (demo) or zoo card with weights.",
-                                              rich_help_panel="Dataset")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model directory, bundled model (demo) or zoo "
+                                              "card with weights.", rich_help_panel="Dataset")] = None,
     allow_random_weights: Annotated[bool, typer.Option(
         "--allow-random-weights", help=RANDOM_WEIGHTS_HELP, rich_help_panel="Dataset")] = False,
     predictions: Annotated[Path | None, typer.Option(
@@ -578,7 +709,8 @@ def evaluate(
                                              rich_help_panel="Dataset")] = "zero",
     strict: Annotated[bool, typer.Option("--strict", help="Pr@X counts IoU > X instead of >= X.",
                                          rich_help_panel="Dataset")] = False,
-    image_size: Annotated[int | None, typer.Option(help="Scoring size of the official protocol [model's size].",
+    image_size: Annotated[int | None, typer.Option(help="Scoring size of the official protocol.",
+                                                   show_default="the model's input size; 480 without a model",
                                                    rich_help_panel="Dataset")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.", rich_help_panel="Dataset")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N.", rich_help_panel="Dataset")] = "cpu",
@@ -597,9 +729,33 @@ def evaluate(
     """Score a model (or saved masks) on a dataset split with the official protocol, or scene masks against
     ground truth aligned by georeference."""
     from rrsis_cli.errors import UsageError
+
+    scene_options = [name for name, value in (("--pred", pred), ("--gt", gt), ("--pairs", pairs)) if value is not None]
+    dataset_options = [name for name, value in (("--dataset", dataset), ("--root", root), ("--model", model),
+                                                ("--predictions", predictions)) if value is not None]
+    if scene_options and dataset_options:
+        raise UsageError(f"{' '.join(scene_options)} (scene evaluation) and {' '.join(dataset_options)} (dataset "
+                         "evaluation) exclude each other")
+    if pairs is not None and (pred is not None or gt is not None):
+        raise UsageError("--pairs names the pairs itself; it excludes --pred and --gt")
+    from rrsis_cli.models import require_weights
+
+    source = None if model is None else require_weights(model, allow_random_weights)  # before any input is read
+    for name, path in (("--pred", pred), ("--gt", gt), ("--pairs", pairs), ("--root", root),
+                       ("--predictions", predictions)):
+        if path is not None and not path.exists():
+            raise UsageError(f"{name} not found", path)
+    choices = {"--protocol": (protocol, ("official", "native")), "--empty-union": (empty_union, ("zero", "one",
+                                                                                               "exclude")),
+               "--precision": (precision, ("fp32", "bf16", "fp16"))}
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise UsageError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
+    if batch_size < 1 or (image_size is not None and image_size < 1):
+        raise UsageError("--batch-size and --image-size must be at least 1")
     from rrsis_cli.evaluate import evaluate_dataset, evaluate_scenes, pair_scenes, read_pairs_csv
 
-    if pred is not None or gt is not None or pairs is not None:
+    if scene_options:
         if pairs is not None:
             evaluate_scenes(read_pairs_csv(pairs), out)
         elif pred is None or gt is None:
@@ -610,12 +766,9 @@ def evaluate(
     if not (dataset and root) or (model is None) == (predictions is None):
         raise UsageError("dataset evaluation needs --dataset, --root and one of --model / --predictions "
                          "(or use --pred/--gt for scenes)")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise UsageError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
     from rrsis_cli.data import open_dataset
-    from rrsis_cli.models import load_model, random_model, require_weights
+    from rrsis_cli.models import load_model, random_model
 
-    source = None if model is None else require_weights(model, allow_random_weights)  # before the dataset is read
     data = open_dataset(dataset, root, split)
     loaded = None
     if model is not None:
@@ -650,54 +803,61 @@ def train(
     dataset: Annotated[str | None, typer.Option(help="Dataset format: refsegrs, rrsisd, risbench, folder.",
                                                    rich_help_panel="Data")] = None,
     root: Annotated[Path | None, typer.Option(help="Dataset root directory.", rich_help_panel="Data")] = None,
-    train_split: Annotated[str | None, typer.Option(help="Training split [train].", rich_help_panel="Data")] = None,
-    val_split: Annotated[str | None, typer.Option(help="Validation split [val]; 'none' to skip.",
+    train_split: Annotated[str | None, typer.Option(help="Training split.", show_default="train",
+                                                   rich_help_panel="Data")] = None,
+    val_split: Annotated[str | None, typer.Option(help="Validation split; 'none' to skip.", show_default="val",
                                                      rich_help_panel="Data")] = None,
-    model: Annotated[str | None, typer.Option(help="Zoo card (random init) or model directory (start from its "
-                                                     "weights).", rich_help_panel="Model")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Zoo card (random init) or model directory "
+                                              "(start from its weights).", rich_help_panel="Model")] = None,
     text_encoder: Annotated[str | None, typer.Option(help="Local BERT-like directory or pkg:NAME (cards only).",
                                                         rich_help_panel="Model")] = None,
     backbone_weights: Annotated[str | None, typer.Option(help="Official Swin ImageNet checkpoint (cards only).",
                                                             rich_help_panel="Model")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (best/, last/, metrics.csv).",
                                                 rich_help_panel="Output")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs [card recipe].", rich_help_panel="Recipe")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs.", show_default="card recipe",
+                                              rich_help_panel="Recipe")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps (smoke runs).",
                                                      rich_help_panel="Recipe")] = None,
     limit_batches: Annotated[int | None, typer.Option(help="At most N batches per epoch.",
                                                          rich_help_panel="Recipe")] = None,
     val_limit_batches: Annotated[int | None, typer.Option(help="At most N validation batches.",
                                                              rich_help_panel="Recipe")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size per process [card recipe].",
+    batch_size: Annotated[int | None, typer.Option(help="Batch size per process.", show_default="card recipe",
                                                       rich_help_panel="Recipe")] = None,
-    lr: Annotated[float | None, typer.Option(help="Base learning rate [card recipe].",
+    lr: Annotated[float | None, typer.Option(help="Base learning rate.", show_default="card recipe",
                                                 rich_help_panel="Recipe")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay [0.01].",
-                                                          rich_help_panel="Recipe")] = None,
-    warmup_steps: Annotated[int | None, typer.Option(help="Linear warm-up steps [0].",
-                                                        rich_help_panel="Recipe")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps [1].",
-                                                      rich_help_panel="Recipe")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.",
+                                                       show_default="card recipe, else 0.01",
+                                                       rich_help_panel="Recipe")] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="Linear warm-up steps.", show_default="card recipe, else 0",
+                                                     rich_help_panel="Recipe")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.",
+                                                   show_default="card recipe, else 1", rich_help_panel="Recipe")] = None,
     clip_grad: Annotated[float | None, typer.Option(help="Clip the gradient norm to this value.",
-                                                       rich_help_panel="Recipe")] = None,
-    text_layers: Annotated[int | None, typer.Option(help="Train only the first K text-encoder layers "
-                                                           "(0 = frozen; default all).",
-                                                       rich_help_panel="Recipe")] = None,
+                                                    show_default="card recipe, else no clipping",
+                                                    rich_help_panel="Recipe")] = None,
+    text_layers: Annotated[int | None, typer.Option(help="Train only the first K text-encoder layers (0 = frozen).",
+                                                    show_default="card recipe, else all",
+                                                    rich_help_panel="Recipe")] = None,
     occlusion_prob: Annotated[float | None, typer.Option(help="Share of training refs that get RMSIN's black boxes "
-                                                             "(a fixed subset; RMSIN cards: 0.2).",
-                                                            rich_help_panel="Recipe")] = None,
-    best_metric: Annotated[str | None, typer.Option(help="Validation metric that selects best/ [card; mIoU].",
-                                                       rich_help_panel="Recipe")] = None,
+                                                         "(a fixed subset; RMSIN cards: 0.2).",
+                                                         show_default="card recipe, else 0",
+                                                         rich_help_panel="Recipe")] = None,
+    best_metric: Annotated[str | None, typer.Option(help="Validation metric that selects best/.",
+                                                    show_default="card recipe, else mIoU",
+                                                    rich_help_panel="Recipe")] = None,
     scale_lr: Annotated[bool | None, typer.Option("--scale-lr", help="Scale the lr linearly with the global "
                                                      "batch / 8.", rich_help_panel="Recipe")] = None,
-    precision: Annotated[Precision | None, typer.Option(help="fp32, or bf16/fp16 autocast.",
+    precision: Annotated[Precision | None, typer.Option(help="fp32, or bf16/fp16 autocast.", show_default="fp32",
                                                            rich_help_panel="Compute")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.", rich_help_panel="Compute")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.", show_default="auto",
+                                               rich_help_panel="Compute")] = None,
     compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile the training step.",
                                                     rich_help_panel="Compute")] = None,
-    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers [0].",
+    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers.", show_default="0",
                                                        rich_help_panel="Compute")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for initialisation and data order [0].",
+    seed: Annotated[int | None, typer.Option(help="Seed for initialisation and data order.", show_default="0",
                                                 rich_help_panel="Compute")] = None,
     resume: Annotated[bool | None, typer.Option("--resume", help="Continue from OUT/last exactly.",
                                                    rich_help_panel="Output")] = None,

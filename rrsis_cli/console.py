@@ -31,6 +31,7 @@ class Settings:
     debug: bool = False
     silenced: bool = False
     log_format: str = "text"
+    verbose: bool = False
 
 
 SETTINGS = Settings()
@@ -38,8 +39,11 @@ stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def configure(quiet: bool | None = False, debug: bool | None = False, log_format: str | None = "text") -> None:
+def configure(quiet: bool | None = False, debug: bool | None = False, log_format: str | None = "text",
+              verbose: bool | None = False) -> None:
     """Set the output settings; ``None`` keeps a setting as it is."""
+    if verbose is not None:
+        SETTINGS.verbose = verbose
     if quiet is not None:
         SETTINGS.quiet = quiet
     if debug is not None:
@@ -53,8 +57,8 @@ def _emit(level: str, message: str, **fields) -> None:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": level, "message": message, **fields}
         print(json.dumps(record, default=str), file=sys.stderr, flush=True)
         return
-    style = {"warning": "yellow", "error": "bold red"}.get(level, "")
-    prefix = {"warning": "warning: ", "error": "error: "}.get(level, "")
+    style = {"warning": "yellow", "error": "bold red", "debug": "dim"}.get(level, "")
+    prefix = {"warning": "warning: ", "error": "error: ", "debug": "debug: "}.get(level, "")
     stderr.print(f"{prefix}{message}", style=style, markup=False)
 
 
@@ -68,6 +72,12 @@ def silenced():
         yield
     finally:
         SETTINGS.silenced = previous
+
+
+def debug(message: str, **fields) -> None:
+    """Details for ``-v/--verbose`` (resolved model, tile size, per-stage decisions); silent otherwise."""
+    if SETTINGS.verbose and not SETTINGS.quiet:
+        _emit("debug", message, **fields)
 
 
 def info(message: str, **fields) -> None:

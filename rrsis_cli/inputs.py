@@ -102,8 +102,52 @@ def read_list_file(path: Path) -> list[Path]:
     return [p if p.is_absolute() else path.parent / p for p in entries]
 
 
+def is_remote(path: str | Path) -> bool:
+    """A GDAL virtual file system path or a URL: GDAL decides whether it exists."""
+    text = str(path)
+    return text.startswith("/vsi") or "://" in text
+
+
+def check_inputs_exist(inputs: list[str | Path]) -> None:
+    """UsageError naming every INPUT given on the command line that does not exist (paths listed in a ``.txt``
+    file are not checked here: such a scene fails on its own, the others run)."""
+    missing = [str(item) for item in inputs if not is_remote(item) and not Path(item).exists()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise UsageError(f"INPUT not found: {shown}")
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Prompts of a ``--prompts-file``: one per line, stripped; blank lines and ``#`` comment lines ignored; a
+    prompt repeated in the file is dropped with a note naming its lines. UsageError when the file cannot be read
+    or holds no prompt."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"--prompts-file cannot be read: {reason}", path) from exc
+    first: dict[str, int] = {}
+    repeats: list[str] = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text in first:
+            repeats.append(f"line {number} repeats line {first[text]} ({text!r})")
+            continue
+        first[text] = number
+    if repeats:
+        console.info(f"{path}: {len(repeats)} repeated prompt(s) dropped: " + "; ".join(repeats[:5])
+                     + (" ..." if len(repeats) > 5 else ""))
+    if not first:
+        raise UsageError("--prompts-file has no prompt (only blank or # comment lines)", path)
+    return list(first)
+
+
 def _candidates(inputs: list[str | Path], glob: str | None) -> list[tuple[Path, Path | None]]:
     """(path, folder it was found in or None) for every input item, in the order given."""
+    check_inputs_exist(inputs)
     found: list[tuple[Path, Path | None]] = []
     for item in map(Path, inputs):
         if item.is_dir():

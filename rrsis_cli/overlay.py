@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rrsis_cli.errors import InputError
+from rrsis_cli.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -74,29 +74,73 @@ def _gt_outlines(gt: str | Path, crs: Any, transform: Any) -> list[np.ndarray]:
     return rings
 
 
+def _mask_on_preview(msrc, crs: Any, transform: Any, scene_bounds: Any, shape: tuple[int, int],
+                     mask: str | Path, scene: str | Path) -> np.ndarray:
+    """The labels of a mask that is not on the scene's grid (e.g. written with ``--gsd``), warped onto the
+    preview grid (nearest, 255 outside the mask). InputError when it does not overlap the scene at all."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+    from rasterio.warp import transform_bounds
+
+    mask_crs = msrc.crs or crs
+    if mask_crs is None:
+        raise InputError(f"the mask is not on the grid of {scene} and neither has a CRS to align them by", mask)
+    bounds = tuple(msrc.bounds)
+    if crs is not None and mask_crs != crs:
+        bounds = transform_bounds(mask_crs, crs, *bounds)
+    left, bottom, right, top = bounds
+    if left >= scene_bounds.right or right <= scene_bounds.left or bottom >= scene_bounds.top \
+            or top <= scene_bounds.bottom:
+        where = f" in {crs}" if crs else ""
+        raise InputError(f"the mask does not overlap the scene {scene} (mask bounds "
+                         f"{', '.join(f'{v:.6g}' for v in bounds)}; scene bounds "
+                         f"{', '.join(f'{v:.6g}' for v in scene_bounds)}{where})", mask)
+    with WarpedVRT(msrc, src_crs=mask_crs, crs=crs or mask_crs, transform=transform, width=shape[1],
+                   height=shape[0], resampling=Resampling.nearest, nodata=255) as vrt:
+        return vrt.read(1)
+
+
 def read_preview(scene: str | Path, mask: str | Path, gt: str | Path | None = None, max_side: int = 1024,
-                 alpha: float = 0.6) -> Preview:
-    """Scene (first three bands) at most ``max_side`` pixels wide or high, with mask == 1 tinted magenta; the
-    mask's prompt tag; with ``gt``, its outlines on the preview grid and the IoU of the full-resolution mask."""
+                 alpha: float = 0.6, bands: list[int] | None = None) -> Preview:
+    """Scene (``bands`` as RGB, by default the first three) at most ``max_side`` pixels wide or high, with
+    mask == 1 tinted magenta; the mask's prompt tag; with ``gt``, its outlines on the preview grid and the IoU of
+    the full-resolution mask. UsageError for bands the scene lacks; InputError for a mask off the scene."""
     import rasterio
     from rasterio.enums import Resampling
 
+    from rrsis_cli import console
+    from rrsis_cli.inputs import Scene
+    from rrsis_cli.preflight import SceneHeader, band_order_note
+    from rrsis_cli.scene import default_bands
+
     try:
         with rasterio.open(scene) as src:
+            indexes = list(bands) if bands else default_bands(src.count)
+            if max(indexes) > src.count or min(indexes) < 1:
+                raise UsageError(f"--bands {','.join(map(str, indexes))}: the scene has {src.count} band(s)", scene)
+            if not bands:
+                note = band_order_note(SceneHeader(Scene(Path(scene), "", ""), count=src.count, bands=indexes,
+                                                   colorinterp=[c.name for c in src.colorinterp]))
+                if note:
+                    console.warn(f"{scene}: {note}")
             shape = _preview_shape(src.width, src.height, max_side)
-            bands = src.read(indexes=list(range(1, min(3, src.count) + 1)), out_shape=(min(3, src.count), *shape),
-                             resampling=Resampling.average)
+            pixels = src.read(indexes=indexes, out_shape=(len(indexes), *shape), resampling=Resampling.average)
             transform = src.transform * src.transform.scale(src.width / shape[1], src.height / shape[0])
-            crs = src.crs
+            crs, scene_transform, scene_bounds = src.crs, src.transform, src.bounds
+            size = (src.width, src.height)
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"cannot read scene: {exc}", scene) from exc
     try:
         with rasterio.open(mask) as msrc:
-            labels = msrc.read(1, out_shape=shape, resampling=Resampling.nearest)
+            if msrc.transform == scene_transform and (msrc.width, msrc.height) == size \
+                    and (msrc.crs == crs or msrc.crs is None or crs is None):
+                labels = msrc.read(1, out_shape=shape, resampling=Resampling.nearest)  # the scene's grid
+            else:
+                labels = _mask_on_preview(msrc, crs, transform, scene_bounds, shape, mask, scene)
             prompt = msrc.tags().get("prompt") or None
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"cannot read mask: {exc}", mask) from exc
-    rgb = _stretch(np.repeat(bands[:1], 3, axis=0) if bands.shape[0] < 3 else bands).transpose(1, 2, 0)
+    rgb = _stretch(np.repeat(pixels[:1], 3, axis=0) if pixels.shape[0] < 3 else pixels[:3]).transpose(1, 2, 0)
     hit = labels == 1
     rgb[hit] = (1 - alpha) * rgb[hit] + alpha * MASK_RGB
     outlines = iou = None
@@ -109,7 +153,7 @@ def read_preview(scene: str | Path, mask: str | Path, gt: str | Path | None = No
 
 
 def overlay_figure(scene: str | Path, mask: str | Path, gt: str | Path | None = None, max_side: int = 1024,
-                   alpha: float = 0.6, title: str | None = None) -> Figure:
+                   alpha: float = 0.6, title: str | None = None, bands: list[int] | None = None) -> Figure:
     """The overlay as a matplotlib figure (not attached to pyplot): the preview at its own pixel size, titled
     with ``title`` (default: the mask's prompt, else its file name) and the IoU when ``gt`` is given, and a
     legend below it."""
@@ -117,7 +161,7 @@ def overlay_figure(scene: str | Path, mask: str | Path, gt: str | Path | None = 
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    preview = read_preview(scene, mask, gt=gt, max_side=max_side, alpha=alpha)
+    preview = read_preview(scene, mask, gt=gt, max_side=max_side, alpha=alpha, bands=bands)
     height, width = preview.rgb.shape[:2]
     heading = title or (f"“{preview.prompt}”" if preview.prompt else Path(mask).name)
     if preview.iou is not None:
@@ -140,9 +184,10 @@ def overlay_figure(scene: str | Path, mask: str | Path, gt: str | Path | None = 
 
 
 def render_overlay(scene: str | Path, mask: str | Path, out_png: str | Path, gt: str | Path | None = None,
-                   max_side: int = 1024, alpha: float = 0.6, title: str | None = None) -> Path:
+                   max_side: int = 1024, alpha: float = 0.6, title: str | None = None,
+                   bands: list[int] | None = None) -> Path:
     """Write :func:`overlay_figure` as a PNG (temporary name, then rename). Returns the PNG's path."""
-    fig = overlay_figure(scene, mask, gt=gt, max_side=max_side, alpha=alpha, title=title)
+    fig = overlay_figure(scene, mask, gt=gt, max_side=max_side, alpha=alpha, title=title, bands=bands)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(f".{out_png.name}.tmp")

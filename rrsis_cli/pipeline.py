@@ -28,7 +28,6 @@ import numpy as np
 
 from rrsis_cli import console
 from rrsis_cli.blend import BandJournal, RowBlender, band_rows, carry_rows
-from rrsis_cli.inference import foreground_probability
 from rrsis_cli.tiling import TileGrid, blend_weights
 
 
@@ -204,6 +203,8 @@ def _run_batch(pair: Pair, reader, batch: list[int], tiles: dict[int, np.ndarray
     # a batch is run whole (its tiles that hold data, with or without this pair's use of them), as in every run
     # of the same configuration: the forward sees the same batch, so resumed results are the same to the bit
     indices = [i for i in batch if i in tiles and (pair.active is None or i in pair.active)]
+    from rrsis_cli.inference import foreground_probability
+
     started = time.perf_counter()
     probs = foreground_probability(model, pair.text, [tiles[i] for i in indices], device, precision) \
         if indices else []

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from rrsis_cli import __version__, console
 from rrsis_cli.errors import (
@@ -29,17 +30,23 @@ from rrsis_cli.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
+    ModelError,
     OutputError,
     RrsisError,
     Stopped,
     UsageError,
 )
-from rrsis_cli.inference import foreground_probability, pick_device, resolve_precision
 from rrsis_cli.inputs import WORK_DIR, Scene, find_scenes, output_dir, relative_output_dir, work_dir
+from rrsis_cli.models.info import INPUT_MULTIPLE, ModelInfo
 from rrsis_cli.outputs import VECTOR_DRIVERS, check_vector_format, mask_profile, to_cog, vectorise
 from rrsis_cli.pipeline import assemble, mask_from_probability, new_pair, quantise, run_pairs
 from rrsis_cli.scene import SceneReader, describe_error
 from rrsis_cli.tiling import TileGrid, blend_weights, tile_origins
+
+if TYPE_CHECKING:  # torch is imported where a model runs: deciding, validating and skipping do without it
+    import torch
+
+    from rrsis_cli.preflight import SceneHeader
 
 __all__ = ["PredictOptions", "RunManifest", "SceneResult", "blend_weights", "mask_from_probability", "pick_device",
            "predict", "quantise", "tile_origins"]
@@ -120,6 +127,12 @@ def read_workers(options: PredictOptions) -> int:
     return int(options.read_workers or min(4, max(2, os.cpu_count() or 2)))
 
 
+def pick_device(spec: str) -> torch.device:
+    from rrsis_cli.inference import pick_device as pick
+
+    return pick(spec)
+
+
 class TextCache:
     """Text features once per prompt per run; ``calls`` counts encoder invocations."""
 
@@ -129,6 +142,8 @@ class TextCache:
         self.calls = 0
 
     def get(self, prompt: str):
+        import torch
+
         if prompt not in self.cache:
             ids, mask = self.model.tokenize([prompt])
             with torch.inference_mode():
@@ -139,6 +154,8 @@ class TextCache:
 
 def infer(model, text, tiles: list[np.ndarray], device: torch.device, precision: str) -> np.ndarray:
     """Foreground probability (B, tile, tile) for tiles in [0, 1] (:func:`rrsis_cli.inference.foreground_probability`)."""
+    from rrsis_cli.inference import foreground_probability, resolve_precision
+
     return foreground_probability(model, text, tiles, device, resolve_precision(precision, device))
 
 
@@ -208,8 +225,9 @@ def ground_scene(reader: SceneReader, model, text, options: PredictOptions, tile
 
     started = time.perf_counter()
     size = int(options.coarse_size or model.config["image_size"])
-    if size % 32:
-        raise UsageError(f"--coarse-size must be a multiple of 32, got {size}")
+    multiple = int(model.config.get("input_multiple", INPUT_MULTIPLE))
+    if size % multiple:
+        raise UsageError(f"--coarse-size must be a multiple of {multiple}, got {size}")
     coarse = coarse_pass(reader, model, text, size, options.threshold, options.refine_margin, tile, device,
                          options.precision)
     active = tiles_in_windows(grid, coarse.windows)
@@ -257,6 +275,8 @@ def rethreshold(reader: SceneReader, prob_path: Path, threshold: float, mask_raw
 def predict_scene(reader: SceneReader, model, text, scene: Scene, prompt: str, out_dir: Path, work: Path,
                   options: PredictOptions, tile: int, device: torch.device, result: SceneResult) -> None:
     """One (scene, prompt): tiles (resuming from the journal in ``work``), blending, COG outputs, vectors."""
+    from rrsis_cli.inference import resolve_precision
+
     ds = reader.ds
     grid = TileGrid.for_scene(ds.height, ds.width, tile, options.overlap)
     chash = config_hash(model.sha256, scene, prompt, options, tile)
@@ -423,27 +443,125 @@ def check_output_dir(out: Path) -> None:
         raise OutputError(f"output directory is not writable ({exc.strerror})", out) from exc
 
 
-def validate_options(options: PredictOptions, prompts: list[str]) -> None:
+def check_prompts(prompts: list[str]) -> None:
+    """UsageError for a prompt that is empty or blank (``--prompt ""``, ``--prompt "$UNSET"``) or that is an
+    option name (``--prompt $UNSET --out DIR`` reads ``--out`` as the prompt)."""
     if not prompts:
         raise UsageError("give at least one --prompt (or --prompts-file)")
-    if not 0 <= options.overlap < 1:
-        raise UsageError(f"--overlap must be in [0, 1), got {options.overlap}")
+    for number, prompt in enumerate(prompts, 1):
+        where = f"--prompt #{number}" if len(prompts) > 1 else "--prompt"
+        if not prompt.strip():
+            raise UsageError(f"{where} is empty{' (only whitespace)' if prompt else ''}: an unset shell variable? "
+                             "Quote it (--prompt \"$VAR\") and check that it is set")
+        if prompt.startswith("--"):
+            raise UsageError(f"{where} is {prompt!r}, an option name: the prompt text is missing (an unset shell "
+                             "variable without quotes?)")
+
+
+def _check_range(name: str, value: float | None, low: float, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """UsageError naming ``--name`` when ``value`` (unless None) is not a finite number in the range."""
+    if value is None:
+        return
+    below = value <= low if low_open else value < low
+    above = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or below or above:
+        if high is None:
+            bounds = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            bounds = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise UsageError(f"--{name.replace('_', '-')} must be {bounds}, got {value:g}")
+
+
+def validate_options(options: PredictOptions, prompts: list[str], cluster: str | None = None,
+                     scheduler: str | None = None) -> None:
+    """Every check that needs neither the model nor the scenes (UsageError, exit 2, naming the option). The
+    checks that need the model's input size (:func:`tile_size_for`) or a scene's header
+    (:mod:`rrsis_cli.preflight`) follow, still before the model loads."""
+    check_prompts(prompts)
+    if cluster and scheduler:
+        raise UsageError("--cluster and --scheduler exclude each other: --cluster starts workers, --scheduler uses "
+                         "the workers of a running scheduler")
+    _check_range("overlap", options.overlap, 0, 1, high_open=True)
     if options.vector_format not in VECTOR_DRIVERS:
         raise UsageError(f"--vector-format must be one of {', '.join(VECTOR_DRIVERS)}")
-    if options.vectors:
-        check_vector_format(options.vector_format)  # its writer missing: fail before the model loads
     if options.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError(f"--precision must be auto, fp32, bf16 or fp16, got {options.precision!r}")
     if options.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
-    if not 0 < options.threshold < 1:
-        raise UsageError(f"--threshold must be in (0, 1), got {options.threshold}")
+    _check_range("threshold", options.threshold, 0, 1, low_open=True, high_open=True)
+    for name in ("tile_size", "coarse_size"):
+        value = getattr(options, name)
+        if value is not None and (value <= 0 or value % INPUT_MULTIPLE):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive multiple of {INPUT_MULTIPLE} (the "
+                             f"models' stride), got {value}")
+    _check_range("gsd", options.gsd, 0, low_open=True)
+    _check_range("min_area", options.min_area, 0)
+    _check_range("simplify", options.simplify, 0)
+    if options.bands is not None:
+        if len(options.bands) not in (1, 3) or min(options.bands) < 1:
+            raise UsageError("--bands takes 1 band (grey) or 3 bands (red, green, blue), numbered from 1, got "
+                             + ",".join(map(str, options.bands)))
+    if options.stretch is not None:
+        low, high = options.stretch
+        if len(low) != len(high) or not low:
+            raise UsageError(f"--stretch needs as many LOW as HIGH values, got {len(low)} and {len(high)}")
+        if options.bands is not None and len(low) != len(options.bands):
+            raise UsageError(f"--stretch gives {len(low)} value(s) per end for {len(options.bands)} --bands")
+        if not all(math.isfinite(a) and math.isfinite(b) and a < b for a, b in zip(low, high, strict=True)):
+            raise UsageError("--stretch needs LOW < HIGH for every band, got "
+                             + ", ".join(f"{a:g}:{b:g}" for a, b in zip(low, high, strict=True)))
     if options.grounding not in ("tiles", "scene"):
         raise UsageError(f"--grounding must be tiles or scene, got {options.grounding!r}")
-    if not 0 <= options.coarse_weight <= 1:
-        raise UsageError(f"--coarse-weight must be in [0, 1], got {options.coarse_weight}")
+    if options.save_coarse and options.grounding != "scene":
+        raise UsageError("--save-coarse writes the coarse map of --grounding scene; it has no effect with "
+                         f"--grounding {options.grounding}")
+    _check_range("coarse_weight", options.coarse_weight, 0, 1)
+    _check_range("coarse_support", options.coarse_support, 0, 1)
+    _check_range("refine_margin", options.refine_margin, 0)
+    if options.block_size < 1 or options.read_ahead < 1:
+        raise UsageError("block_size and read_ahead must be at least 1")
     if options.rpc_dem is not None and not Path(options.rpc_dem).is_file():
         raise UsageError("--rpc-dem: file not found", options.rpc_dem)
+
+
+def check_writers(options: PredictOptions) -> None:
+    """UsageError when the writer of ``--vector-format`` is missing: checked once work is known to remain (a run
+    whose every pair is finished does not import the vector stack), before the model loads or a tile runs."""
+    if options.vectors:
+        check_vector_format(options.vector_format)
+
+
+def tile_size_for(options: PredictOptions, image_size: int, multiple: int = INPUT_MULTIPLE,
+                  model: str = "the model") -> int:
+    """``--tile-size``, or the model's input size; UsageError unless a multiple of the model's stride."""
+    tile = image_size if options.tile_size is None else int(options.tile_size)
+    if tile % multiple:
+        if options.tile_size is None:
+            raise UsageError(f"the input size {image_size} of {model} is not a multiple of {multiple}; give "
+                             f"--tile-size")
+        raise UsageError(f"--tile-size must be a multiple of {multiple} for {model}, got {tile}")
+    return tile
+
+
+def warn_about_prompts(prompts: list[str], tokenizer, max_tokens: int) -> list[dict[str, Any]]:
+    """Warn about prompts the model cannot read whole: longer than ``max_tokens`` (the model reads the first
+    ``max_tokens`` tokens, ``[CLS]`` included, and the rest is cut) or without a single token the tokenizer knows
+    (every token ``[UNK]``). Tokens are counted without truncation. Returns one record per prompt."""
+    records = []
+    for prompt in prompts:
+        ids = list(tokenizer.encode(prompt, add_special_tokens=False))
+        known = [i for i in ids if i != tokenizer.unk_token_id]
+        total = len(ids) + 2  # [CLS] ... [SEP]
+        records.append({"prompt": prompt, "tokens": total, "unknown": len(ids) - len(known)})
+        words = max(0, max_tokens - 1)  # the model reads [CLS] and the first max_tokens - 1 tokens
+        if len(ids) > words:
+            console.warn(f"prompt {prompt!r} is {total} tokens but the model reads {max_tokens}: "
+                         f"{tokenizer.decode(ids[words:])!r} is cut off")
+        if not known:
+            console.warn(f"prompt {prompt!r} has no word the model's tokenizer knows (every token is [UNK]); "
+                         "the model reads it as an empty sentence")
+    return records
 
 
 class SceneRunner:
@@ -461,9 +579,9 @@ class SceneRunner:
             self.model = random_model(model_spec, device=self.device)
         else:
             self.model = load_model(model_spec, device=self.device)
-        self.tile = int(options.tile_size or self.model.config["image_size"])
-        if self.tile % 32:
-            raise UsageError(f"--tile-size must be a multiple of 32, got {self.tile}")
+        config = self.model.config
+        self.tile = tile_size_for(options, int(config["image_size"]),
+                                  int(config.get("input_multiple", INPUT_MULTIPLE)), str(config.get("name")))
         self.texts = TextCache(self.model)
 
     def run(self, scene: Scene, results: list[SceneResult] | None = None
@@ -504,17 +622,13 @@ class SceneRunner:
     def _run_prompt(self, reader: SceneReader, scene: Scene, prompt: str, result: SceneResult) -> None:
         options, tile, ds = self.options, self.tile, reader.ds
         target = output_dir(self.out, scene, prompt)
-        if options.dry_run:
+        if options.dry_run:  # predict() plans a dry run without a runner; a runner asked for one counts the tiles
             result.tiles = len(TileGrid.for_scene(ds.height, ds.width, tile, options.overlap))
             result.status = "dry-run"
             return
-        vectors = target / f"mask.{VECTOR_DRIVERS[options.vector_format][1]}"
-        if not options.overwrite and is_finished(target / "mask.tif", scene, prompt,
-                                                 config_hash(self.model.sha256, scene, prompt, options, tile)) \
-                and (vectors.is_file() or not options.vectors):  # vectors asked for and missing: rebuilt
+        if not options.overwrite and pair_finished(self.out, scene, prompt, options, self.model.sha256, tile):
             result.status = "skipped-existing"
-            console.info(f"{scene.path.name} / {prompt!r}: skipped-existing (finished with the same scene, prompt "
-                         "and configuration)", **pair_fields(result))
+            log_skipped(result, scene)
             return
         work = work_dir(self.out, scene, prompt)
         prob = target / "prob.tif"
@@ -560,7 +674,8 @@ def finish_manifest(manifest: RunManifest, out: Path, started: float, area_km2: 
     tiles = sum(r.tiles for r in manifest.results if r.status == "done")
     manifest.tiles_per_second = tiles / manifest.seconds if manifest.seconds else 0.0
     manifest.km2_per_hour = area_km2 / manifest.seconds * 3600 if area_km2 and manifest.seconds else None
-    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+    torch = sys.modules.get("torch")  # no model ran without it (everything skipped): nothing to ask CUDA
+    if torch is not None and torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         manifest.gpu_max_memory_mb = torch.cuda.max_memory_allocated() / 2**20
     manifest.exit_code = exit_code_for([r.status for r in manifest.results]) if exit_code is None else exit_code
     write_manifest(manifest, out / name)
@@ -595,38 +710,78 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
     In this process by default; on dask workers with ``cluster`` (``local``, ``local:N``, ``slurm``) or
     ``scheduler`` (an address), or automatically on a LocalCluster with one worker per GPU when several GPUs and
     several scenes are there. ``shard="I/N"`` (or a SLURM job array) processes one deterministic share of the
-    scenes (see :mod:`rrsis_cli.distributed`)."""
-    from rrsis_cli import distributed
-    from rrsis_cli.models import require_weights
+    scenes (see :mod:`rrsis_cli.distributed`).
+
+    Before the model loads: every option is validated (UsageError), the model's configuration and weights hash
+    are read (:func:`~rrsis_cli.models.describe_model`), every scene's header is checked against the options, and
+    the (scene, prompt) pairs whose outputs are already finished are skipped; when that is all of them the model is
+    never loaded. ``options.dry_run`` stops there: the manifest returned describes the plan
+    (:func:`plan_dry_run`) and nothing is written, not even ``OUT``."""
+    from rrsis_cli import distributed, preflight
+    from rrsis_cli.models import describe_model, require_weights
 
     options = options or PredictOptions()
     prompts = unique_prompts(prompts)
-    validate_options(options, prompts)
+    validate_options(options, prompts, cluster, scheduler)
     require_weights(model_spec, options.allow_random_weights)  # a card without weights: refused before any input
+    part = distributed.parse_shard(shard) if shard else distributed.shard_from_environment()
     duplicates: list[dict[str, str]] = []
     scenes = find_scenes(inputs, glob, duplicates)
-    part = distributed.parse_shard(shard) if shard else distributed.shard_from_environment()
     if part is not None:
         scenes = distributed.select_shard(scenes, *part)
         console.info(f"shard {part[0]}/{part[1]}: {len(scenes)} scene(s)")
+    info = describe_model(model_spec)
+    tile = None if info is None else tile_size_for(options, info.image_size, info.input_multiple, info.name)
+    headers = preflight.scan_scenes(scenes, options.bands, options.gsd, options.stretch, nodata=options.dry_run)
     out = Path(out_dir)
-    check_output_dir(out)
-    if cluster is None and scheduler is None and len(scenes) > 1 and options.device == "auto" \
-            and torch.cuda.is_available() and torch.cuda.device_count() > 1 and not options.dry_run:
-        cluster = f"local:{torch.cuda.device_count()}"
     manifest = RunManifest(__version__, str(model_spec), None, list(prompts), asdict(options),
                            shard=None if part is None else f"{part[0]}/{part[1]}", duplicates=duplicates)
+    if info is not None:
+        manifest.model, manifest.model_sha256 = info.name, info.sha256
+        manifest.options["tile_size"] = tile
+        console.debug(f"model {info.name} ({info.arch}, sha256 {info.sha256}, input {info.image_size} px, "
+                      f"{info.max_tokens} tokens); tile {tile} px")
+    if options.dry_run:
+        if info is None or tile is None:
+            raise ModelError(f"{model_spec!r} is neither a model directory nor a zoo card or architecture")
+        return plan_dry_run(manifest, headers, prompts, out, options, info, tile)
+    check_output_dir(out)
     clock = RunClock()
     with distributed.output_lock(out, part, lock_wait):
         try:
-            if (cluster or scheduler) and not options.dry_run:
-                _predict_with_dask(manifest, clock, scenes, model_spec, prompts, out, options, cluster, scheduler,
-                                   retries, slurm)
+            finished = set() if info is None or tile is None or options.overwrite else \
+                finished_pairs(scenes, prompts, out, options, info.sha256, tile)
+            todo = [s for s in scenes if any((s.path, p) not in finished for p in prompts)]
+            running = {s.path for s in todo}
+            console.debug(f"{len(finished)} of {len(scenes) * len(prompts)} (scene, prompt) pair(s) already finished; "
+                          f"{len(todo)} scene(s) to process")
+            for header in headers:
+                if header.scene.path not in running:
+                    record_skipped(manifest, header, prompts)
+            if not todo:
+                console.info(f"every (scene, prompt) pair is finished in {out}; the model was not loaded "
+                             "(--overwrite recomputes)")
             else:
-                _predict_here(manifest, clock, scenes, model_spec, prompts, out, options)
+                check_writers(options)
+                if info is not None:
+                    from rrsis_cli.models.io import tokenizer_for
+
+                    warn_about_prompts(prompts, tokenizer_for(info.model_dir), info.max_tokens)
+                if cluster is None and scheduler is None and len(todo) > 1 and options.device == "auto":
+                    import torch
+
+                    if torch.cuda.is_available() and torch.cuda.device_count() > 1:
+                        cluster = f"local:{torch.cuda.device_count()}"
+                if cluster or scheduler:
+                    _predict_with_dask(manifest, clock, todo, model_spec, prompts, out, options, cluster,
+                                       scheduler, retries, slurm)
+                else:
+                    _predict_here(manifest, clock, todo, model_spec, prompts, out, options)
+                order_by_scene(manifest, scenes)
         except (KeyboardInterrupt, Stopped) as exc:
             code = exc.exit_code if isinstance(exc, Stopped) else EXIT_INTERRUPTED
             mark_interrupted(manifest, scenes, prompts)
+            order_by_scene(manifest, scenes)
             finish_manifest(manifest, out, clock.started, clock.km2, distributed.manifest_name(part), code)
             done = sum(r.status == "done" for r in manifest.results)
             console.warn(f"{'interrupted' if code == EXIT_INTERRUPTED else exc} after {done} pair(s) done; "
@@ -635,6 +790,92 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
                          status="interrupted", exit_code=code)
             raise
         return finish_manifest(manifest, out, clock.started, clock.km2, distributed.manifest_name(part))
+
+
+def pair_finished(out: Path, scene: Scene, prompt: str, options: PredictOptions, model_sha: str | None,
+                  tile: int) -> bool:
+    """True when the pair's ``mask.tif`` proves it is finished with this model and configuration
+    (:func:`is_finished`) and its vectors are there (unless ``--no-vectors``; missing vectors are rebuilt)."""
+    target = output_dir(out, scene, prompt)
+    vectors = target / f"mask.{VECTOR_DRIVERS[options.vector_format][1]}"
+    return is_finished(target / "mask.tif", scene, prompt, config_hash(model_sha, scene, prompt, options, tile)) \
+        and (vectors.is_file() or not options.vectors)
+
+
+def finished_pairs(scenes: list[Scene], prompts: list[str], out: Path, options: PredictOptions, model_sha: str,
+                   tile: int) -> set[tuple[Path, str]]:
+    """(scene path, prompt) of every finished pair (:func:`pair_finished`): the decision :class:`SceneRunner`
+    takes, made from the model's hash alone, before the model is loaded."""
+    return {(scene.path, prompt) for scene in scenes for prompt in prompts
+            if pair_finished(out, scene, prompt, options, model_sha, tile)}
+
+
+def log_skipped(result: SceneResult, scene: Scene) -> None:
+    console.info(f"{scene.path.name} / {result.prompt!r}: skipped-existing (finished with the same scene, prompt "
+                 "and configuration)", **pair_fields(result))
+
+
+def record_skipped(manifest: RunManifest, header: SceneHeader, prompts: list[str]) -> None:
+    """A scene whose every prompt is finished: its header as the input record, ``skipped-existing`` results."""
+    manifest.inputs.append(header.record())
+    for prompt in prompts:
+        result = SceneResult(str(header.scene.path), prompt, "skipped-existing",
+                             relative_output_dir(header.scene, prompt))
+        manifest.results.append(result)
+        log_skipped(result, header.scene)
+
+
+def order_by_scene(manifest: RunManifest, scenes: list[Scene]) -> None:
+    """Inputs and results in input order (stable: prompt order kept within a scene)."""
+    order = {str(s.path): i for i, s in enumerate(scenes)}
+    manifest.inputs.sort(key=lambda i: order.get(i["path"], len(order)))
+    manifest.results.sort(key=lambda r: order.get(r.scene, len(order)))
+
+
+def plan_dry_run(manifest: RunManifest, headers: list[SceneHeader], prompts: list[str], out: Path,
+                 options: PredictOptions, info: ModelInfo, tile: int) -> RunManifest:
+    """The manifest a run would start from, without loading the model or writing anything: per scene (in
+    ``inputs``) its size, bands, dtype, CRS, tiles, batch, nodata fraction, finished prompts and a disk estimate
+    (:func:`rrsis_cli.preflight.disk_estimate`); per pair (in ``results``) ``dry-run`` or ``skipped-existing``."""
+    from rrsis_cli.models.io import tokenizer_for
+    from rrsis_cli.preflight import disk_estimate
+
+    finished = set() if options.overwrite else \
+        finished_pairs([h.scene for h in headers], prompts, out, options, info.sha256, tile)
+    most_tiles = 0
+    for header in headers:
+        scene = header.scene
+        record = header.record()
+        if header.error:
+            manifest.inputs.append(record)
+            manifest.results += [SceneResult(str(scene.path), p, "failed", relative_output_dir(scene, p),
+                                             error=f"{scene.path}: {header.error}") for p in prompts]
+            continue
+        width, height = header.processed
+        tiles = len(TileGrid.for_scene(height, width, tile, options.overlap))
+        most_tiles = max(most_tiles, tiles)
+        skipped = [p for p in prompts if (scene.path, p) in finished]
+        todo = len(prompts) - len(skipped)
+        coarse = (options.coarse_size or info.image_size) if options.save_coarse else None
+        record.update(tiles=tiles, batch_size=min(options.batch_size, tiles), nodata_fraction=header.nodata_fraction,
+                      prompts_to_run=todo, prompts_finished=skipped,
+                      disk_bytes=disk_estimate(width, height, tiles, tile, todo, options.save_prob, coarse))
+        manifest.inputs.append(record)
+        manifest.results += [SceneResult(str(scene.path), p, "skipped-existing" if p in skipped else "dry-run",
+                                         relative_output_dir(scene, p), tiles=0 if p in skipped else tiles)
+                             for p in prompts]
+    if most_tiles and options.batch_size > most_tiles:
+        console.info(f"--batch-size {options.batch_size} is larger than the {most_tiles} tile(s) of the largest "
+                     f"scene: batches hold at most {most_tiles} tile(s)")
+    if any(r.status == "dry-run" for r in manifest.results):
+        check_writers(options)
+        warn_about_prompts(prompts, tokenizer_for(info.model_dir), info.max_tokens)
+    writable = next((p for p in (out, *out.parents) if p.exists()), None)
+    if writable is not None and not (writable.is_dir() and os.access(writable, os.W_OK | os.X_OK)):
+        console.warn(f"{out}: the output directory could not be created or written ({writable} is not a writable "
+                     "directory)")
+    manifest.exit_code = exit_code_for([r.status for r in manifest.results])
+    return manifest
 
 
 def mark_interrupted(manifest: RunManifest, scenes: list[Scene], prompts: list[str]) -> None:
@@ -693,6 +934,4 @@ def _predict_with_dask(manifest: RunManifest, clock: RunClock, scenes: list[Scen
         distributed.predict_on_cluster(scenes, model_spec, prompts, out, options, client, retries, record)
         if cluster is not None and client.cluster is not None:
             client.cluster.close()
-    order = {str(s.path): i for i, s in enumerate(scenes)}
-    manifest.inputs.sort(key=lambda i: order.get(i["path"], len(order)))
-    manifest.results.sort(key=lambda r: order.get(r.scene, len(order)))  # stable: prompt order kept
+    order_by_scene(manifest, scenes)

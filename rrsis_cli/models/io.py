@@ -11,7 +11,6 @@ MODEL_DIR/README.md          model card (optional)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -26,12 +25,19 @@ from safetensors.torch import load_file, save_file
 from rrsis_cli import __version__, console
 from rrsis_cli.errors import ModelError, OutputError
 from rrsis_cli.models.base import ReferringSegmenter
+from rrsis_cli.models.info import (  # noqa: F401 - re-exported: the model directory layout lives in info
+    CONFIG_FILE,
+    RANDOM_WEIGHTS_SEED,
+    TOKENIZER_DIR,
+    WEIGHTS_FILE,
+    file_sha256,
+    is_model_dir,
+    no_weights_sha256,
+    random_weights_sha256,
+    read_config,
+)
 from rrsis_cli.models.registry import FORMAT_VERSION, architecture_class, config_for, require_weights
 from rrsis_cli.models.text import bundled_tokenizer, load_pretrained_text_encoder, load_tokenizer
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_DIR = "tokenizer"
 
 
 def build_from_config(config: dict[str, Any], seed: int | None = None) -> ReferringSegmenter:
@@ -53,16 +59,18 @@ def build_model(name: str, seed: int | None = None, **overrides: Any) -> Referri
     return build_from_config(config_for(name, **overrides), seed=seed)
 
 
-def is_model_dir(path: str | Path) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file()
+def count_parameters(config: dict[str, Any]) -> dict[str, int]:
+    """:meth:`ReferringSegmenter.parameter_counts` of a configuration, built on the meta device (no memory for
+    the weights, no random initialisation: instant even for Swin-B)."""
+    with torch.device("meta"):
+        return architecture_class(config["arch"])(config).parameter_counts()
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def tokenizer_for(model_dir: str | Path | None):
+    """The tokenizer ``load_model`` attaches: the model directory's ``tokenizer/`` when present, else the
+    bundled bert-base-uncased vocabulary (zoo cards, older directories)."""
+    tok_dir = None if model_dir is None else Path(model_dir) / TOKENIZER_DIR
+    return load_tokenizer(tok_dir) if tok_dir is not None and tok_dir.is_dir() else bundled_tokenizer()
 
 
 def text_encoder_stored(config: dict[str, Any]) -> bool:
@@ -156,19 +164,6 @@ def save_model(model: ReferringSegmenter, out_dir: str | Path, overwrite: bool =
     return out_dir
 
 
-def read_config(model_dir: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((model_dir / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"unreadable {CONFIG_FILE}: {exc}", model_dir / CONFIG_FILE) from exc
-    if not isinstance(config, dict) or "arch" not in config:
-        raise ModelError(f"{CONFIG_FILE} has no 'arch'", model_dir / CONFIG_FILE)
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelError(f"format_version {config['format_version']} is newer than this rrsis understands "
-                         f"({FORMAT_VERSION}); upgrade rrsis", model_dir / CONFIG_FILE)
-    return config
-
-
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """Load every weight, reporting missing, unexpected and mis-shaped keys in one error."""
     own = model.state_dict()
@@ -185,9 +180,6 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], so
     model.load_state_dict(state, strict=True)
 
 
-RANDOM_WEIGHTS_SEED = 0
-
-
 def random_model(name: str, device: str | torch.device = "cpu", warn: bool = True) -> ReferringSegmenter:
     """A card (or architecture name) built with random weights seeded with :data:`RANDOM_WEIGHTS_SEED` (the same
     weights, hence the same masks, on every run; the caller's random state is left as it was), in eval mode on
@@ -198,9 +190,9 @@ def random_model(name: str, device: str | torch.device = "cpu", warn: bool = Tru
     if warn:
         console.warn(f"{label}: running with RANDOM weights (seed {RANDOM_WEIGHTS_SEED}, --allow-random-weights); "
                      "the masks are meaningless")
-        built.sha256 = f"random-init-seed{RANDOM_WEIGHTS_SEED}:{label}"
+        built.sha256 = random_weights_sha256(label)
     else:  # an architecture without learned parameters
-        built.sha256 = f"no-weights:{label}"
+        built.sha256 = no_weights_sha256(label)
     return built.to(device)
 
 
@@ -245,8 +237,7 @@ def load_model(model: str | Path, device: str | torch.device = "cpu",
         encoder, _, _ = load_pretrained_text_encoder(source)
         state.update({f"text_encoder.{k}": v for k, v in encoder.state_dict().items()})
     load_state_strict(net, state, weights)
-    tok_dir = path / TOKENIZER_DIR
-    net.tokenizer = load_tokenizer(tok_dir) if tok_dir.is_dir() else bundled_tokenizer()
+    net.tokenizer = tokenizer_for(path)
     net.sha256 = file_sha256(weights)
     return net.eval().to(device)
 

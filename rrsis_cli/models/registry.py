@@ -26,10 +26,10 @@ from typing import Any
 import yaml
 
 from rrsis_cli.errors import EXIT_USAGE, ModelError
-from rrsis_cli.models.swin import SWIN_VARIANTS
-from rrsis_cli.models.text import bert_config_dict
 
 FORMAT_VERSION = 1
+DEFAULT_IMAGE_SIZE = 480
+DEFAULT_MAX_TOKENS = 20
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -138,6 +138,9 @@ def list_cards() -> list[dict[str, Any]]:
 
 def resolve_config(card: dict[str, Any]) -> dict[str, Any]:
     """Expand a card (or a partial config) into the full configuration stored in ``config.json``."""
+    from rrsis_cli.models.swin import SWIN_VARIANTS  # torch and transformers: only when a config is expanded
+    from rrsis_cli.models.text import bert_config_dict
+
     cfg = copy.deepcopy(card)
     cfg.pop("model_dir", None)  # where the card's weights are, not part of a model's configuration
     cfg["format_version"] = FORMAT_VERSION
@@ -152,8 +155,8 @@ def resolve_config(card: dict[str, Any]) -> dict[str, Any]:
     text = cfg.setdefault("text_encoder", {"preset": "bert-base-uncased"})
     if "bert_config" not in text:
         text["bert_config"] = bert_config_dict(text.get("preset", "bert-base-uncased"))
-    cfg.setdefault("image_size", 480)
-    cfg.setdefault("max_tokens", 20)
+    cfg.setdefault("image_size", DEFAULT_IMAGE_SIZE)
+    cfg.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     cfg.setdefault("mean", list(IMAGENET_MEAN))
     cfg.setdefault("std", list(IMAGENET_STD))
     cfg.setdefault("tokenizer", {"type": "wordpiece", "vocab": "bert-base-uncased"})
@@ -218,9 +221,17 @@ class MissingWeightsError(ModelError):
     exit_code = EXIT_USAGE
 
 
+# ``needs_weights`` of this package's architectures, answered without importing their modules (torch), so
+# `rrsis models list` and the checks before a model loads stay fast; an architecture missing here is imported and
+# asked. tests/test_startup.py checks these against the classes.
+BUILTIN_NEEDS_WEIGHTS = {"lavt": True, "lgce": True, "rmsin": True, "crobim": True, "btdnet": True, "null": False}
+
+
 def needs_weights(arch: str) -> bool:
     """False for an architecture whose class declares ``needs_weights = False`` (no learned parameters, e.g. a
     deterministic per-pixel baseline): its cards run without a model directory."""
+    if arch in BUILTIN_NEEDS_WEIGHTS and ARCHITECTURE_MODULES.get(arch) == f"rrsis_cli.models.{arch}":
+        return BUILTIN_NEEDS_WEIGHTS[arch]
     return bool(getattr(architecture_class(arch), "needs_weights", True))
 
 
