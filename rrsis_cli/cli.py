@@ -412,7 +412,7 @@ PREDICT_RUN_DEFAULTS = {name: p.default for name, p in inspect.signature(predict
 OPTION_FIELDS = ("tile_size", "overlap", "batch_size", "device", "precision", "threshold", "gsd", "save_prob",
                  "vectors", "vector_format", "min_area", "simplify", "overwrite", "dry_run", "grounding",
                  "coarse_size", "coarse_weight", "refine_margin", "save_coarse", "allow_random_weights",
-                 "rpc_height")
+                 "rpc_height", "read_workers", "compile_model")
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -422,7 +422,8 @@ def predict(
                                                         "lists.", show_default=False)] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model directory, bundled model (demo) or zoo "
                                               "card with weights (see `rrsis models list`).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory: OUT/<scene>/<prompt-slug>/.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory: OUT/<scene key>/<prompt key>/ per pair "
+                                              "(the manifest maps each pair to its folder).")] = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Referring expression (repeatable; "
                                                      "quote it).")] = None,
     prompts_file: Annotated[Path | None, typer.Option(help="File with one prompt per line (blank lines and # "
@@ -436,8 +437,15 @@ def predict(
                                             rich_help_panel="Compute")] = PREDICT_DEFAULTS.batch_size,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.",
                                         rich_help_panel="Compute")] = PREDICT_DEFAULTS.device,
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast on GPU).",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16 or fp16 "
+                                           "(autocast on CUDA).",
                                            rich_help_panel="Compute")] = PREDICT_DEFAULTS.precision,
+    read_workers: Annotated[int | None, typer.Option(help="Threads reading and decoding tiles.",
+                                                     show_default="the core count, 2 to 4",
+                                                     rich_help_panel="Compute")] = PREDICT_DEFAULTS.read_workers,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (CUDA; falls back to "
+                                                "eager when compilation fails).",
+                                                rich_help_panel="Compute")] = PREDICT_DEFAULTS.compile_model,
     threshold: Annotated[float, typer.Option(help="Probability threshold for the mask, in (0, 1).")
                          ] = PREDICT_DEFAULTS.threshold,
     bands: Annotated[str | None, typer.Option(help="Bands to use as RGB, e.g. 3,2,1 (or one band, grey).",

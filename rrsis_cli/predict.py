@@ -75,6 +75,7 @@ class PredictOptions:
     stretch: tuple[list[float], list[float]] | None = None
     read_ahead: int = 2
     read_workers: int | None = None  # tile-reading threads; None: from the core count (2..4)
+    compile_model: bool = False  # torch.compile the model's forward (falls back to eager)
     grounding: str = "tiles"
     coarse_size: int | None = None
     coarse_weight: float = 0.75
@@ -579,6 +580,9 @@ class SceneRunner:
             self.model = random_model(model_spec, device=self.device)
         else:
             self.model = load_model(model_spec, device=self.device)
+        from rrsis_cli.inference import prepare_model
+
+        prepare_model(self.model, self.device, options.compile_model)  # eval; CUDA: channels-last, TF32
         config = self.model.config
         self.tile = tile_size_for(options, int(config["image_size"]),
                                   int(config.get("input_multiple", INPUT_MULTIPLE)), str(config.get("name")))
