@@ -1,12 +1,14 @@
-"""``rrsis predict``: stream GeoTIFF scenes through a model tile by tile, blend overlapping tiles on disk, write
-a Cloud-Optimised GeoTIFF mask and vector polygons per (scene, prompt).
+"""``rrsis predict``: stream GeoTIFF scenes through a model tile by tile, blend overlapping tiles in bounded
+memory, write a Cloud-Optimised GeoTIFF mask and vector polygons per (scene, prompt).
 
-Data path, one module per stage: :mod:`rrsis_cli.scene` (windowed boundless reads with read-ahead, nodata mask,
-scene-level normalisation, optional resampling to a GSD) → batched model here, with each prompt's text features
-computed once per run → :mod:`rrsis_cli.tiling` (per-tile probabilities in a zarr store with a batch journal in
-the work directory, blended block by block with sine² weights) → :mod:`rrsis_cli.outputs` (COG mask and
-probability, vectors merged across windows). Memory depends on the tile and block sizes, not on the scene size.
-Every output is written under a temporary name and renamed; a killed run resumes from its journal.
+Data path, one module per stage, in one direction: :mod:`rrsis_cli.inputs` (which scenes, where each pair
+writes) → :mod:`rrsis_cli.scene` (georeference, windowed reads, nodata mask, scene-level normalisation) →
+:mod:`rrsis_cli.pipeline` (parallel reads, one read per tile for every prompt, batched inference through
+:mod:`rrsis_cli.inference`, streaming blend and band journal of :mod:`rrsis_cli.blend`) →
+:mod:`rrsis_cli.outputs` (COG mask and probability, vectors). This module decides what each pair needs
+(skip, re-threshold, compute), drives the pipeline per scene and writes the manifest. Memory depends on the
+tile size, the scene width and the batches in flight, not on the scene's height. Every output is written under a
+temporary name and renamed; a killed run resumes from its journal.
 """
 
 from __future__ import annotations
@@ -273,47 +275,108 @@ def rethreshold(reader: SceneReader, prob_path: Path, threshold: float, mask_raw
                 dst.write(mask_from_probability(src.read(1, window=window), threshold), 1, window=window)
 
 
-def predict_scene(reader: SceneReader, model, text, scene: Scene, prompt: str, out_dir: Path, work: Path,
-                  options: PredictOptions, tile: int, device: torch.device, result: SceneResult) -> None:
-    """One (scene, prompt): tiles (resuming from the journal in ``work``), blending, COG outputs, vectors."""
+@dataclass
+class PairJob:
+    """One (scene, prompt) that needs tiles: where it writes and works, and its result."""
+
+    prompt: str
+    result: SceneResult
+    target: Path
+    work: Path
+
+
+def compute_pairs(reader: SceneReader, model, texts: TextCache, scene: Scene, jobs: list[PairJob],
+                  options: PredictOptions, tile: int, device: torch.device) -> None:
+    """Run the tiles of one or more (scene, prompt) pairs together — each batch read once for all of them
+    (:func:`rrsis_cli.pipeline.run_pairs`), resuming each from its journal — then write each pair's outputs.
+    With scene grounding each pair first gets its coarse pass and its own set of tiles. A pair whose outputs
+    fail is marked failed on its own; an error in the shared tile loop fails every pair of it."""
     from rrsis_cli.inference import resolve_precision
 
     ds = reader.ds
     grid = TileGrid.for_scene(ds.height, ds.width, tile, options.overlap)
-    chash = config_hash(model.sha256, scene, prompt, options, tile)
-    coarse, active = None, None
-    if options.grounding == "scene":
-        coarse, active = ground_scene(reader, model, text, options, tile, grid, device, result)
-    job = {"format": "bands-1", "config_hash": chash, "grid": asdict(grid), "batch_size": options.batch_size,
-           "active": None if active is None else hashlib.sha256(str(active).encode()).hexdigest()}
-    pair = new_pair(work, grid, job, prompt, text, coarse, active, options.coarse_weight, options.coarse_support)
+    pairs = []
     try:
-        if pair.journal.finished >= 0:
-            console.info(f"{reader.path.name} / {prompt!r}: resuming, {pair.journal.finished + 1} of "
-                         f"{len(grid.rows)} row band(s) found in the journal")
-        stats = run_pairs(reader, model, grid, [pair], options.batch_size, device,
-                          resolve_precision(options.precision, device), read_workers(options),
-                          max(options.read_ahead, read_workers(options) + 1),
-                          f"{reader.path.stem[:24]} / {prompt[:24]}")
-        result.tiles, result.tiles_resumed = pair.tiles, pair.tiles_resumed
-        result.tiles_skipped_nodata = pair.nodata_tiles
-        result.reads_per_tile = stats.tiles_read / max(1, len(grid))
-        result.seconds.update(stats.seconds)
-        started = time.perf_counter()
-        mask_raw, prob_raw = work / "mask_raw.tif", work / "prob_raw.tif"
-        assemble(reader, pair.journal, options.threshold, mask_raw, prob_raw, mask_profile(reader),
-                 options.block_size)
-        result.work_bytes_per_pixel = pair.journal.disk_bytes() / max(1, grid.height * grid.width)
+        for job in jobs:
+            text = texts.get(job.prompt)
+            coarse, active = None, None
+            if options.grounding == "scene":
+                coarse, active = ground_scene(reader, model, text, options, tile, grid, device, job.result)
+            spec = {"format": "bands-1", "grid": asdict(grid), "batch_size": options.batch_size,
+                    "config_hash": config_hash(model.sha256, scene, job.prompt, options, tile),
+                    "active": None if active is None else hashlib.sha256(str(active).encode()).hexdigest()}
+            pair = new_pair(job.work, grid, spec, job.prompt, text, coarse, active, options.coarse_weight,
+                            options.coarse_support)
+            pairs.append(pair)
+            if pair.journal.finished >= 0:
+                console.info(f"{reader.path.name} / {job.prompt!r}: resuming, {pair.journal.finished + 1} of "
+                             f"{len(grid.rows)} row band(s) found in the journal")
+        label = f"{reader.path.stem[:24]} / " + (jobs[0].prompt[:24] if len(jobs) == 1 else f"{len(jobs)} prompts")
+        workers = read_workers(options)
+        stats = run_pairs(reader, model, grid, pairs, options.batch_size, device,
+                          resolve_precision(options.precision, device), workers,
+                          max(options.read_ahead, workers + 1), label)
+        for job, pair in zip(jobs, pairs, strict=True):
+            result = job.result
+            result.tiles, result.tiles_resumed = pair.tiles, pair.tiles_resumed
+            result.tiles_skipped_nodata = pair.nodata_tiles
+            result.reads_per_tile = stats.tiles_read / max(1, len(grid))
+            result.seconds.update(stats.seconds)  # shared by the pairs run together
+    except BaseException:
+        for pair in pairs:
+            pair.journal.close()
+        raise
+    for job, pair in zip(jobs, pairs, strict=True):
+        run_for_pair(job, scene, lambda job=job, pair=pair: write_pair(reader, model, scene, job, pair, options,
+                                                                        tile))
+
+
+def write_pair(reader: SceneReader, model, scene: Scene, job: PairJob, pair, options: PredictOptions,
+               tile: int) -> None:
+    """The mask and probability rasters of a pair from its journal, then its outputs (COGs, vectors)."""
+    started = time.perf_counter()
+    grid = pair.journal.grid
+    mask_raw, prob_raw = job.work / "mask_raw.tif", job.work / "prob_raw.tif"
+    journal = pair.journal
+    try:
+        assemble(reader, journal, options.threshold, mask_raw, prob_raw, mask_profile(reader), options.block_size)
+        job.result.work_bytes_per_pixel = journal.disk_bytes() / max(1, grid.height * grid.width)
     finally:
-        pair.journal.close()
-    result.seconds["assemble"] = time.perf_counter() - started
+        journal.close()
+    job.result.seconds["assemble"] = time.perf_counter() - started
     extra: dict[str, Path] = {}
-    if coarse is not None and options.save_coarse:
-        extra["coarse"] = work / "coarse.tif"
-        write_coarse(reader, coarse, extra["coarse"])
-    write_outputs(mask_raw, prob_raw, out_dir, work, prompt, options, output_tags(model, scene, prompt, options,
-                                                                                  tile),
-                  result, options.save_prob, extra)
+    if pair.coarse is not None and options.save_coarse:
+        extra["coarse"] = job.work / "coarse.tif"
+        write_coarse(reader, pair.coarse, extra["coarse"])
+    write_outputs(mask_raw, prob_raw, job.target, job.work, job.prompt, options,
+                  output_tags(model, scene, job.prompt, options, tile), job.result, options.save_prob, extra)
+    job.result.status = "done"
+
+
+def run_for_pair(job: PairJob, scene: Scene, step) -> None:
+    """Run ``step`` for one pair: its status (done, or partial when a derived product failed), its work directory
+    removed when it finished, or failed with the one-line error (work kept: the next run resumes)."""
+    result = job.result
+    try:
+        step()
+        if result.error:  # the mask is written; a derived product (vectors) failed
+            result.status = "partial"
+            console.warn(f"{scene.path}: {job.prompt!r}: mask written, {result.error}; prob.tif kept so a rerun "
+                         "re-derives the vectors without running tiles")
+        shutil.rmtree(job.work, ignore_errors=True)
+    except RrsisError as exc:
+        result.status, result.error = "failed", exc.one_line()
+        console.error(exc.one_line())
+    except Exception as exc:  # noqa: BLE001 - one pair never stops the others
+        result.status, result.error = "failed", f"{scene.path}: {describe_error(exc)}"
+        console.error(result.error)
+    log_pair(result, scene)
+
+
+def log_pair(result: SceneResult, scene: Scene) -> None:
+    console.info(f"{scene.path.name} / {result.prompt!r}: {result.status} ({result.tiles} tiles run, "
+                 f"{result.tiles_resumed} resumed, {result.tiles_skipped_nodata} nodata tiles skipped)",
+                 **pair_fields(result))
 
 
 def rethreshold_pair(reader: SceneReader, model, scene: Scene, prompt: str, prob_path: Path, out_dir: Path,
@@ -613,53 +676,61 @@ class SceneRunner:
                                     ("/255" if reader.dtype == np.uint8 else "2-98% percentiles")}}
         area_km2 = 0.0
         try:
+            jobs = []
             for prompt in prompts:
                 result = SceneResult(str(scene.path), prompt, output_dir=relative_output_dir(scene, prompt))
                 results.append(result)
-                self._run_prompt(reader, scene, prompt, result)
-                if result.status == "done" and reader.crs is not None and not reader.crs.is_geographic:
-                    area_km2 += abs(ds.transform.a * ds.transform.e) * ds.width * ds.height / 1e6
+                job = self._prepare_pair(reader, scene, prompt, result)
+                if job is not None:
+                    jobs.append(job)
+            if jobs:
+                self._compute(reader, scene, jobs)
+            pixel_km2 = abs(ds.transform.a * ds.transform.e) * ds.width * ds.height / 1e6
+            if reader.crs is not None and not reader.crs.is_geographic:
+                area_km2 = pixel_km2 * sum(r.status in ("done", "partial") for r in results[-len(prompts):])
         finally:
             reader.close()
         return record, results, area_km2
 
-    def _run_prompt(self, reader: SceneReader, scene: Scene, prompt: str, result: SceneResult) -> None:
+    def _prepare_pair(self, reader: SceneReader, scene: Scene, prompt: str, result: SceneResult
+                      ) -> PairJob | None:
+        """Settle a pair that needs no tiles (dry run, finished, re-thresholded from its prob.tif); else the job
+        to compute."""
         options, tile, ds = self.options, self.tile, reader.ds
         target = output_dir(self.out, scene, prompt)
         if options.dry_run:  # predict() plans a dry run without a runner; a runner asked for one counts the tiles
             result.tiles = len(TileGrid.for_scene(ds.height, ds.width, tile, options.overlap))
             result.status = "dry-run"
-            return
+            return None
         if not options.overwrite and pair_finished(self.out, scene, prompt, options, self.model.sha256, tile):
             result.status = "skipped-existing"
             log_skipped(result, scene)
-            return
-        work = work_dir(self.out, scene, prompt)
+            return None
+        job = PairJob(prompt, result, target, work_dir(self.out, scene, prompt))
         prob = target / "prob.tif"
-        reuse = (not options.overwrite and options.grounding == "tiles" and reusable_prob(
-            prob, reader, scene, prompt, config_hash(self.model.sha256, scene, prompt, options, tile, False)))
-        try:
-            if reuse:  # same pair and configuration but the threshold: no tile recomputed
-                rethreshold_pair(reader, self.model, scene, prompt, prob, target, work, options, tile, result)
+        if not options.overwrite and options.grounding == "tiles" and reusable_prob(
+                prob, reader, scene, prompt, config_hash(self.model.sha256, scene, prompt, options, tile, False)):
+            # same pair and configuration but the threshold: no tile recomputed
+            def step():
+                rethreshold_pair(reader, self.model, scene, prompt, prob, target, job.work, options, tile, result)
                 result.status = "rethresholded"
-            else:
-                predict_scene(reader, self.model, self.texts.get(prompt), scene, prompt, target, work, options,
-                              tile, self.device, result)
-                result.status = "done"
-            if result.error:  # the mask is written; a derived product (vectors) failed
-                result.status = "partial"
-                console.warn(f"{scene.path}: {prompt!r}: mask written, {result.error}; prob.tif kept so a rerun "
-                             "re-derives the vectors without running tiles")
-            shutil.rmtree(work, ignore_errors=True)  # kept on failure or interruption: the next run resumes
-        except RrsisError as exc:
-            result.status, result.error = "failed", exc.one_line()
-            console.error(exc.one_line())
-        except Exception as exc:  # noqa: BLE001 - one scene never stops the others
-            result.status, result.error = "failed", f"{scene.path}: {describe_error(exc)}"
-            console.error(result.error)
-        console.info(f"{scene.path.name} / {prompt!r}: {result.status} ({result.tiles} tiles run, "
-                     f"{result.tiles_resumed} resumed, {result.tiles_skipped_nodata} nodata tiles skipped)",
-                     **pair_fields(result))
+            run_for_pair(job, scene, step)
+            return None
+        return job
+
+    def _compute(self, reader: SceneReader, scene: Scene, jobs: list[PairJob]) -> None:
+        """The pairs' tiles, read once for all prompts (each prompt alone with scene grounding: each has its own
+        tiles); an error in the tile loop fails the pairs it served."""
+        groups = [jobs] if self.options.grounding == "tiles" else [[job] for job in jobs]
+        for group in groups:
+            try:
+                compute_pairs(reader, self.model, self.texts, scene, group, self.options, self.tile, self.device)
+            except Exception as exc:  # noqa: BLE001 - one scene never stops the others
+                error = exc.one_line() if isinstance(exc, RrsisError) else f"{scene.path}: {describe_error(exc)}"
+                console.error(error)
+                for job in group:
+                    job.result.status, job.result.error = "failed", error
+                    log_pair(job.result, scene)
 
 
 @dataclass
