@@ -24,7 +24,7 @@ from typing import Any
 from rrsis_cli import __version__, console
 from rrsis_cli.errors import InputError, UsageError
 
-STAGES = ("read", "normalise", "read_wait", "infer", "store", "blend", "write", "vectorise")
+STAGES = ("read", "read_wait", "infer", "blend", "journal", "assemble", "write", "vectorise")
 
 
 def build_scene(source: str | Path, out: str | Path, size: int, block: int = 512) -> Path:
@@ -173,6 +173,106 @@ def bench(model: str, out_dir: str | Path, size: int = 2000, scene: str | Path |
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     os.replace(tmp, out / "bench.json")
     return report
+
+
+MAIN_THREAD_STAGES = ("read_wait", "infer", "blend", "journal", "assemble", "write", "vectorise")
+
+
+def raw_read_rate(scene: Path, workers: int, block: int = 512) -> dict[str, Any]:
+    """The ceiling: every pixel of ``scene`` read and decoded once, in ``block``² windows, by ``workers``
+    threads with one dataset handle each (GDAL releases the GIL while it decodes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(scene) as ds:
+        width, height = ds.width, ds.height
+    windows = [Window(c, r, min(block, width - c), min(block, height - r))
+               for r in range(0, height, block) for c in range(0, width, block)]
+
+    def read_share(k: int) -> int:
+        with rasterio.open(scene) as ds:
+            return sum(int(ds.read(window=w).size) for w in windows[k::workers])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(read_share, range(workers)))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "mpx_per_s": width * height / seconds / 1e6, "workers": workers}
+
+
+def pipeline_bench(out_dir: str | Path, scene: str | Path, workers: int = 2, tile_size: int = 512,
+                   batch_size: int = 8, prompts: int = 1, repeats: int = 3, vectors: bool = True,
+                   model: str = "null") -> dict[str, Any]:
+    """The host pipeline alone: ``rrsis predict --model null`` (no network cost) on ``scene`` in fresh
+    processes against the raw read+decode rate of the same scene with the same number of threads; per-stage
+    seconds, the stage that bounds the run, peak RSS, reads per tile, journal bytes per pixel. Medians over
+    ``repeats``; writes ``OUT/pipeline.json``."""
+    import platform
+
+    import rasterio
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scene = Path(scene)
+    with rasterio.open(scene) as ds:
+        pixels = ds.width * ds.height
+        size = f"{ds.width}x{ds.height}"
+    extra = ["--tile-size", str(tile_size), "--batch-size", str(batch_size), "--read-workers", str(workers),
+             "--device", "cpu"] + ([] if vectors else ["--no-vectors"])
+    names = [f"prompt number {i}" for i in range(prompts)]
+    extra += [a for name in names[1:] for a in ("--prompt", name)]
+    runs, reads = [], []
+    for i in range(repeats):
+        reads.append(raw_read_rate(scene, workers))
+        run = run_predict_child(scene, model, names[0], out / "predict", extra)
+        results = run["manifest"]["results"]
+        seconds = run["manifest"]["seconds"]
+        stages = {k: results[0]["seconds"].get(k, 0.0) for k in STAGES}
+        for r in results[1:]:  # assemble/write/vectorise are per pair; the tile loop is shared
+            for k in ("assemble", "write", "vectorise"):
+                stages[k] += r["seconds"].get(k, 0.0)
+        runs.append({"seconds": seconds, "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"],
+                     "mpx_per_s": pixels * prompts / seconds / 1e6, "tiles": results[0]["tiles"],
+                     "tiles_per_s": results[0]["tiles"] / seconds, "stages_s": stages,
+                     "reads_per_tile": results[0].get("reads_per_tile"),
+                     "work_bytes_per_pixel": results[0].get("work_bytes_per_pixel")})
+        console.info(f"run {i + 1}/{repeats}: pipeline {runs[-1]['mpx_per_s']:.1f} Mpx/s, raw read "
+                     f"{reads[-1]['mpx_per_s']:.1f} Mpx/s")
+    median = statistics.median
+    stages = {k: median(r["stages_s"][k] for r in runs) for k in STAGES}
+    report = {
+        "rrsis_version": __version__, "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
+        "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "scene": str(scene), "size": size,
+        "model": model, "tile_size": tile_size, "batch_size": batch_size, "workers": workers, "prompts": prompts,
+        "vectors": vectors, "repeats": repeats,
+        "raw_read_mpx_per_s": median(r["mpx_per_s"] for r in reads),
+        "pipeline_mpx_per_s": median(r["mpx_per_s"] for r in runs),
+        "tiles_per_s": median(r["tiles_per_s"] for r in runs),
+        "peak_rss_mb": median(r["peak_rss_mb"] for r in runs),
+        "reads_per_tile": runs[0]["reads_per_tile"], "work_bytes_per_pixel": runs[0]["work_bytes_per_pixel"],
+        "stages_s": stages, "bounding_stage": max(MAIN_THREAD_STAGES, key=lambda k: stages[k]),
+        "runs": runs, "raw_reads": reads,
+    }
+    report["ratio_pipeline_to_raw_read"] = report["pipeline_mpx_per_s"] / report["raw_read_mpx_per_s"]
+    tmp = out / ".pipeline.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out / "pipeline.json")
+    return report
+
+
+def pipeline_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("scene", f"{report['size']} ({report['scene']})"), ("model", report["model"]),
+            ("threads", str(report["workers"])), ("prompts", str(report["prompts"])),
+            ("raw read+decode (Mpx/s)", f"{report['raw_read_mpx_per_s']:.1f}"),
+            ("pipeline (Mpx/s, all prompts)", f"{report['pipeline_mpx_per_s']:.1f}"),
+            ("ratio pipeline / raw read", f"{report['ratio_pipeline_to_raw_read']:.3f}"),
+            ("tiles/s", f"{report['tiles_per_s']:.1f}"), ("reads per tile", f"{report['reads_per_tile']}"),
+            ("journal bytes per pixel", f"{report['work_bytes_per_pixel']:.3f}"),
+            ("peak RSS (MB)", f"{report['peak_rss_mb']:.0f}"), ("bounding stage", report["bounding_stage"])]
+    rows += [(f"stage {k} (s)", f"{v:.2f}") for k, v in report["stages_s"].items()]
+    return rows
 
 
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:

@@ -43,3 +43,19 @@ def test_bench_cli_reports_stages_ratio_and_memory(tmp_path):
     assert predict["peak_rss_mb"] > 50 and predict["km2_per_hour"] > 0
     assert report["forward_only"]["tiles"] == 8 and report["ratio_predict_to_forward"] > 0
     assert "ratio predict / forward" in res.stdout
+
+
+def test_bench_pipeline_reports_the_ceiling_stages_reads_and_journal(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "rrsis_cli", "bench", "--pipeline", "--out", str(tmp_path),
+                          "--size", "600", "--tile-size", "128", "--repeats", "1", "--prompts", "2",
+                          "--read-workers", "2", "--source", str(DATA / "RGB.byte.tif")],
+                         capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "pipeline.json").read_text())
+    assert report["model"] == "null" and report["prompts"] == 2
+    assert report["raw_read_mpx_per_s"] > 0 and report["pipeline_mpx_per_s"] > 0
+    assert report["reads_per_tile"] == 1.0  # two prompts, one read per tile
+    assert report["work_bytes_per_pixel"] <= 1.05  # 1 byte per pixel, plus file-system blocks and the journal text
+    assert set(report["stages_s"]) == set(STAGES) and report["bounding_stage"] in report["stages_s"]
+    assert report["peak_rss_mb"] > 50
+    assert "ratio pipeline / raw read" in res.stdout
