@@ -84,7 +84,7 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
     from shapely.ops import unary_union
     from shapely.strtree import STRtree
 
-    parts = []
+    whole, seam = [], []  # (polygon, pixels, probability sum): complete in their window / touching a seam
     with rasterio.open(mask_path) as ds, rasterio.open(prob_path) as prob_ds:
         crs = ds.crs
         pixel_area = abs(ds.transform.a * ds.transform.e)
@@ -100,21 +100,27 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
                 labels, count = label(hit)
                 pixels = np.bincount(labels.ravel(), minlength=count + 1)
                 prob_sums = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=count + 1)
+                on_seam = seam_labels(labels, row > 0, row + window.height < ds.height, col > 0,
+                                      col + window.width < ds.width)
                 for geom, value in shapes(labels.astype(np.int32), mask=hit, transform=ds.window_transform(window)):
-                    parts.append((shape(geom), int(pixels[int(value)]), float(prob_sums[int(value)])))
-    merged = unary_union([p for p, _, _ in parts]) if parts else None
+                    v = int(value)
+                    (seam if on_seam[v] else whole).append((shape(geom), int(pixels[v]), float(prob_sums[v])))
+    # only the parts that touch a window seam can continue in the next window: merge those alone
+    merged = unary_union([p for p, _, _ in seam]) if seam else None
     components = list(getattr(merged, "geoms", [merged])) if merged is not None and not merged.is_empty else []
-    # each window part lies in exactly one merged component: assign it by an interior point
+    # each seam part lies in exactly one merged component: assign it by an interior point
     tree = STRtree(components) if components else None
     pixels = [0] * len(components)
     prob_sums = [0.0] * len(components)
-    for poly, count, prob_sum in parts:
+    for poly, count, prob_sum in seam:
         hit = tree.query(poly.representative_point(), predicate="within") if tree is not None else []
         if len(hit):
             pixels[int(hit[0])] += count
             prob_sums[int(hit[0])] += prob_sum
-    records = [{"prompt": prompt, "score": prob_sums[i] / max(pixels[i], 1), "pixels": pixels[i], "geometry": comp}
-               for i, comp in enumerate(components)]
+    records = [{"prompt": prompt, "score": prob_sum / max(count, 1), "pixels": count, "geometry": poly}
+               for poly, count, prob_sum in whole]
+    records += [{"prompt": prompt, "score": prob_sums[i] / max(pixels[i], 1), "pixels": pixels[i], "geometry": comp}
+                for i, comp in enumerate(components)]
     crs = horizontal_crs(crs)
     frame = gpd.GeoDataFrame(records, geometry="geometry", crs=crs) if records else gpd.GeoDataFrame(
         {"prompt": [], "score": [], "pixels": []}, geometry=[], crs=crs)
@@ -134,6 +140,19 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
             console.warn(f"{mask_path}: no metric CRS for the scene's CRS; --min-area/--simplify not applied")
     write_vectors(frame, out_path, vector_format)
     return len(frame)
+
+
+def seam_labels(labels: np.ndarray, top: bool, bottom: bool, left: bool, right: bool) -> np.ndarray:
+    """Boolean per label: does the component touch an edge of its window that another window continues (the
+    scene's own edges are not seams)?"""
+    edges = [labels[0, :] if top else None, labels[-1, :] if bottom else None, labels[:, 0] if left else None,
+             labels[:, -1] if right else None]
+    flags = np.zeros(int(labels.max()) + 1, bool)
+    for edge in edges:
+        if edge is not None:
+            flags[edge] = True
+    flags[0] = False
+    return flags
 
 
 def horizontal_crs(crs):
