@@ -80,7 +80,6 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
     from rasterio.features import shapes
     from rasterio.windows import Window
     from scipy.ndimage import label
-    from shapely.geometry import shape
     from shapely.ops import unary_union
     from shapely.strtree import STRtree
 
@@ -102,9 +101,11 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
                 prob_sums = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=count + 1)
                 on_seam = seam_labels(labels, row > 0, row + window.height < ds.height, col > 0,
                                       col + window.width < ds.width)
-                for geom, value in shapes(labels.astype(np.int32), mask=hit, transform=ds.window_transform(window)):
+                found = list(shapes(labels.astype(np.int32), mask=hit, transform=ds.window_transform(window)))
+                polygons = polygons_from_rings([geom["coordinates"] for geom, _ in found])
+                for polygon, (_, value) in zip(polygons, found, strict=True):
                     v = int(value)
-                    (seam if on_seam[v] else whole).append((shape(geom), int(pixels[v]), float(prob_sums[v])))
+                    (seam if on_seam[v] else whole).append((polygon, int(pixels[v]), float(prob_sums[v])))
     # only the parts that touch a window seam can continue in the next window: merge those alone
     merged = unary_union([p for p, _, _ in seam]) if seam else None
     components = list(getattr(merged, "geoms", [merged])) if merged is not None and not merged.is_empty else []
@@ -140,6 +141,20 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
             console.warn(f"{mask_path}: no metric CRS for the scene's CRS; --min-area/--simplify not applied")
     write_vectors(frame, out_path, vector_format)
     return len(frame)
+
+
+def polygons_from_rings(rings_per_polygon: list[list]) -> np.ndarray:
+    """Shapely polygons from GeoJSON-like ring lists (exterior first, then holes), built in one vectorised call
+    instead of one Python object construction per polygon."""
+    import shapely
+
+    if not rings_per_polygon:
+        return np.array([], dtype=object)
+    rings = [np.asarray(ring, dtype=np.float64) for polygon in rings_per_polygon for ring in polygon]
+    ring_offsets = np.concatenate([[0], np.cumsum([len(r) for r in rings])])
+    polygon_offsets = np.concatenate([[0], np.cumsum([len(p) for p in rings_per_polygon])])
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, np.concatenate(rings),
+                                     (ring_offsets, polygon_offsets))
 
 
 def seam_labels(labels: np.ndarray, top: bool, bottom: bool, left: bool, right: bool) -> np.ndarray:
