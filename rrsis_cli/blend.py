@@ -8,7 +8,8 @@ and shifts. Each pixel's sum is taken over its tiles in row-major order, as the 
 so the result is the same to the bit.
 
 :class:`BandJournal` stores each finished band quantised to uint8 (probability × 254, 255 nodata: 1 byte per
-scene pixel, the value ``prob.tif`` holds and the mask is derived from) in one memory-mapped file, fsyncs it,
+scene pixel, the value ``prob.tif`` holds and the mask is derived from) in one file (positioned writes, so no
+mapping of the whole file stays in the process's memory), fsyncs it,
 then appends the band to ``journal.txt``: a handful of files per (scene, prompt) whatever its size. A run
 killed mid-scene resumes after the last journaled band; the rows a later band still needs from earlier tile rows
 (the overlap carried in the blender) are rebuilt by recomputing those few tile rows (:meth:`TileGrid`-order
@@ -90,8 +91,34 @@ class RowBlender:
         return y0, y1, prob, wsum > 0
 
 
+class RowFile:
+    """A height × width uint8 raster stored row-major in a plain file: rows written with ``pwrite`` and fsynced,
+    read back with ``pread``; memory holds only the rows asked for."""
+
+    def __init__(self, path: Path, width: int):
+        self.width = width
+        self.fd = os.open(path, os.O_RDWR)
+
+    def write(self, row: int, rows: np.ndarray) -> None:
+        data = np.ascontiguousarray(rows, dtype=np.uint8).tobytes()
+        written = os.pwrite(self.fd, data, row * self.width)
+        if written != len(data):
+            raise OSError(f"short write to the work journal ({written} of {len(data)} bytes)")
+        os.fsync(self.fd)
+
+    def read(self, row0: int, row1: int) -> np.ndarray:
+        size = (row1 - row0) * self.width
+        data = os.pread(self.fd, size, row0 * self.width)
+        return np.frombuffer(data, np.uint8).reshape(row1 - row0, self.width)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class BandJournal:
-    """Finished bands of one (scene, prompt) in ``work``: ``prob.u8`` (height × width uint8, memory-mapped),
+    """Finished bands of one (scene, prompt) in ``work``: ``prob.u8`` (height × width uint8, row-major),
     optionally ``support.u8`` (scene grounding: 1 where the coarse pass supports the target), and
     ``journal.txt`` (one JSON line per finished tile row, written after the data is on disk). ``job`` must match
     for an existing work directory to be resumed; otherwise it is reset."""
@@ -113,9 +140,8 @@ class BandJournal:
             tmp = work / ".job.json.tmp"
             tmp.write_text(json.dumps(job))
             os.replace(tmp, job_path)
-        shape = (grid.height, grid.width)
-        self.prob = np.memmap(work / PROB_FILE, np.uint8, "r+", shape=shape)
-        self.support = np.memmap(work / SUPPORT_FILE, np.uint8, "r+", shape=shape) if support else None
+        self.prob = RowFile(work / PROB_FILE, grid.width)
+        self.support = RowFile(work / SUPPORT_FILE, grid.width) if support else None
         self.finished = self._read_journal() if resumable else -1
         self.skipped = 0
 
@@ -138,12 +164,11 @@ class BandJournal:
     def write_band(self, r: int, p8: np.ndarray, support: np.ndarray | None = None) -> None:
         """Store tile row ``r``'s finished band (uint8 probability, and the support bits with grounding), make
         it durable, then journal it."""
-        y0, y1 = band_rows(self.grid, r)
-        self.prob[y0:y1] = p8
-        self.prob.flush()
+        y0, _ = band_rows(self.grid, r)
+        self.prob.write(y0, p8)
         if self.support is not None:
-            self.support[y0:y1] = support
-            self.support.flush()
+            self.support.write(y0, support)
+        y1 = y0 + p8.shape[0]
         with open(self.work / JOURNAL, "a") as journal:
             journal.write(json.dumps({"tile_row": r, "rows": [y0, y1]}) + "\n")
             journal.flush()
@@ -151,9 +176,9 @@ class BandJournal:
         self.finished = r
 
     def close(self) -> None:
-        for array in (self.prob, self.support):
-            if array is not None:
-                array._mmap.close()  # noqa: SLF001 - release the mapping before the work directory is removed
+        for rows in (self.prob, self.support):
+            if rows is not None:
+                rows.close()
 
     @property
     def done(self) -> bool:

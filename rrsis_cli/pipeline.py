@@ -240,10 +240,10 @@ def assemble(reader, journal: BandJournal, threshold: float, mask_raw: Path, pro
         for r in range(0, height, block):
             rows = slice(r, min(r + block, height))
             window = Window(0, r, width, rows.stop - r)
-            p8 = np.asarray(journal.prob[rows])
+            p8 = journal.prob.read(rows.start, rows.stop)
             mask = mask_from_probability(p8, threshold)
             if journal.support is not None:
-                mask[(mask == 1) & (np.asarray(journal.support[rows]) == 0)] = 0
+                mask[(mask == 1) & (journal.support.read(rows.start, rows.stop) == 0)] = 0
             mask_dst.write(mask, 1, window=window)
             prob_dst.write(p8, 1, window=window)
 
