@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -74,9 +75,11 @@ def test_local_cluster_output_is_byte_identical_to_in_process(small_scenes, tmp_
     assert {r.status for r in rerun.results} == {"skipped-existing"}  # finished scenes are never recomputed
 
 
-def test_killed_worker_scene_is_rescheduled_and_bad_scene_reported(small_scenes, tmp_path):
-    """A worker process is SIGKILLed while it holds a scene: the nanny replaces it, dask reschedules the scene,
-    every good scene completes; a broken input is reported per scene and the run exits 3."""
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_worker_scene_is_rescheduled_and_bad_scene_reported(small_scenes, tmp_path, signum):
+    """A worker process is SIGKILLed (node failure) or SIGTERMed (a scheduler stopping it) while it holds a scene:
+    the scene goes back to the scheduler, which runs it elsewhere, and every good scene completes with the bytes of
+    an in-process run; a broken input is reported per scene and the run exits 3."""
     from distributed import Client, LocalCluster
 
     root, model = small_scenes
@@ -93,7 +96,7 @@ def test_killed_worker_scene_is_rescheduled_and_bad_scene_reported(small_scenes,
             deadline = time.time() + 180
             while time.time() < deadline and not killed:
                 if work.exists() and any(work.rglob("journal.txt")):
-                    os.kill(pids[0], 9)
+                    os.kill(pids[0], signum)
                     killed.append(pids[0])
                 time.sleep(0.05)
 
