@@ -132,8 +132,6 @@ def close_rows(pair: Pair, reader, upto_index: int, stats: PipelineStats) -> Non
     (carried for a resume) are skipped, the others are blended, quantised and journaled."""
     from rasterio.windows import Window
 
-    from rrsis_cli.grounding import fuse
-
     grid, ncols = pair.journal.grid, len(pair.journal.grid.cols)
     while pair.next_row < len(grid.rows) and (pair.next_row + 1) * ncols - 1 <= upto_index:
         r = pair.next_row
@@ -142,16 +140,13 @@ def close_rows(pair: Pair, reader, upto_index: int, stats: PipelineStats) -> Non
             continue
         started = time.perf_counter()
         y0, y1, prob, covered = pair.blender.finish(r)
-        support = None
-        if pair.coarse is not None:
-            support = pair.coarse.upsample(y0, y1, 0, grid.width)
-            prob = fuse(prob, covered, support, pair.coarse_weight)
         p8 = quantise(prob)
         p8[~reader.valid(Window(0, y0, grid.width, y1 - y0))] = 255
         stats.seconds["blend"] += time.perf_counter() - started
         started = time.perf_counter()
-        bits = None if support is None else (support >= pair.coarse_support).astype(np.uint8)
-        pair.journal.write_band(r, p8, bits)
+        # with scene grounding the fusion with the coarse levels happens when the rasters are assembled; the band
+        # keeps the fine probability and which pixels a refined tile covered
+        pair.journal.write_band(r, p8, None if pair.coarse is None else covered.astype(np.uint8))
         stats.seconds["journal"] += time.perf_counter() - started
 
 
@@ -229,23 +224,35 @@ def new_pair(work: Path, grid: TileGrid, job: dict, prompt: str, text, coarse=No
 
 
 def assemble(reader, journal: BandJournal, threshold: float, mask_raw: Path, prob_raw: Path, profile: dict,
-             block: int = 1024) -> None:
-    """The mask (:func:`mask_from_probability`; with scene grounding also the coarse support) and the uint8
-    probability as tiled GeoTIFFs in the work directory, from the journal's bands, block row by block row."""
+             block: int = 1024, fuse=None) -> None:
+    """The mask (:func:`mask_from_probability`) and the uint8 probability as tiled GeoTIFFs in the work
+    directory, from the journal's bands, block row by block row. With scene grounding, ``fuse(fine, covered,
+    row0, row1, col0, col1) -> (probability, keep)`` combines each block's fine probability (the journal's,
+    p8 / 254) with the coarse levels, block by block, and ``keep`` is the mask."""
     import rasterio
     from rasterio.windows import Window
 
     height, width = journal.grid.height, journal.grid.width
     with rasterio.open(mask_raw, "w", **profile) as mask_dst, rasterio.open(prob_raw, "w", **profile) as prob_dst:
         for r in range(0, height, block):
-            rows = slice(r, min(r + block, height))
-            window = Window(0, r, width, rows.stop - r)
-            p8 = journal.prob.read(rows.start, rows.stop)
-            mask = mask_from_probability(p8, threshold)
-            if journal.support is not None:
-                mask[(mask == 1) & (journal.support.read(rows.start, rows.stop) == 0)] = 0
-            mask_dst.write(mask, 1, window=window)
-            prob_dst.write(p8, 1, window=window)
+            r1 = min(r + block, height)
+            p8_rows = journal.prob.read(r, r1)
+            covered_rows = None if fuse is None else journal.support.read(r, r1)
+            for c in range(0, width, block if fuse is not None else width):
+                c1 = min(c + (block if fuse is not None else width), width)
+                window = Window(c, r, c1 - c, r1 - r)
+                p8 = p8_rows[:, c:c1]
+                if fuse is None:
+                    mask = mask_from_probability(p8, threshold)
+                else:
+                    nodata = p8 == 255
+                    fine = np.where(nodata, 0, p8).astype(np.float32) / 254.0
+                    prob, keep = fuse(fine, covered_rows[:, c:c1] == 1, r, r1, c, c1)
+                    p8 = quantise(prob)
+                    mask = keep.astype(np.uint8)
+                    p8[nodata], mask[nodata] = 255, 255
+                mask_dst.write(mask, 1, window=window)
+                prob_dst.write(p8, 1, window=window)
 
 
 __all__ = ["Pair", "PipelineStats", "ReadPool", "assemble", "band_rows", "mask_from_probability", "new_pair",

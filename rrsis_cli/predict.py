@@ -339,7 +339,8 @@ def write_pair(reader: SceneReader, model, scene: Scene, job: PairJob, pair, opt
     mask_raw, prob_raw = job.work / "mask_raw.tif", job.work / "prob_raw.tif"
     journal = pair.journal
     try:
-        assemble(reader, journal, options.threshold, mask_raw, prob_raw, mask_profile(reader), options.block_size)
+        assemble(reader, journal, options.threshold, mask_raw, prob_raw, mask_profile(reader), options.block_size,
+                 None if pair.coarse is None else coarse_fusion(pair.coarse, options))
         job.result.work_bytes_per_pixel = journal.disk_bytes() / max(1, grid.height * grid.width)
     finally:
         journal.close()
@@ -351,6 +352,20 @@ def write_pair(reader: SceneReader, model, scene: Scene, job: PairJob, pair, opt
     write_outputs(mask_raw, prob_raw, job.target, job.work, job.prompt, options,
                   output_tags(model, scene, job.prompt, options, tile), job.result, options.save_prob, extra)
     job.result.status = "done"
+
+
+def coarse_fusion(coarse, options: PredictOptions):
+    """``fuse(fine, covered, row0, row1, col0, col1) -> (probability, keep)`` of a block with scene grounding: the
+    fine probability fused with the coarse map where refined tiles ran; kept where the fused probability reaches
+    the threshold and the coarse support reaches ``coarse_support``."""
+    from rrsis_cli.grounding import fuse
+
+    def fuse_block(fine, covered, row0, row1, col0, col1):
+        support = coarse.upsample(row0, row1, col0, col1)
+        prob = fuse(fine, covered, support, options.coarse_weight)
+        return prob, (prob >= options.threshold) & (support >= options.coarse_support)
+
+    return fuse_block
 
 
 def run_for_pair(job: PairJob, scene: Scene, step) -> None:
