@@ -382,14 +382,20 @@ def predict(
     grounding: Annotated[str | None, typer.Option(
         help="tiles: every tile judged alone (all instances); scene: coarse pass over the whole scene picks the "
              "referent, then only windows around it are refined [tiles].", rich_help_panel="Grounding")] = None,
-    coarse_size: Annotated[int | None, typer.Option(help="Side of the coarse view [the model's image size].",
+    coarse_size: Annotated[int | None, typer.Option(help="One coarse view of this side over the whole scene "
+                                                    "instead of the pyramid of coarse scales chosen from the scene "
+                                                    "and the model.",
                                                     rich_help_panel="Grounding")] = None,
     coarse_weight: Annotated[float | None, typer.Option(help="Weight of the coarse probability in refined "
                                                         "windows [0.75].", rich_help_panel="Grounding")] = None,
     refine_margin: Annotated[float | None, typer.Option(help="Window margin around each candidate, as a fraction "
                                                         "of its size [0.5].", rich_help_panel="Grounding")] = None,
-    save_coarse: Annotated[bool | None, typer.Option("--save-coarse", help="Also write coarse.tif.",
-                                                     rich_help_panel="Grounding")] = None,
+    save_coarse: Annotated[bool | None, typer.Option("--save-coarse", help="Also write coarse.tif (one band "
+                                                     "per coarse level).", rich_help_panel="Grounding")] = None,
+    min_object_size: Annotated[float | None, typer.Option(
+        help="Smallest referent to find, in pixels: coarse scales stop where it would fall below what the model "
+             "resolves, and the full-resolution pass runs only around candidates. Default (or 0): the model's "
+             "own limit, so the full-resolution pass runs everywhere.", rich_help_panel="Grounding")] = None,
     cluster: Annotated[str | None, typer.Option(help="Run scenes on dask workers: local, local:N, slurm.",
                                                 rich_help_panel="Scale-out")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Address of an existing dask scheduler (tcp://HOST:PORT).",
@@ -434,7 +440,8 @@ def predict(
     options = PredictOptions(**{k: opts[k] for k in ("tile_size", "overlap", "batch_size", "device", "precision",
                                                      "threshold", "gsd", "save_prob", "vector_format", "min_area",
                                                      "simplify", "overwrite", "dry_run", "grounding", "coarse_size",
-                                                     "coarse_weight", "refine_margin", "save_coarse")
+                                                     "coarse_weight", "refine_margin", "save_coarse",
+                                                     "min_object_size")
                                 if opts.get(k) is not None},
                              bands=_parse_bands(opts.get("bands")), stretch=_parse_stretch(opts.get("stretch")))
     slurm = {key: opts.get(f"slurm_{key}") for key in ("queue", "account", "walltime", "memory", "gpus", "jobs")}
