@@ -412,7 +412,7 @@ PREDICT_RUN_DEFAULTS = {name: p.default for name, p in inspect.signature(predict
 OPTION_FIELDS = ("tile_size", "overlap", "batch_size", "device", "precision", "threshold", "gsd", "save_prob",
                  "vectors", "vector_format", "min_area", "simplify", "overwrite", "dry_run", "grounding",
                  "coarse_size", "coarse_weight", "refine_margin", "save_coarse", "allow_random_weights",
-                 "rpc_height", "read_workers", "compile_model")
+                 "rpc_height", "read_workers", "compile_model", "min_object_size")
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -489,15 +489,22 @@ def predict(
         help="tiles: every tile judged alone (all instances); scene: coarse pass over the whole scene picks the "
              "referent, then only windows around it are refined.", rich_help_panel="Grounding")
         ] = PREDICT_DEFAULTS.grounding,
-    coarse_size: Annotated[int | None, typer.Option(help="Side of the coarse view, a multiple of 32.",
-                                                    show_default="the model's input size",
+    coarse_size: Annotated[int | None, typer.Option(help="One coarse view of this side (a multiple of 32) over the "
+                                                    "whole scene instead of the pyramid of coarse scales chosen "
+                                                    "from the scene and the model.",
+                                                    show_default="the pyramid",
                                                     rich_help_panel="Grounding")] = PREDICT_DEFAULTS.coarse_size,
     coarse_weight: Annotated[float, typer.Option(help="Weight of the coarse probability in refined windows.",
                                                  rich_help_panel="Grounding")] = PREDICT_DEFAULTS.coarse_weight,
     refine_margin: Annotated[float, typer.Option(help="Window margin around each candidate, as a fraction of its "
                                                  "size.", rich_help_panel="Grounding")] = PREDICT_DEFAULTS.refine_margin,
-    save_coarse: Annotated[bool, typer.Option("--save-coarse", help="Also write coarse.tif (--grounding scene).",
+    save_coarse: Annotated[bool, typer.Option("--save-coarse", help="Also write coarse.tif (--grounding scene; one "
+                                              "band per coarse level).",
                                               rich_help_panel="Grounding")] = PREDICT_DEFAULTS.save_coarse,
+    min_object_size: Annotated[float | None, typer.Option(
+        help="Smallest referent in pixels (scene grounding).",
+        show_default="the model's limit",
+        rich_help_panel="Grounding")] = PREDICT_DEFAULTS.min_object_size,
     allow_random_weights: Annotated[bool, typer.Option("--allow-random-weights", help=RANDOM_WEIGHTS_HELP)
                                     ] = PREDICT_DEFAULTS.allow_random_weights,
     cluster: Annotated[str | None, typer.Option(help="Run scenes on dask workers: local, local:N, slurm.",

@@ -85,6 +85,7 @@ class PredictOptions:
     refine_margin: float = 0.5
     save_coarse: bool = False
     allow_random_weights: bool = False  # run a card without weights (seeded random weights, with a warning)
+    min_object_size: float | None = None  # scene grounding: smallest referent, px (None: the model's limit)
 
 
 @dataclass
@@ -179,7 +180,7 @@ def config_hash(model_sha: str | None, scene: Scene, prompt: str, options: Predi
         payload["rpc"] = [options.rpc_height, options.rpc_dem]
     if options.grounding != "tiles":
         payload["grounding"] = [options.grounding, options.coarse_size, options.coarse_weight,
-                                options.coarse_support, options.refine_margin]
+                                options.coarse_support, options.refine_margin, options.min_object_size, 2]
     elif not threshold:
         payload.pop("threshold")
         payload["kind"] = "probability"
@@ -222,41 +223,76 @@ def reusable_prob(prob_path: Path, reader: SceneReader, scene: Scene, prompt: st
 # ------------------------------------------------------------------------------------------------ scenes
 def ground_scene(reader: SceneReader, model, text, options: PredictOptions, tile: int, grid: TileGrid,
                  device: torch.device, result: SceneResult):
-    """Pass 1 of scene grounding: the coarse map, its candidates and the tiles pass 2 will run (recorded in the
-    result for the manifest)."""
-    from rrsis_cli.grounding import coarse_pass, tiles_in_windows
+    """Coarse passes of scene grounding (:mod:`rrsis_cli.grounding`): the levels, their candidates and the tiles
+    the full-resolution pass will run (all of them when it is the pyramid's finest level), recorded in the result
+    for the manifest. (None, None) when no coarse scale can work here: the pair falls back to tiled mode."""
+    from rrsis_cli.grounding import coarse_pass, scales_text, tiles_in_windows
 
     started = time.perf_counter()
-    size = int(options.coarse_size or model.config["image_size"])
-    multiple = int(model.config.get("input_multiple", INPUT_MULTIPLE))
-    if size % multiple:
-        raise UsageError(f"--coarse-size must be a multiple of {multiple}, got {size}")
-    coarse = coarse_pass(reader, model, text, size, options.threshold, options.refine_margin, tile, device,
-                         options.precision)
-    active = tiles_in_windows(grid, coarse.windows)
-    result.grounding = {"mode": "scene", "coarse_size": size, "coarse_weight": options.coarse_weight,
-                        "coarse_support": options.coarse_support, "candidates": coarse.candidates,
-                        "tiles_refined": len(active), "tiles_total": len(grid),
-                        "coarse_seconds": time.perf_counter() - started}
-    console.info(f"{reader.path.name}: scene grounding found {len(coarse.candidates)} candidate(s); refining "
-                 f"{len(active)} of {len(grid)} tiles")
+    if options.coarse_size and options.coarse_size % 32:
+        raise UsageError(f"--coarse-size must be a multiple of 32, got {options.coarse_size}")
+    notes: list[str] = []
+    coarse = coarse_pass(reader, model, text, options, tile, device, notes)
+    if coarse is None:
+        result.grounding = {"mode": "tiles", "requested": "scene", "fallback": notes[0], "tiles_refined": len(grid),
+                            "tiles_total": len(grid), "tiles_refined_fraction": 1.0}
+        console.warn(f"{reader.path.name}: scene grounding falls back to tiled mode: {notes[0]}")
+        return None, None
+    active = None if coarse.plan.fine_everywhere else tiles_in_windows(grid, coarse.windows)
+    refined = len(grid) if active is None else len(active)
+    result.grounding = {
+        "mode": "scene", "levels": [lv.record() for lv in coarse.levels],
+        "coarse_size": coarse.levels[0].view_size if options.coarse_size else None,
+        "resolve_px": coarse.plan.resolve_px, "min_object_size": options.min_object_size,
+        "full_resolution_pass": "everywhere" if active is None else "windows",
+        "coarse_weight": options.coarse_weight, "coarse_support": options.coarse_support,
+        "candidates": coarse.candidates(), "candidates_total": len(coarse.groups),
+        "rejected": coarse.candidates(rejected=True), "rejected_total": len(coarse.rejected),
+        "coarse_views": sum(lv.views for lv in coarse.levels), "tiles_refined": refined, "tiles_total": len(grid),
+        "tiles_refined_fraction": round(refined / max(len(grid), 1), 4), "notes": notes,
+        "coarse_seconds": time.perf_counter() - started}
+    for note in notes:
+        console.info(f"{reader.path.name}: scene grounding: {note}")
+    console.info(f"{reader.path.name}: scene grounding at coarse scale(s) {scales_text(coarse)} found "
+                 f"{len(coarse.groups)} coarse candidate(s) ({len(coarse.rejected)} look-alike(s) rejected); refining "
+                 f"{refined} of {len(grid)} tiles" + (" (full-resolution pass everywhere: objects down to the "
+                                                      "model's limit)" if active is None else ""))
     return coarse, active
 
 
+def report_grounding(reader: SceneReader, coarse, options: PredictOptions, result: SceneResult) -> None:
+    """After fusion: full-resolution detections kept or dropped, and the warning when nothing was found."""
+    from rrsis_cli.grounding import empty_advice
+
+    result.grounding.update(fine_detections_kept=coarse.fine_kept, fine_detections_dropped=coarse.fine_dropped)
+    if coarse.plan.fine_everywhere and (coarse.fine_kept or coarse.fine_dropped):
+        console.info(f"{reader.path.name} / {result.prompt!r}: full-resolution pass: kept {coarse.fine_kept} "
+                     f"detection(s) too small for the coarse scales, dropped {coarse.fine_dropped} larger one(s) "
+                     "that no coarse scale chose")
+    if not coarse.groups and not coarse.fine_kept:
+        message = empty_advice(coarse, options.threshold)
+        result.grounding["warning"] = message
+        console.warn(f"{reader.path.name} / {result.prompt!r}: {message}")
+
+
 def write_coarse(reader: SceneReader, coarse, path: Path) -> None:
-    """The coarse probability map (× 254, uint8) as a COG georeferenced over the scene's extent."""
+    """The coarse probability maps (× 254, uint8; one band per level, coarsest first) as a COG on the grid of the
+    finest coarse level, georeferenced over the scene's extent."""
     import rasterio
     from rasterio.transform import Affine
 
     ds = reader.ds
-    size = coarse.prob.shape[0]
-    transform = ds.transform * Affine.scale(ds.width / size, ds.height / size)
+    bands = coarse.resampled(ds.height, ds.width)
+    height, width = bands.shape[1:]
+    transform = ds.transform * Affine.scale(ds.width / width, ds.height / height)
     tmp = path.with_name(f".{path.name}.raw.tif")
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint8", "crs": reader.crs,
-               "transform": transform, "nodata": 255}
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": len(bands), "dtype": "uint8",
+               "crs": reader.crs, "transform": transform, "nodata": 255}
     with rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(np.round(coarse.prob * 254).astype(np.uint8), 1)
-    to_cog(tmp, path, {"values": "coarse probability x 254"})
+        dst.write(np.round(bands * 254).astype(np.uint8))
+        for k, level in enumerate(coarse.levels, start=1):
+            dst.set_band_description(k, f"level {k - 1}: 1/{level.factor:.3f}")
+    to_cog(tmp, path, {"values": "coarse probability x 254, one band per level (coarsest first)"})
     tmp.unlink()
 
 
@@ -345,6 +381,8 @@ def write_pair(reader: SceneReader, model, scene: Scene, job: PairJob, pair, opt
     finally:
         journal.close()
     job.result.seconds["assemble"] = time.perf_counter() - started
+    if pair.coarse is not None:
+        report_grounding(reader, pair.coarse, options, job.result)
     extra: dict[str, Path] = {}
     if pair.coarse is not None and options.save_coarse:
         extra["coarse"] = job.work / "coarse.tif"
@@ -356,14 +394,10 @@ def write_pair(reader: SceneReader, model, scene: Scene, job: PairJob, pair, opt
 
 def coarse_fusion(coarse, options: PredictOptions):
     """``fuse(fine, covered, row0, row1, col0, col1) -> (probability, keep)`` of a block with scene grounding: the
-    fine probability fused with the coarse map where refined tiles ran; kept where the fused probability reaches
-    the threshold and the coarse support reaches ``coarse_support``."""
-    from rrsis_cli.grounding import fuse
-
+    fine probability fused with the coarse levels (:meth:`rrsis_cli.grounding.CoarseGrounding.fuse_block`)."""
     def fuse_block(fine, covered, row0, row1, col0, col1):
-        support = coarse.upsample(row0, row1, col0, col1)
-        prob = fuse(fine, covered, support, options.coarse_weight)
-        return prob, (prob >= options.threshold) & (support >= options.coarse_support)
+        return coarse.fuse_block(fine, covered, row0, row1, col0, col1, options.threshold, options.coarse_weight,
+                                 options.coarse_support)
 
     return fuse_block
 
@@ -598,6 +632,7 @@ def validate_options(options: PredictOptions, prompts: list[str], cluster: str |
     _check_range("coarse_weight", options.coarse_weight, 0, 1)
     _check_range("coarse_support", options.coarse_support, 0, 1)
     _check_range("refine_margin", options.refine_margin, 0)
+    _check_range("min_object_size", options.min_object_size, 0)
     if options.block_size < 1 or options.read_ahead < 1:
         raise UsageError("block_size and read_ahead must be at least 1")
     if options.rpc_dem is not None and not Path(options.rpc_dem).is_file():

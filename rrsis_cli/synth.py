@@ -388,33 +388,96 @@ def make_demo_scene(source: str | Path, out_dir: str | Path, size: int = 2048, c
     return report
 
 
-def make_grounding_scene(source: str | Path, out_path: str | Path, kind: str = "position", scale: int = 8,
-                         seed: int = 0, chip: int = 96) -> dict:
-    """A scene where several look-alike objects stand and exactly one matches a whole-scene expression
-    (``position``, ``relation`` or ``comparison``), for the scene-grounding scenario.
+GROUNDING_KINDS = ("attribute", "position", "relation", "comparison")
 
-    A chip layout of :func:`compose_chip` (``chip`` px) is scaled by ``scale`` onto real pixels of ``source``,
-    mirror-tiled to ``chip * scale`` px with the source's CRS and pixel size: the expression holds for the
-    scene as a whole ("the green square in the upper left" of the *scene*), while each tile sees only parts of
-    it. Writes ``out_path`` (GeoTIFF) and ``<stem>.gt.tif`` (1 = the referent) and returns the expression."""
+
+def _sized_layout(things: list[Thing], kind: str, relation, chip: int, size: int, object_px: float,
+                  rng: np.random.Generator, distractors: int, gap: float) -> list[Thing] | None:
+    """A chip layout spread over a ``size`` px scene with the referent ``object_px`` px across (every object's radius
+    scaled alike, so "the larger of the two" stays true), plus ``distractors`` objects of a shape that no
+    object of the layout has (so the expression stays unambiguous); None when it does not fit."""
+    spread = size / chip
+    ratio = object_px / 2 / things[0].radius
+    scaled = [Thing(t.shape, t.colour, t.cy * spread, t.cx * spread, t.radius * ratio) for t in things]
+    for i, t in enumerate(scaled):
+        if not (t.radius + 1 <= t.cy <= size - t.radius - 1 and t.radius + 1 <= t.cx <= size - t.radius - 1):
+            return None
+        if not _free(scaled[:i], t.cy, t.cx, t.radius, gap):
+            return None
+    half = size / 2
+    if kind == "position":  # every object inside its own quadrant
+        if any(abs(t.cy - half) < t.radius + gap or abs(t.cx - half) < t.radius + gap for t in scaled):
+            return None
+    if relation is not None:  # the referent wholly on its side of the anchor, the look-alike on the other
+        side = relation[0]
+        target, other, anchor = scaled[0], scaled[1], scaled[2]
+        left, right = (target, other) if side == "left" else (other, target)
+        if not (left.cx + left.radius < anchor.cx - anchor.radius and right.cx - right.radius > anchor.cx + anchor.radius):
+            return None
+    free_shapes = [shape for shape in SHAPES if shape not in {t.shape for t in things}]
+    for _ in range(distractors):
+        if not free_shapes:
+            break
+        r = float(rng.uniform(0.35, 0.75)) * object_px
+        pos = _place(rng, scaled, size, r)
+        if pos is None:
+            continue
+        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        scaled.append(Thing(free_shapes[int(rng.integers(len(free_shapes)))], colour, pos[0], pos[1], r))
+    return scaled
+
+
+def make_grounding_scene(source: str | Path, out_path: str | Path, kind: str = "position", scale: int = 8,
+                         seed: int = 0, chip: int = 96, size: int | None = None, object_px: float | None = None,
+                         distractors: int = 0, tries: int = 500) -> dict:
+    """A scene where several look-alike objects stand and exactly one matches the expression, for the
+    scene-grounding scenario. ``kind``: ``position``, ``relation`` or ``comparison`` (the expression holds for
+    the scene as a whole and needs context wider than a tile) or ``attribute`` ("the red circle": a tile holding
+    the referent sees all it needs; the look-alikes differ in colour or shape).
+
+    A chip layout of :func:`compose_chip` (``chip`` px) is placed on real pixels of ``source``, mirror-tiled with
+    the source's CRS and pixel size. By default the whole layout is scaled by ``scale`` (a ``chip * scale`` px
+    scene, objects ``scale`` times their chip size). With ``size`` and ``object_px``, the layout is spread over a
+    ``size`` px scene and the referent measures ``object_px`` px across (other objects keep their size relative to
+    it), with ``distractors`` extra objects of a shape the expression does not name; layouts that do not fit
+    (overlaps, an object across the quadrant or side it is named by) are redrawn, up to ``tries`` times.
+    Writes ``out_path`` (GeoTIFF) and ``<stem>.gt.tif`` (1 = the referent) and returns the expression. Seeded:
+    same arguments, same files."""
     import rasterio
 
-    if kind not in ("position", "relation", "comparison"):
-        raise ValueError(f"kind must be position, relation or comparison, got {kind!r}")
+    if kind not in GROUNDING_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(GROUNDING_KINDS)}, got {kind!r}")
+    if (size is None) != (object_px is None):
+        raise ValueError("give both size and object_px, or neither")
     out_path = Path(out_path)
     rng = np.random.default_rng(seed)
     pixels = read_source(source)
     with rasterio.open(source) as src:
         crs, transform = src.crs, src.transform
-    layout = None
-    while layout is None:
-        layout = compose_chip(random_background(pixels, chip, rng), kind, rng)
-    _, _, expression, _, things = layout
-    size = chip * scale
+    placed = None
+    for _ in range(tries):
+        layout = None
+        while layout is None:
+            layout = compose_chip(random_background(pixels, chip, rng), kind, rng)
+        _, _, expression, _, things = layout
+        if size is None:
+            placed = [Thing(t.shape, t.colour, t.cy * scale, t.cx * scale, t.radius * scale) for t in things]
+            break
+        relation = None
+        if kind == "relation":
+            side = "left" if " left of " in expression else "right"
+            relation = (side, things[2])
+        placed = _sized_layout(things, kind, relation, chip, size, object_px, rng, distractors,
+                               gap=max(3.0, object_px / 4))
+        if placed is not None:
+            break
+    if placed is None:
+        raise ValueError(f"no {kind} layout with {object_px} px objects fits a {size} px scene in {tries} tries")
+    look_alikes = len(things) - 1
+    size = size or chip * scale
     r0, c0 = int(rng.integers(0, pixels.shape[0])), int(rng.integers(0, pixels.shape[1]))
     scene = pixels[mirror_indices(r0, size, pixels.shape[0])][:, mirror_indices(c0, size, pixels.shape[1])].copy()
-    masks = [paint(scene, Thing(t.shape, t.colour, t.cy * scale, t.cx * scale, t.radius * scale), rng)
-             for t in things]
+    masks = [paint(scene, t, rng) for t in placed]
     target = masks[0]
     for other in masks[1:]:
         target &= ~other  # painted later over the referent: not part of it
@@ -426,4 +489,5 @@ def make_grounding_scene(source: str | Path, out_path: str | Path, kind: str = "
     with rasterio.open(gt_path, "w", **{**profile, "count": 1}) as dst:
         dst.write(target.astype(np.uint8), 1)
     return {"scene": str(out_path), "gt": str(gt_path), "expression": expression, "kind": kind,
-            "look_alikes": len(things) - 1, "size": size}
+            "look_alikes": look_alikes, "distractors": len(placed) - len(things), "size": size,
+            "object_px": round(2 * placed[0].radius, 1), "context": kind != "attribute"}
