@@ -141,7 +141,7 @@ def run_level(reader, model, text, factor: float, view: int, overlap: float, bat
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
-    from rrsis_cli.predict import infer
+    from rrsis_cli.inference import infer
     from rrsis_cli.tiling import TileGrid, blend_weights
 
     started = time.perf_counter()
@@ -190,7 +190,7 @@ def read_coarse_view(reader, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def run_single_view(reader, model, text, size: int, device, precision: str) -> Level:
     """``--coarse-size``: the whole scene in one ``size`` x ``size`` view (stretched to a square)."""
-    from rrsis_cli.predict import infer
+    from rrsis_cli.inference import infer
 
     started = time.perf_counter()
     view, valid = read_coarse_view(reader, size)

@@ -88,3 +88,9 @@ def foreground_probability(model, text, tiles: list[np.ndarray] | np.ndarray, de
     if device.type == "cuda":
         return prob.half().cpu().numpy().astype(np.float32)
     return prob.numpy()
+
+
+def infer(model, text, tiles: list[np.ndarray], device: torch.device, precision: str) -> np.ndarray:
+    """Foreground probability (B, H, W) of tiles in [0, 1] with ``precision`` resolved for ``device``
+    (``auto``: bf16 on CUDA, fp32 on the CPU)."""
+    return foreground_probability(model, text, tiles, device, resolve_precision(precision, device))

@@ -157,10 +157,10 @@ class TextCache:
 
 
 def infer(model, text, tiles: list[np.ndarray], device: torch.device, precision: str) -> np.ndarray:
-    """Foreground probability (B, tile, tile) for tiles in [0, 1] (:func:`rrsis_cli.inference.foreground_probability`)."""
-    from rrsis_cli.inference import foreground_probability, resolve_precision
+    """Foreground probability (B, tile, tile) for tiles in [0, 1] (:func:`rrsis_cli.inference.infer`)."""
+    from rrsis_cli.inference import infer as run
 
-    return foreground_probability(model, text, tiles, device, resolve_precision(precision, device))
+    return run(model, text, tiles, device, precision)
 
 
 # ------------------------------------------------------------------------------------------------ hashes
