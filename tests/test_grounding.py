@@ -70,13 +70,15 @@ def test_objects_are_judged_at_the_coarsest_scale_that_resolves_them():
 
     referent, look_alike, small = (100, 260, 100, 260), (600, 760, 600, 760), (900, 930, 100, 130)
     borderline, borderline_seen = (390, 530, 600, 740), (410, 515, 615, 720)  # 140 px; 105 px in the coarse view
-    coarse = _level(1024 / 96, [referent, borderline_seen])  # the whole scene: picks the referent among 160 px
+    lonely, speck = (800, 912, 600, 712), (40, 70, 900, 930)  # only the whole-scene view sees them: 10.5 and 3 px
+    coarse = _level(1024 / 96, [referent, borderline_seen, lonely, speck])  # picks the referent among 160 px
     fine = _level(1024 / 384, [referent, look_alike, small, borderline])  # narrow views claim the look-alike too
     kept, rejected, weak = find_candidates([coarse, fine], 0.5, 12.0, 0.5, 1024, 1024)
     tops = sorted(g.bbox[0] for g in kept)
     assert [m.level for m in kept[0].members] == [0, 1]  # the referent, seen at both scales
-    assert len(kept) == 3 and 380 <= tops[1] <= 400 and tops[2] >= 890  # borderline and small kept
-    assert len(weak) == 1 and weak[0].level == 0  # 10 px at 1/10.7: too small to judge, but it vouches
+    assert len(kept) == 4 and 380 <= tops[1] <= 400 and tops[2] >= 790 and tops[3] >= 890  # borderline, lonely, small
+    assert len(weak) == 3 and {w.level for w in weak} == {0}  # below 12 px at 1/10.7: too small to judge alone
+    assert not any(g.bbox[0] < 90 for g in kept)  # the 3 px speck: weak, and too small to stand on its own
     assert len(rejected) == 1 and rejected[0].bbox[0] >= 590  # 160 px: the whole-scene view saw it, dropped
 
 
