@@ -5,6 +5,8 @@ Scenarios:
 
 * ``quickstart``: the README's quickstart scene (``rrsis data scene examples/data/rgbn_5m.tif --size 1024``,
   seed 0) and its three ground-truth prompts ("the red circle", ...; every instance of the colour and shape).
+* ``large``: the scenario of the first scene-grounding benchmark (768 px scenes, objects of 100-200 px, 1-3
+  look-alikes, one of position / relation / comparison per scene).
 * ``synthetic``: ``rrsis_cli.synth.make_grounding_scene`` scenes of ``--size`` px with referents of each
   ``--object-px`` size, 2-3 look-alikes and ``--distractors`` other objects, for each expression kind:
   ``attribute`` ("the red circle"; a tile holding the referent sees all it needs) and ``position``, ``relation``,
@@ -17,6 +19,7 @@ the targets are would set it: the full-resolution pass runs only around candidat
 a summary are appended to ``benchmarks/results/grounding.jsonl``.
 
     python benchmarks/grounding_bench.py quickstart
+    python benchmarks/grounding_bench.py large --scenes 12
     python benchmarks/grounding_bench.py synthetic --scenes 2
 """
 
@@ -115,6 +118,24 @@ def synthetic(a) -> list[dict]:
     return rows
 
 
+def large(a) -> list[dict]:
+    """The scenario of the first scene-grounding benchmark: 768 px scenes, the chip layout scaled 8x (objects of
+    100-200 px), seeds 1000 + i, kinds position / relation / comparison in turn."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(a.scenes):
+            kind = ("position", "relation", "comparison")[i % 3]
+            s = make_grounding_scene(SOURCE, Path(tmp) / f"s{i}.tif", kind, 8, 1000 + i)
+            modes = {"tiles": {"grounding": "tiles"}, "scene": {"grounding": "scene"},
+                     "scene-min": {"grounding": "scene", "min_object_size": 64}}
+            row = {"scenario": "large", "size": 768, "object_px": "100-200", "kind": kind, "seed": 1000 + i,
+                   "expression": s["expression"], "look_alikes": s["look_alikes"], "context": True,
+                   **run_modes(s["scene"], s["expression"], s["gt"], Path(tmp), modes)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def summarise(rows: list[dict]) -> dict:
     modes = [m for m in ("tiles", "scene", "scene-min") if rows and m in rows[0]]
     mean = statistics.mean
@@ -133,9 +154,9 @@ def summarise(rows: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("scenario", choices=("quickstart", "synthetic"))
+    ap.add_argument("scenario", choices=("quickstart", "synthetic", "large"))
     ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--scenes", type=int, default=2, help="synthetic: scenes per (size, kind)")
+    ap.add_argument("--scenes", type=int, default=2, help="synthetic: scenes per (size, kind); large: scenes")
     ap.add_argument("--object-px", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
     ap.add_argument("--kinds", nargs="+", default=list(GROUNDING_KINDS))
     ap.add_argument("--distractors", type=int, default=4)
@@ -143,7 +164,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT, help="JSON lines file the summary is appended to")
     a = ap.parse_args()
     started, load_before = time.time(), load()
-    rows = quickstart(a) if a.scenario == "quickstart" else synthetic(a)
+    rows = {"quickstart": quickstart, "synthetic": synthetic, "large": large}[a.scenario](a)
     summary = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.platform(), "cpus": os.cpu_count(),
                "load_before": load_before, "load_after": load(), "minutes": round((time.time() - started) / 60, 1),
                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, "cells": summarise(rows), "rows": rows}

@@ -52,6 +52,7 @@ import numpy as np
 
 RESOLVE_PX = 12.0  # smallest object, in model-input pixels, a model resolves unless its config says otherwise
 PREFERRED_RATIO = 1.5  # objects are segmented at the scale where they measure about 1.5 x resolve_px
+WEAK_KEEP = 0.8  # a weak region that no finer level saw is kept from 0.8 x resolve_px (10 of 12 px)
 MIN_COARSE_FACTOR = 2.0  # a coarse level finer than this costs about as much as the full-resolution pass
 MAX_LEVEL_PIXELS = 2048 * 2048  # bounds the memory of the finest coarse level (three float32 maps of this size)
 MAX_LISTED = 50  # candidates and rejected candidates listed in the manifest (all are counted)
@@ -279,6 +280,17 @@ def find_candidates(levels: list[Level], threshold: float, resolve_px: float, ma
                 rejected.append(Group([cand]))  # a wider view resolved an object this size and did not choose it
             else:
                 kept.append(Group([cand]))
+    judged = [m for g in kept + rejected for m in g.members]
+    promoted: list[Group] = []
+    for cand in weak:  # seen only by views too coarse to judge it, and by no finer one: the only evidence there is
+        if cand.size / levels[cand.level].factor < WEAK_KEEP * resolve_px or any(cand.overlaps(m.bbox) for m in judged):
+            continue
+        owner = next((g for g in promoted if any(cand.overlaps(m.bbox) for m in g.members)), None)
+        if owner is not None:
+            owner.members.append(cand)
+        else:
+            promoted.append(Group([cand]))
+    kept += promoted
     for group in kept + rejected:
         r0, r1, c0, c1 = group.bbox
         grow = max(margin * group.size, 2 * levels[group.members[0].level].factor)
