@@ -98,7 +98,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     """Replacement for :func:`warnings.showwarning`: one console line (no source line), category and origin as
     fields."""
     text = " ".join(str(message).split())
-    warn(f"{category.__name__}: {text}", category=category.__name__, origin=f"{Path(filename).name}:{lineno}")
+    origin = f"{Path(filename).name}:{lineno}"
+    if issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
+        # Notes from libraries to their developers (e.g. affine's "use @"), not about the user's data: a cron
+        # job's log must not change with the library versions installed. Shown with -v only.
+        debug(f"{category.__name__}: {text}", category=category.__name__, origin=origin)
+        return
+    warn(f"{category.__name__}: {text}", category=category.__name__, origin=origin)
 
 
 class _ConsoleHandler(logging.Handler):

@@ -218,3 +218,18 @@ def test_json_logs_only_json_lines_on_stderr(tmp_path, tiny_model):
     with rasterio.open(out / next(r["output_dir"] for r in results if "float_nan" in r["scene"]) / "mask.tif") as m:
         mask = m.read(1)
     assert (mask[10:30, 20:50] == 255).all() and (mask[50:60, 50:60] != 255).all()
+
+
+def test_library_deprecation_notes_are_not_user_warnings(capsys):
+    """A third-party DeprecationWarning (affine's "use @", seen in CI) is a note to developers: it must not
+    appear as a warning in the user's log, whose content would then change with library versions."""
+    console.configure(log_format="json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with console.routed_warnings():
+            warnings.warn("Use `@` matmul", PendingDeprecationWarning, stacklevel=1)
+            warnings.warn("old API", DeprecationWarning, stacklevel=1)
+            warnings.warn("real", UserWarning, stacklevel=1)
+    console.configure(log_format="text")
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(r["level"], r["message"]) for r in records] == [("warning", "UserWarning: real")]
