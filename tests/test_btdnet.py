@@ -1,4 +1,4 @@
-"""BTDNet: its switches (padding invariance of each), module shapes (BSC, T-BTD, D-MOLS), the joint prediction of the
+"""BTDNet: its switches, module shapes (BSC, T-BTD, D-MOLS), the joint prediction of the
 two streams, the training losses, the full configuration's size and a learned language-dependent task."""
 
 from __future__ import annotations
@@ -24,14 +24,7 @@ from synthetic import BLIND_MIOU_BOUND, make_samples
 PROMPTS = ["the red car on the left", "a large white storage tank north of the road"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP threads of
-    concurrent jobs oversubscribe it (the learning test ran 10x slower); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +39,6 @@ def _target(b: int, h: int, w: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------- contract
-
-
-@pytest.mark.parametrize("switch", [{}, {"placement": "post"}, {"spatial_pool": "mean"},
-                                    {"background": "query"}, {"exchange": False}, {"update_text": False},
-                                    {"bsc__num_heads": 2}])
-def test_padding_invariance_for_every_switch(switch):
-    model = build_model("btdnet-tiny", seed=1, **switch)
-    ids, mask = model.tokenize(PROMPTS)
-    pad = torch.zeros((2, 12), dtype=torch.long)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        a = model(x, ids, mask)
-        b = model(x, torch.cat([ids, pad], 1), torch.cat([mask, pad], 1))
-    assert a.shape == (2, 2, 64, 64)
-    assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
 
 
 def test_switches_change_the_computation():

@@ -93,17 +93,6 @@ def test_padding_official_sentence_vector_averages_padding(tiny):
     assert not torch.allclose(a, b, atol=1e-7)
 
 
-def test_padding_invariance_with_masked_pooling():
-    model = build_model("lgce-tiny", seed=1, sentence_pool="masked")
-    ids, mask = model.tokenize(PROMPTS)
-    pad = torch.zeros((2, 12), dtype=torch.long)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        a = model(x, ids, mask)
-        b = model(x, torch.cat([ids, pad], 1), torch.cat([mask, pad], 1))
-    assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
-
-
 def test_unused_official_modules_do_not_affect_the_output(tiny):
     state = tiny.state_dict()
     for prefix in UNUSED_OFFICIAL_MODULES:

@@ -1,5 +1,5 @@
-"""The model contract (DESIGN §3), one suite for every registered architecture: each ``*-tiny`` card and ``null``
-(and CroBIM's ConvNeXt encoder, a switch of its card). What only one architecture does is tested in its own file.
+"""The model contract (DESIGN §3), one suite for every registered architecture: each ``*-tiny`` card and ``null``,
+and the configuration switches of the tiny cards. What only one architecture does is tested in its own file.
 
 Where an architecture differs, it says so on its class and the suite asserts what it says: ``padding_invariant``
 (LGCE's official sentence pooling averages padding), ``unused_parameters()`` (weights the official layouts hold
@@ -24,20 +24,25 @@ from rrsis_cli.models.registry import architecture_class, architectures
 from rrsis_cli.train.loop import LossStep, TrainOptions
 
 CARDS = sorted(card["name"] for card in list_cards() if card["name"].endswith("-tiny") or card["name"] == "null")
-VARIANTS = [(card, {}) for card in CARDS] + [("crobim-tiny", {"backbone__type": "convnext"})]
-IDS = [card + "".join(f"-{v}" for v in overrides.values()) for card, overrides in VARIANTS]
+# Configuration switches of the tiny cards (build_model overrides): every switch keeps the contract too.
+SWITCHES = {
+    "crobim-tiny": [{"backbone__type": "convnext"}, {"capm__enabled": False}, {"text_passes": 1},
+                    {"interaction": "pwam"}, {"scale_fusion": "concat", "adc": "residual"},
+                    {"adc": "none", "mid__head": "token_max"}, {"refine_stride4": True, "lgfa__stride": 8},
+                    {"lgfa__num_blocks": 2, "gamma_init": 0.5}, {"mid__order": "pixels_first"},
+                    {"adc": "residual", "adc_lambda": 0.25}],
+    "btdnet-tiny": [{"placement": "post"}, {"spatial_pool": "mean"}, {"background": "query"}, {"exchange": False},
+                    {"update_text": False}, {"bsc__num_heads": 2}],
+    "lgce-tiny": [{"sentence_pool": "masked"}],
+}
+VARIANTS = [(card, {}) for card in CARDS] + [(card, switch) for card, switches in SWITCHES.items() for switch in switches]
+IDS = [card + "".join(f"-{k}={v}" for k, v in overrides.items()) for card, overrides in VARIANTS]
 ARCH = {card["name"]: card["arch"] for card in list_cards()}
 OFFICIAL = [card for card in CARDS if architecture_class(ARCH[card]).official_layout]
 PROMPTS = ["the red car on the left", "a large white storage tank north of the road"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain nothing from intra-op threads; one thread avoids contention on shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(card: str, overrides: dict, seed: int = 0) -> ReferringSegmenter:
