@@ -500,7 +500,7 @@ def check_order() -> dict:
 
 
 def check_resize(src: Path) -> dict:
-    from rrsis_cli.train.data import official_resize_image, official_resize_mask
+    from rrsis_cli.data.transforms import official_resize_image, official_resize_mask
 
     rng = np.random.default_rng(0)
     results = {}

@@ -82,8 +82,9 @@ def forward_only(scene: Path, model_spec: str, prompt: str, tile_size: int | Non
     memory and normalised, same batch size and precision; the text is encoded once."""
     import torch
 
+    from rrsis_cli.inference import infer, pick_device
     from rrsis_cli.models import load_model
-    from rrsis_cli.predict import TextCache, infer, pick_device
+    from rrsis_cli.predict import TextCache
     from rrsis_cli.scene import SceneReader
     from rrsis_cli.tiling import TileGrid
 

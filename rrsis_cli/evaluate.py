@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from rrsis_cli import console
+from rrsis_cli.data.transforms import resize_image, resize_mask
 from rrsis_cli.errors import InputError, OutputError, UsageError
+from rrsis_cli.inference import forward_logits, normalise_on_device, pick_device, resolve_precision
 from rrsis_cli.inputs import strip_key_hash
 from rrsis_cli.metrics import MetricAccumulator, intersection_union
 from rrsis_cli.scene import mask_kind, valid_mask
-from rrsis_cli.train.data import resize_image, resize_mask
 
 PROTOCOLS = ("official", "native")
 
@@ -65,16 +66,11 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 def _predict_batch(model, images: list[np.ndarray], expressions: list[str], size: int, device: torch.device,
                    precision: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Masks at the scoring size (argmax of the ``size``² logits) and at each image's own size (logits
-    upsampled bilinearly, align_corners=True, then argmax) for one batch."""
-    from rrsis_cli.train.loop import autocast
-
-    cfg = model.config
-    mean = torch.tensor(cfg["mean"]).view(3, 1, 1)
-    std = torch.tensor(cfg["std"]).view(3, 1, 1)
-    pixels = torch.stack([(resize_image(im, size) - mean) / std for im in images]).to(device)
+    upsampled bilinearly, align_corners=True, then argmax) for one batch. ``precision`` is resolved
+    (:func:`rrsis_cli.inference.resolve_precision`)."""
+    pixels = normalise_on_device(torch.stack([resize_image(im, size) for im in images]).to(device), model.config)
     ids, mask = model.tokenize(expressions)
-    with torch.inference_mode(), autocast(device, precision):
-        logits = model(pixels, ids.to(device), mask.to(device)).float().cpu()
+    logits = forward_logits(model, pixels, ids, mask, device, precision)
     at_size = [lg.argmax(0).numpy().astype(bool) for lg in logits]
     native = [F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=True)[0].argmax(0)
               .numpy().astype(bool) for lg, im in zip(logits, images, strict=True)]
@@ -168,8 +164,10 @@ def evaluate_dataset(model, dataset, out_dir: str | Path, protocol: str = "offic
     if save_masks and model is not None:
         save_dir = out / "masks"
         save_dir.mkdir(exist_ok=True)
-    dev = torch.device(device)
-    if model is not None:
+    dev = torch.device("cpu")
+    if model is not None:  # device and precision as predict resolves them (auto: the GPU and bf16 when there is one)
+        dev = pick_device(device)
+        precision = resolve_precision(precision, dev)
         model = model.to(dev).eval()
         size = int(image_size or model.config.get("image_size", 480))
     else:

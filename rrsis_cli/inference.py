@@ -94,3 +94,12 @@ def infer(model, text, tiles: list[np.ndarray], device: torch.device, precision:
     """Foreground probability (B, H, W) of tiles in [0, 1] with ``precision`` resolved for ``device``
     (``auto``: bf16 on CUDA, fp32 on the CPU)."""
     return foreground_probability(model, text, tiles, device, resolve_precision(precision, device))
+
+
+def forward_logits(model, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   device: torch.device, precision: str) -> torch.Tensor:
+    """(B, 2, H, W) float32 logits on the CPU of a normalised batch, each sample with its own expression (the full
+    forward: evaluation and training's validation). ``precision`` as :func:`resolve_precision` returns it."""
+    with torch.inference_mode(), autocast(device, precision):
+        logits = model(pixel_values.to(device), input_ids.to(device), attention_mask.to(device))
+    return logits.float().cpu()

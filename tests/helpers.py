@@ -46,6 +46,17 @@ def synthetic_official_checkpoint(manifest: str, seed: int = 0) -> dict:
     return ckpt
 
 
+def official_checkpoint(model, layout: str | None = None) -> dict:
+    """``model``'s weights as its official training code saves them (``model.official_layout``, or ``layout``):
+    ``{'model': ..., 'bert_model': ...}`` with BERT outside, ``{'model': ...}`` with ``text_encoder.*`` inside."""
+    state = model.state_dict()
+    if (layout or model.official_layout) == "text_encoder":
+        return {"model": state}
+    prefix = "text_encoder."
+    return {"model": {k: v for k, v in state.items() if not k.startswith(prefix)},
+            "bert_model": {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}}
+
+
 def pair_dir(out: str | Path, scene: str | Path, prompt: str, manifest: str = "manifest.json") -> Path:
     """The output directory of (scene, prompt), looked up in the run's manifest as a user would."""
     import json

@@ -5,17 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from front_helpers import refuse_model_loading, run_cli, tiny_model_dir, write_scene
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture()
-def no_model(monkeypatch):
-    return refuse_model_loading(monkeypatch)
+from front_helpers import run_cli, write_scene
 
 
 def _warnings(err: str) -> list[str]:

@@ -123,3 +123,49 @@ def test_predict_takes_the_options_after_its_inputs(capsys, tmp_path):
     assert [json.loads(line)["level"] for line in err.strip().splitlines()][-1] == "info"
     code, _, err = run(capsys, *command, "--quiet")
     assert code == 0 and err == ""
+
+
+def test_precision_values_are_the_inference_modules():
+    """The CLI checks --precision without importing torch; the values are the ones the inference module takes."""
+    from rrsis_cli import inference
+    from rrsis_cli.cli.options import PRECISIONS
+
+    assert PRECISIONS == inference.PRECISIONS
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "{tmp}/scene.tif", "-m", "null", "-p", "water", "-o", "{tmp}/o"],
+    ["evaluate", "--dataset", "folder", "--root", "{tmp}", "-m", "null", "-o", "{tmp}/o"],
+    ["train", "--dataset", "folder", "--root", "{tmp}", "-m", "lavt-tiny", "-o", "{tmp}/o"],
+    ["bench", "-m", "null", "-o", "{tmp}/o"],
+])
+def test_every_compute_command_refuses_an_unknown_precision_alike(capsys, tmp_path, command):
+    """--precision is one shared option: the same values and the same usage error (exit 2) everywhere, before
+    anything is read or loaded."""
+    args = [a.format(tmp=tmp_path) for a in command]
+    code, _, err = run(capsys, *args, "--precision", "fp8")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == "error: --precision must be auto, fp32, bf16 or fp16, got 'fp8'"
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_options_come_from_the_flags_then_the_config_then_the_defaults(capsys, monkeypatch, tmp_path):
+    calls: list[dict] = []
+
+    def fake_training(*args, **kwargs):
+        calls.append(kwargs)
+        return {"step": 0, "epoch": 0, "best": 0.0}
+
+    monkeypatch.setattr("rrsis_cli.train.run.run_training", fake_training)
+    config = tmp_path / "train.yaml"
+    config.write_text("precision: bf16\ndevice: cpu\nbatch-size: 2\n")
+    command = ["train", "--dataset", "folder", "--root", str(tmp_path), "-m", "lavt-tiny", "-o", str(tmp_path / "o")]
+    code, _, err = run(capsys, *command, "--config", str(config))
+    assert code == 0, err
+    assert (calls[-1]["precision"], calls[-1]["device"], calls[-1]["batch_size"]) == ("bf16", "cpu", 2)
+    code, _, err = run(capsys, *command, "--config", str(config), "--precision", "fp32", "--device", "auto")
+    assert code == 0, err
+    assert (calls[-1]["precision"], calls[-1]["device"], calls[-1]["batch_size"]) == ("fp32", "auto", 2)
+    code, _, err = run(capsys, *command)
+    assert code == 0, err
+    assert not {"precision", "device", "batch_size"} & set(calls[-1])  # TrainOptions and the card recipe decide

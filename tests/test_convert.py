@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertModel
 
-from helpers import synthetic_official_checkpoint
+from helpers import official_checkpoint, synthetic_official_checkpoint
 from rrsis_cli.errors import ConversionError, ModelError
 from rrsis_cli.models import build_model, init_model, load_model
 from rrsis_cli.models.convert import convert_checkpoint
@@ -59,12 +59,7 @@ def test_convert_bert_inside_layout_strict(tmp_path):
 
 def _tiny_official(seed=3) -> dict:
     """An official-layout checkpoint of a small model: our own tiny LAVT with a 768-d BERT as 'bert_model'."""
-    model = build_model("lavt-tiny", seed=seed, preset="bert-base-uncased", num_hidden_layers=1)
-    state = model.state_dict()
-    return {
-        "model": {k: v for k, v in state.items() if not k.startswith("text_encoder.")},
-        "bert_model": {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")},
-    }
+    return official_checkpoint(build_model("lavt-tiny", seed=seed, preset="bert-base-uncased", num_hidden_layers=1))
 
 
 def test_convert_reports_missing_and_extra_keys(tmp_path):
@@ -84,10 +79,7 @@ def test_convert_reports_missing_and_extra_keys(tmp_path):
 def test_convert_reproduces_the_source_forward(tmp_path):
     """Converted weights give the same logits as the model the checkpoint was taken from."""
     source = build_model("lavt-tiny", seed=4, preset="bert-base-uncased", num_hidden_layers=1)
-    state = source.state_dict()
-    ckpt = {"model": {k: v for k, v in state.items() if not k.startswith("text_encoder.")},
-            "bert_model": {k[13:]: v for k, v in state.items() if k.startswith("text_encoder.")}}
-    converted = convert_checkpoint("lavt", _save(ckpt, tmp_path / "c.pth"))
+    converted = convert_checkpoint("lavt", _save(official_checkpoint(source), tmp_path / "c.pth"))
     x = torch.randn(2, 3, 64, 96)
     ids, mask = source.tokenize(["a grey roof", "the pond in the north of the image"])
     with torch.no_grad():

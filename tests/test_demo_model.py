@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
+from rrsis_cli.data.transforms import resize_image
 from rrsis_cli.models import load_model
 from rrsis_cli.synth import make_dataset
-from rrsis_cli.train.data import resize_image
 
 ROOT = Path(__file__).parents[1]
 SOURCES = [ROOT / "examples" / "data" / n for n in

@@ -13,9 +13,9 @@ import pytest
 import rasterio
 from pyproj import CRS
 from rasterio.windows import Window
-from test_output_layout import PromptPointwise
 
 from rrsis_cli.predict import PredictOptions, predict
+from stub_models import PromptPointwise, use_model
 
 DATA = Path(__file__).parents[1] / "examples" / "data"
 OPTIONS = dict(tile_size=64, device="cpu")
@@ -23,9 +23,7 @@ OPTIONS = dict(tile_size=64, device="cpu")
 
 @pytest.fixture()
 def model(monkeypatch):
-    model = PromptPointwise()
-    monkeypatch.setattr("rrsis_cli.models.load_model", lambda spec, device="cpu": model)
-    return model
+    return use_model(monkeypatch, PromptPointwise())
 
 
 def _crop(path: Path, crs=None, transform=None) -> Path:
@@ -60,7 +58,7 @@ def test_failed_vectors_keep_the_mask_and_a_rerun_rederives_them(model, monkeypa
     assert written["results"][0]["status"] == "partial" and written["exit_code"] == 3
 
     monkeypatch.undo()
-    monkeypatch.setattr("rrsis_cli.models.load_model", lambda spec, device="cpu": model)
+    use_model(monkeypatch, model)
     again = predict([scene], "m", ["water"], out, PredictOptions(**OPTIONS))
     assert again.results[0].status == "rethresholded" and again.results[0].tiles == 0
     assert (pair / "mask.geojson").is_file() and again.exit_code == 0

@@ -7,17 +7,7 @@ import hashlib
 import json
 
 import pytest
-from front_helpers import refuse_model_loading, run_cli, tiny_model_dir, write_scene
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture()
-def no_model(monkeypatch):
-    return refuse_model_loading(monkeypatch)
+from front_helpers import refuse_model_loading, run_cli, write_scene
 
 
 def _tree(root):

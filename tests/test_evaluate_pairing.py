@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.windows import Window
-from test_output_layout import PromptPointwise
 
 from rrsis_cli.errors import InputError
 from rrsis_cli.evaluate import evaluate_scenes, mask_problem, pair_scenes, read_pairs_csv
 from rrsis_cli.predict import PredictOptions, predict
+from stub_models import PromptPointwise, use_model
 
 DATA = Path(__file__).parents[1] / "examples" / "data"
 
@@ -26,8 +26,7 @@ DATA = Path(__file__).parents[1] / "examples" / "data"
 def two_scenes(monkeypatch, tmp_path):
     """Predictions for two far-apart crops of one scene (prompt "water", prob.tif saved); each scene's ground
     truth is its own vectorised mask, so a right pairing scores IoU 1."""
-    model = PromptPointwise()
-    monkeypatch.setattr("rrsis_cli.models.load_model", lambda spec, device="cpu": model)
+    use_model(monkeypatch, PromptPointwise())
     scenes = []
     for name, row, col in (("north", 250, 250), ("south", 560, 420)):
         with rasterio.open(DATA / "RGB.byte.tif") as src:

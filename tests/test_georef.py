@@ -17,7 +17,6 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import torch
 from pyproj import Transformer
 from rasterio.control import GroundControlPoint
 from rasterio.rpc import RPC
@@ -26,40 +25,20 @@ from rasterio.windows import Window
 from shapely import distance, get_coordinates, points
 
 from helpers import pair_dir
-from rrsis_cli.models.base import TextFeatures
 from rrsis_cli.predict import PredictOptions, predict
 from rrsis_cli.scene import SceneReader
+from stub_models import PointwiseModel, use_model
 
 DATA = Path(__file__).parents[1] / "examples" / "data"
 CROP = Window(380, 0, 224, 192)  # top edge of the scene, in UTM zone 18: data and a third of nodata collar
 PIXEL = 300.04  # metres
 
 
-class PointwiseModel(torch.nn.Module):
-    """logit = w · rgb + b at each pixel (as tests/test_predict.py): outputs depend only on pixel values."""
-
-    def __init__(self, size: int = 64):
-        super().__init__()
-        self.config = {"name": "pointwise", "image_size": size, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
-        self.sha256 = "pointwise-test"
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    def tokenize(self, texts):
-        return torch.ones(len(texts), 4, dtype=torch.long), torch.ones(len(texts), 4, dtype=torch.long)
-
-    def encode_text(self, ids, mask):
-        return TextFeatures(torch.zeros(ids.shape[0], 1, 4), mask.unsqueeze(-1).float())
-
-    def forward_with_text(self, x, text):
-        fg = 8.0 * (x[:, 0] - 0.5 * x[:, 1] - 0.25 * x[:, 2]) - 0.6
-        return torch.stack([torch.zeros_like(fg), fg], 1)
 
 
 @pytest.fixture()
 def pointwise(monkeypatch):
-    model = PointwiseModel()
-    monkeypatch.setattr("rrsis_cli.models.load_model", lambda spec, device="cpu": model)
-    return model
+    return use_model(monkeypatch, PointwiseModel())
 
 
 def _crop():

@@ -8,15 +8,10 @@ import re
 
 import pytest
 import typer
-from front_helpers import refuse_model_loading, run_cli, tiny_model_dir, write_scene
+from front_helpers import refuse_model_loading, run_cli, write_scene
 
 from rrsis_cli.cli import app
 from rrsis_cli.predict import PredictOptions
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(autouse=True)

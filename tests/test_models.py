@@ -1,4 +1,6 @@
-"""Model contract (DESIGN §3) on the tiny LAVT card, plus the official configuration's structure."""
+"""Model loading and saving beyond the contract (tests/test_model_contract.py): refusals and their messages,
+configuration overrides, float16 export; the tokenizer convention; the Swin blocks and the official LAVT
+configuration's structure."""
 
 from __future__ import annotations
 
@@ -22,13 +24,6 @@ def tiny():
 PROMPTS = ["the red car on the left", "a large white storage tank north of the road"]
 
 
-@pytest.mark.parametrize("size", [(64, 64), (96, 128), (32, 160)])
-def test_forward_shape_any_size_divisible_by_32(tiny, size):
-    ids, mask = tiny.tokenize(PROMPTS)
-    with torch.no_grad():
-        out = tiny(torch.randn(2, 3, *size), ids, mask)
-    assert out.shape == (2, 2, *size)
-    assert torch.isfinite(out).all()
 
 
 def test_tokenize_official_convention(tiny):
@@ -41,56 +36,14 @@ def test_tokenize_official_convention(tiny):
     assert mask[1].all() and ids[1, -1].item() != 102  # a long sentence is cut, [SEP] dropped (official)
 
 
-def test_padding_invariance(tiny):
-    ids, mask = tiny.tokenize(PROMPTS)
-    pad = torch.zeros((2, 12), dtype=torch.long)
-    ids_long, mask_long = torch.cat([ids, pad], 1), torch.cat([mask, pad], 1)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        a = tiny(x, ids, mask)
-        b = tiny(x, ids_long, mask_long)
-    assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
 
 
-def test_language_changes_the_output(tiny):
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        a = tiny(x, *tiny.tokenize(["the red car"]))
-        b = tiny(x, *tiny.tokenize(["a white storage tank"]))
-    assert (a - b).abs().max() > 1e-4
 
 
-def test_forward_with_text_equals_forward_and_broadcasts(tiny):
-    x = torch.randn(3, 3, 64, 96)
-    ids, mask = tiny.tokenize(["the small grey roof"])
-    with torch.no_grad():
-        full = tiny(x, ids.expand(3, -1), mask.expand(3, -1))
-        text = tiny.encode_text(ids, mask)
-        cached = tiny.forward_with_text(x, text)
-    assert torch.equal(full, cached) or torch.allclose(full, cached, atol=1e-6)
 
 
-def test_save_load_round_trip_bit_exact(tiny, tmp_path):
-    out = save_model(tiny, tmp_path / "m")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer"]
-    config = json.loads((out / "config.json").read_text())
-    assert config["arch"] == "lavt" and config["format_version"] == 1
-    loaded = load_model(out)
-    for key, value in tiny.state_dict().items():
-        assert torch.equal(value, loaded.state_dict()[key]), key
-    x = torch.randn(2, 3, 64, 64)
-    ids, mask = tiny.tokenize(PROMPTS)
-    assert torch.equal(loaded.tokenize(PROMPTS)[0], ids)
-    with torch.no_grad():
-        assert torch.equal(tiny(x, ids, mask), loaded(x, ids, mask))
-    assert loaded.sha256 and len(loaded.sha256) == 64
-    assert not loaded.training
 
 
-def test_same_seed_same_weights_different_seed_different():
-    a, b, c = (build_model("lavt-tiny", seed=s) for s in (7, 7, 8))
-    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
-    assert any(not torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items() if v.is_floating_point())
 
 
 def test_save_refuses_non_empty_dir_without_overwrite(tiny, tmp_path):

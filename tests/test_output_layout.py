@@ -7,7 +7,6 @@ files; the same file reached twice runs once; skip-existing checks the scene and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -17,14 +16,13 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.shutil
-import torch
 from rasterio.windows import Window
 
 from rrsis_cli.distributed import merge_manifests
 from rrsis_cli.inputs import find_scenes, prompt_key, work_dir
 from rrsis_cli.models import build_model, save_model
-from rrsis_cli.models.base import TextFeatures
 from rrsis_cli.predict import PredictOptions, predict
+from stub_models import PromptPointwise, use_model
 
 DATA = Path(__file__).parents[1] / "examples" / "data"
 LONG = "the large rectangular grey industrial building with a flat roof beside the river bend near the bridge "
@@ -32,33 +30,11 @@ PROMPTS = ["water", "Water!", LONG + "one", LONG + "two"]
 OPTIONS = dict(tile_size=64, batch_size=8, device="cpu")
 
 
-class PromptPointwise(torch.nn.Module):
-    """Pointwise model whose threshold depends on the exact prompt, so different prompts give different masks."""
-
-    def __init__(self):
-        super().__init__()
-        self.config = {"name": "prompt-pointwise", "image_size": 64, "mean": [0.0] * 3, "std": [1.0] * 3}
-        self.sha256 = "prompt-pointwise-test"
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    def tokenize(self, texts):
-        ids = torch.tensor([[int(hashlib.sha256(t.encode()).hexdigest(), 16) % 1000] for t in texts])
-        return ids, torch.ones_like(ids)
-
-    def encode_text(self, ids, mask):
-        return TextFeatures(ids.float().unsqueeze(-1), mask.unsqueeze(-1).float())
-
-    def forward_with_text(self, x, text):
-        bias = text.features.reshape(-1)[0] / 1000.0 - 0.5
-        fg = 8.0 * (x[:, 0] - 0.5 * x[:, 1] - 0.25 * x[:, 2]) + 2.0 * bias
-        return torch.stack([torch.zeros_like(fg), fg], 1)
 
 
 @pytest.fixture()
 def prompt_model(monkeypatch):
-    model = PromptPointwise()
-    monkeypatch.setattr("rrsis_cli.models.load_model", lambda spec, device="cpu": model)
-    return model
+    return use_model(monkeypatch, PromptPointwise())
 
 
 def _crop(path: Path, row: int, col: int, size: int = 96) -> Path:

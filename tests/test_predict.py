@@ -13,35 +13,14 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import torch
 
 from helpers import pair_dir
-from rrsis_cli.models.base import TextFeatures
 from rrsis_cli.predict import PredictOptions, blend_weights, predict, tile_origins
+from stub_models import PointwiseModel, use_model
 
 DATA = Path(__file__).parents[1] / "examples" / "data"
 
 
-class PointwiseModel(torch.nn.Module):
-    """Output at each pixel depends only on that pixel: logit = w · rgb + b (fixed); counts encoder calls."""
-
-    def __init__(self, size: int = 64):
-        super().__init__()
-        self.config = {"name": "pointwise", "image_size": size, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
-        self.sha256 = "pointwise-test"
-        self.encoder_calls = 0
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    def tokenize(self, texts):
-        return torch.ones(len(texts), 4, dtype=torch.long), torch.ones(len(texts), 4, dtype=torch.long)
-
-    def encode_text(self, ids, mask):
-        self.encoder_calls += 1
-        return TextFeatures(torch.zeros(ids.shape[0], 1, 4), mask.unsqueeze(-1).float())
-
-    def forward_with_text(self, x, text):
-        fg = 8.0 * (x[:, 0] - 0.5 * x[:, 1] - 0.25 * x[:, 2]) - 0.6
-        return torch.stack([torch.zeros_like(fg), fg], 1)
 
 
 def pointwise_reference(path: Path) -> np.ndarray:
@@ -59,9 +38,7 @@ def pointwise_reference(path: Path) -> np.ndarray:
 
 @pytest.fixture()
 def pointwise(monkeypatch):
-    model = PointwiseModel()
-    monkeypatch.setattr("rrsis_cli.models.load_model", lambda spec, device="cpu": model)
-    return model
+    return use_model(monkeypatch, PointwiseModel())
 
 
 def test_grid_and_weights():

@@ -6,22 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from front_helpers import refuse_model_loading, run_cli, tiny_model_dir, write_scene
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture()
-def no_model(monkeypatch):
-    return refuse_model_loading(monkeypatch)
-
-
-@pytest.fixture()
-def scene(tmp_path):
-    return write_scene(tmp_path / "scene.tif")
+from front_helpers import run_cli
 
 
 @pytest.mark.parametrize("prompt", ["", "   ", "\t"], ids=["empty", "spaces", "tab"])

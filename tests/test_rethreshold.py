@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from test_predict import PointwiseModel
 
 from helpers import pair_dir
 from rrsis_cli.predict import PredictOptions, predict
+from stub_models import PointwiseModel, use_model
 
 DATA = Path(__file__).parents[1] / "examples" / "data"
 SCENE = DATA / "RGB.byte.tif"  # 791 x 718, nodata collar, EPSG:32618
@@ -32,9 +32,7 @@ class CountingModel(PointwiseModel):
 
 @pytest.fixture()
 def model(monkeypatch):
-    model = CountingModel()
-    monkeypatch.setattr("rrsis_cli.models.load_model", lambda spec, device="cpu": model)
-    return model
+    return use_model(monkeypatch, CountingModel())
 
 
 def _options(**kw) -> PredictOptions:

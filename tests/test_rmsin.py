@@ -1,28 +1,19 @@
-"""RMSIN: strict conversion of the official layout, parameter count, rotated convolution, and the model
-contract on the tiny card."""
+"""RMSIN: strict conversion of the official layout, parameter count, the CIM sizes and the rotated convolution
+(the model contract: tests/test_model_contract.py)."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import read_manifest, synthetic_official_checkpoint
-from rrsis_cli.errors import ConversionError
-from rrsis_cli.models import build_model, load_model, save_model
+from helpers import official_checkpoint, read_manifest, synthetic_official_checkpoint
+from rrsis_cli.models import build_model
 from rrsis_cli.models.convert import convert_checkpoint
 from rrsis_cli.models.rmsin import cim_tokens, stage4_size
 from rrsis_cli.models.rotated_conv import AdaptiveRotatedConv2d, rotate_kernels, rotation_matrices
 
-PROMPTS = ["the red car on the left", "a large white storage tank north of the road"]
 MANIFEST = "rmsin-swin-b-w12.keys.tsv"
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_model("rmsin-tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -58,25 +49,11 @@ def test_official_sizes_are_derived_from_the_configuration():
     assert stage4_size(128) == 4 and cim_tokens((4, 4)) == 16 + 4 + 4
 
 
-def test_missing_and_extra_keys_raise_conversion_error(tmp_path):
-    ckpt = {"model": build_model("rmsin-tiny", seed=3).state_dict()}
-    ckpt["model"].pop("backbone.layers.2.visual_gate.0.weight")
-    ckpt["model"]["backbone.cim.surplus.weight"] = torch.zeros(3)
-    torch.save(ckpt, tmp_path / "bad.pth")
-    with pytest.raises(ConversionError) as err:
-        convert_checkpoint("rmsin", tmp_path / "bad.pth")
-    text = str(err.value)
-    assert "bad.pth" in text
-    assert "1 official keys not consumed: backbone.cim.surplus.weight" in text
-    assert "1 project weights not filled: backbone.layers.2.visual_gate.0.weight" in text
-
-
-def test_tiny_official_layout_round_trips(tmp_path):
-    state = build_model("rmsin-tiny", seed=4).state_dict()
-    torch.save({"model": state}, tmp_path / "tiny.pth")
+def test_tiny_official_layout_gives_the_cim_grid_and_kernels(tmp_path):
+    """The configuration read off a converted checkpoint's shapes (the weights themselves: the contract suite)."""
+    torch.save(official_checkpoint(build_model("rmsin-tiny", seed=4)), tmp_path / "tiny.pth")
     model = convert_checkpoint("rmsin", tmp_path / "tiny.pth")
     assert model.config["cim"]["grid"] == [4, 4] and model.config["decoder"]["kernel_number"] == 2
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
 def test_rotation_by_zero_is_the_identity():
@@ -100,62 +77,6 @@ def test_adaptive_rotated_conv_is_a_per_sample_convolution():
             assert torch.allclose(out[i:i + 1], F.conv2d(x[i:i + 1], w, padding=1), atol=1e-5)
         same = rotate_kernels(conv.weight, torch.ones(1, 2), torch.zeros(1, 2))
     assert torch.allclose(same, conv.weight.sum(0), atol=1e-6)
-
-
-@pytest.mark.parametrize("size", [(64, 64), (96, 128), (128, 128)])
-def test_forward_shape(tiny, size):
-    ids, mask = tiny.tokenize(PROMPTS)
-    with torch.no_grad():
-        out = tiny(torch.randn(2, 3, *size), ids, mask)
-    assert out.shape == (2, 2, *size) and torch.isfinite(out).all()
-
-
-def test_forward_with_text_equals_forward_and_broadcasts(tiny):
-    x = torch.randn(3, 3, 128, 96)
-    ids, mask = tiny.tokenize(["the small grey roof"])
-    with torch.no_grad():
-        full = tiny(x, ids.expand(3, -1), mask.expand(3, -1))
-        cached = tiny.forward_with_text(x, tiny.encode_text(ids, mask))
-    assert torch.allclose(full, cached, atol=1e-6)
-
-
-def test_batch_samples_are_independent(tiny):
-    """Per-sample rotated kernels: a sample's output does not depend on the rest of the batch."""
-    x = torch.randn(2, 3, 128, 128)
-    ids, mask = tiny.tokenize(PROMPTS)
-    with torch.no_grad():
-        both = tiny(x, ids, mask)
-        first = tiny(x[:1], ids[:1], mask[:1])
-    assert torch.allclose(both[:1], first, atol=1e-5)
-
-
-def test_padding_invariance(tiny):
-    ids, mask = tiny.tokenize(PROMPTS)
-    pad = torch.zeros((2, 12), dtype=torch.long)
-    x = torch.randn(2, 3, 128, 128)
-    with torch.no_grad():
-        a = tiny(x, ids, mask)
-        b = tiny(x, torch.cat([ids, pad], 1), torch.cat([mask, pad], 1))
-    assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
-
-
-def test_save_load_round_trip_bit_exact(tiny, tmp_path):
-    out = save_model(tiny, tmp_path / "m")
-    config = json.loads((out / "config.json").read_text())
-    assert config["arch"] == "rmsin" and config["loss"]["type"] == "ce_dice"
-    loaded = load_model(out)
-    for key, value in tiny.state_dict().items():
-        assert torch.equal(value, loaded.state_dict()[key]), key
-    x = torch.randn(2, 3, 128, 128)
-    ids, mask = tiny.tokenize(PROMPTS)
-    with torch.no_grad():
-        assert torch.equal(tiny(x, ids, mask), loaded(x, ids, mask))
-
-
-def test_same_seed_same_weights():
-    a, b, c = (build_model("rmsin-tiny", seed=s) for s in (7, 7, 8))
-    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
-    assert any(not torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items() if v.is_floating_point())
 
 
 def test_official_card_loss():

@@ -13,15 +13,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from front_helpers import refuse_model_loading, run_cli, tiny_model_dir, write_scene
+from front_helpers import refuse_model_loading, run_cli, write_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "geopandas", "dask", "distributed", "zarr")
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("model"))
 
 
 def _imported_after(code: str) -> list[str]:

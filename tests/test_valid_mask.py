@@ -10,14 +10,13 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import torch
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from rrsis_cli.models.base import TextFeatures
 from rrsis_cli.predict import PredictOptions, predict
 from rrsis_cli.scene import SceneReader
+from stub_models import ForegroundModel, use_model
 
 DATA = Path(__file__).parents[1] / "examples" / "data"
 CRS = "EPSG:32633"
@@ -180,30 +179,12 @@ def test_coarse_view_valid_mask(tmp_path):
     np.testing.assert_array_equal(valid, expected)
 
 
-class ForegroundModel(torch.nn.Module):
-    """Foreground everywhere (probability ~1): the mask is 1 on every valid pixel."""
-
-    def __init__(self):
-        super().__init__()
-        self.config = {"name": "foreground", "image_size": 32, "mean": [0.0] * 3, "std": [1.0] * 3}
-        self.sha256 = "foreground-test"
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    def tokenize(self, texts):
-        return torch.ones(len(texts), 4, dtype=torch.long), torch.ones(len(texts), 4, dtype=torch.long)
-
-    def encode_text(self, ids, mask):
-        return TextFeatures(torch.zeros(ids.shape[0], 1, 4), mask.unsqueeze(-1).float())
-
-    def forward_with_text(self, x, text):
-        fg = torch.full_like(x[:, 0], 10.0)
-        return torch.stack([torch.zeros_like(fg), fg], 1)
 
 
 @pytest.mark.parametrize("kind", list(SCENES))
 def test_predict_mask_and_vectors_keep_every_valid_pixel(tmp_path, monkeypatch, kind):
     path, expected = SCENES[kind](tmp_path / "scene.tif")
-    monkeypatch.setattr("rrsis_cli.models.load_model", lambda spec, device="cpu": ForegroundModel())
+    use_model(monkeypatch, ForegroundModel())
     manifest = predict([path], "foreground", ["all"], tmp_path / "out",
                        PredictOptions(tile_size=32, batch_size=16, device="cpu", block_size=48))
     assert manifest.exit_code == 0

@@ -14,11 +14,11 @@ import pyogrio
 import pytest
 import rasterio
 import torch
-from test_predict import PointwiseModel
 
 from helpers import pair_dir
 from rrsis_cli.errors import UsageError
 from rrsis_cli.predict import PredictOptions, predict
+from stub_models import PointwiseModel, use_model
 
 DATA = Path(__file__).parents[1] / "examples" / "data"
 SCENE = DATA / "rgbn_5m.tif"  # 515 x 403, EPSG:32618, 5 m pixels
@@ -27,9 +27,7 @@ FORMATS = {"geojson": "mask.geojson", "gpkg": "mask.gpkg", "fgb": "mask.fgb", "p
 
 @pytest.fixture()
 def pointwise(monkeypatch):
-    model = PointwiseModel()
-    monkeypatch.setattr("rrsis_cli.models.load_model", lambda spec, device="cpu": model)
-    return model
+    return use_model(monkeypatch, PointwiseModel())
 
 
 class EmptyModel(PointwiseModel):
@@ -163,7 +161,7 @@ def test_geojson_follows_rfc7946(pointwise, tmp_path):
 
 
 def test_empty_geojson_is_rfc7946_too(tmp_path, monkeypatch):
-    monkeypatch.setattr("rrsis_cli.models.load_model", lambda spec, device="cpu": EmptyModel())
+    use_model(monkeypatch, EmptyModel())
     written, directory = _run(tmp_path)
     assert written["exit_code"] == 0 and written["results"][0]["features"] == 0
     doc = json.loads((directory / "mask.geojson").read_text())
@@ -173,7 +171,7 @@ def test_empty_geojson_is_rfc7946_too(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("fmt", ["gpkg", "fgb"])
 def test_empty_gpkg_and_fgb_keep_the_scene_crs(tmp_path, monkeypatch, fmt):
-    monkeypatch.setattr("rrsis_cli.models.load_model", lambda spec, device="cpu": EmptyModel())
+    use_model(monkeypatch, EmptyModel())
     written, directory = _run(tmp_path, vector_format=fmt)
     assert written["exit_code"] == 0 and written["results"][0]["features"] == 0
     info = pyogrio.read_info(directory / FORMATS[fmt], layer="mask")

@@ -59,6 +59,10 @@ class ReferringSegmenter(nn.Module):
     # False for an architecture without learned parameters (e.g. a deterministic per-pixel baseline): its cards
     # run as they are, while cards of the others need weights (a model directory) or --allow-random-weights.
     needs_weights: bool = True
+    # How the architecture's official training code lays out its checkpoints, for ``rrsis convert``:
+    # "bert_model" (BERT outside the model: its state dict saved next to "model") or "text_encoder" (BERT inside:
+    # text_encoder.* keys in "model"); None when there is no official checkpoint to convert.
+    official_layout: str | None = None
 
     def __init__(self, config: dict):
         super().__init__()
@@ -74,6 +78,17 @@ class ReferringSegmenter(nn.Module):
     @property
     def max_tokens(self) -> int:
         return int(self.config["max_tokens"])
+
+    @property
+    def padding_invariant(self) -> bool:
+        """Whether appending padding tokens leaves the output unchanged (an official decoder may average the
+        padding positions too)."""
+        return True
+
+    def unused_parameters(self) -> tuple[str, ...]:
+        """State-dict prefixes of parameters that no output (nor training loss) depends on: kept because the
+        official checkpoints hold them. Every other parameter gets a gradient (tests/test_model_contract.py)."""
+        return ()
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tokenizer is None:

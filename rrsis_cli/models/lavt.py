@@ -90,12 +90,17 @@ class LAVT(ReferringSegmenter):
     """LAVT with the text encoder inside (keys ``text_encoder.*``, ``backbone.*``, ``classifier.*``)."""
 
     arch = "lavt"
+    official_layout = "bert_model"  # the `lavt` scripts; `lavt_one` (BERT inside) converts too
 
     def __init__(self, config: dict):
         super().__init__(config)
         self.backbone = LanguageSwinBackbone(config["backbone"], self.text_dim, config.get("fusion", {}))
         self.classifier = SimpleDecoder(tuple(self.backbone.num_features), 2,
                                         config.get("decoder", {}).get("hidden"))
+
+    def unused_parameters(self) -> tuple[str, ...]:
+        """The last stage's language gate: it updates tokens that no later stage reads (as officially)."""
+        return (f"backbone.layers.{len(self.backbone.layers) - 1}.res_gate",)
 
     def forward_with_text(self, pixel_values: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         text = text.expand(pixel_values.shape[0])

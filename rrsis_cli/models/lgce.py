@@ -234,6 +234,16 @@ class LGCE(LAVT):
     """LGCE with the text encoder inside (keys ``text_encoder.*``, ``backbone.*``, ``classifier.*``)."""
 
     arch = "lgce"
+    official_layout = "bert_model"
+
+    @property
+    def padding_invariant(self) -> bool:
+        """Not with the official ``sentence_pool: all``: the sentence vector averages padding positions too."""
+        return self.sentence_pool != "all"
+
+    def unused_parameters(self) -> tuple[str, ...]:
+        """LAVT's, plus :data:`UNUSED_OFFICIAL_MODULES`."""
+        return (*super().unused_parameters(), *UNUSED_OFFICIAL_MODULES)
 
     def __init__(self, config: dict):
         ReferringSegmenter.__init__(self, config)

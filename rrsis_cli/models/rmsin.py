@@ -331,6 +331,12 @@ class RMSIN(LAVT):
     """RMSIN with the text encoder inside (keys ``text_encoder.*``, ``backbone.*``, ``classifier.*``)."""
 
     arch = "rmsin"
+    official_layout = "text_encoder"
+
+    def unused_parameters(self) -> tuple[str, ...]:
+        """LAVT's, plus the last stage's visual residual branch and gate (they too update unread tokens)."""
+        last = f"backbone.layers.{len(self.backbone.layers) - 1}"
+        return (*super().unused_parameters(), f"{last}.visual_residual", f"{last}.visual_gate")
 
     def __init__(self, config: dict):
         ReferringSegmenter.__init__(self, config)

@@ -1,11 +1,8 @@
 """Training batches: occlusion, resize to the model's input size, normalise, tokenize; deterministic order.
 
-Resizing follows the official LAVT-family pipeline (torchvision 0.8 ``F.resize`` on PIL images, i.e. PIL's own
-``Image.resize``): the image with ``BILINEAR`` (PIL's antialiased filter, rounded to uint8), the mask with
-``NEAREST``. Both are done with PIL here, so an 8-bit image and its mask come out bit-identical to the official
-inputs (``tests/test_recipe.py``). ``torch.nn.functional.interpolate`` does not reproduce PIL's NEAREST (on an
-800 -> 480 resize it takes a different source pixel for 44 % of the output pixels) and its bilinear differs
-from PIL's by up to one grey level.
+Resizing follows the official LAVT-family pipeline (PIL's ``Image.resize``: ``BILINEAR`` for the image,
+``NEAREST`` for the mask), so an 8-bit image and its mask come out bit-identical to the official inputs; the
+functions live in :mod:`rrsis_cli.data.transforms`, next to the torch resizing that evaluation uses.
 
 Occlusion (RMSIN ``data/dataset_refer_bert.py``): a fixed share of the training *refs* (``occlusion_prob``,
 0.2 officially) is drawn once, and every time one of them is loaded 20-60 black 32 x 32 boxes are painted on
@@ -26,52 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from rrsis_cli.data.transforms import official_resize_image, official_resize_mask
 from rrsis_cli.errors import UsageError
 from rrsis_cli.models.text import tokenize
 
 # RMSIN's occlusion: 20 % of the training refs, 20-60 boxes of 32 x 32 px painted 0 (black) on the raw image.
 OFFICIAL_OCCLUSION = {"min_boxes": 20, "max_boxes": 60, "size": 32, "fill": 0}
-
-
-def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """(H, W, C) uint8 -> (C, size, size) float in [0, 1], bilinear with antialiasing (torch)."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-    return x
-
-
-def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
-    """(H, W) bool/int -> (size, size) int64 in {0, 1}, nearest neighbour (torch)."""
-    m = torch.from_numpy(np.ascontiguousarray(mask).astype(np.uint8))[None, None].float()
-    if m.shape[-2:] != (size, size):
-        m = F.interpolate(m, size=(size, size), mode="nearest")
-    return (m[0, 0] > 0).long()
-
-
-def official_resize_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, size, size) float in [0, 1] exactly as the official pipeline makes it: PIL
-    ``resize((size, size), BILINEAR)`` then ``/ 255``. Other dtypes fall back to :func:`resize_image`."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        return resize_image(image, size)
-    if image.shape[:2] != (size, size):
-        from PIL import Image
-
-        image = np.array(Image.fromarray(np.ascontiguousarray(image), "RGB").resize((size, size), Image.BILINEAR))
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-
-
-def official_resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
-    """(H, W) bool/int -> (size, size) int64 in {0, 1}: PIL ``resize((size, size), NEAREST)`` as officially."""
-    m = (np.asarray(mask) > 0).astype(np.uint8)
-    if m.shape != (size, size):
-        from PIL import Image
-
-        m = np.array(Image.fromarray(np.ascontiguousarray(m), "L").resize((size, size), Image.NEAREST))
-    return torch.from_numpy(np.ascontiguousarray(m)).long()
 
 
 def paint_boxes(image: np.ndarray, rng: random.Random, min_boxes: int = 20, max_boxes: int = 60,

@@ -11,11 +11,13 @@ Layout of ``OUT``::
 
 Global batch = ``batch_size`` x world size x ``grad_accum``. The learning rate is used as given (recipes state
 theirs for their global batch); ``scale_lr=True`` scales it linearly with global batch / recipe batch.
+
+Device and precision follow :mod:`rrsis_cli.inference`, as in predict and evaluate: ``auto`` is the GPU when
+there is one; ``bf16``/``fp16`` autocast applies on CUDA only (the CPU trains in fp32), fp16 with loss scaling.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -31,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from rrsis_cli import console
+from rrsis_cli import console, inference
 from rrsis_cli.errors import OutputError, RrsisError, UsageError
 from rrsis_cli.metrics import summarize_iu
 from rrsis_cli.models.base import ReferringSegmenter
@@ -99,20 +101,10 @@ def init_distributed(device_kind: str) -> DistInfo:
 
 
 def pick_device(spec: str, info: DistInfo) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda" and info.world > 1:
+    """:func:`rrsis_cli.inference.pick_device`, with ``cuda`` meaning this process's GPU under multi-GPU DDP."""
+    if spec in ("auto", "cuda") and info.world > 1 and torch.cuda.is_available():
         spec = f"cuda:{info.local_rank}"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {spec!r} requested but CUDA is not available")
-    return torch.device(spec)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return inference.pick_device(spec)
 
 
 def sync_batchnorm(model: ReferringSegmenter, info: DistInfo, device: torch.device,
@@ -184,19 +176,18 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
-@torch.no_grad()
 def validate(model: ReferringSegmenter, loader: DataLoader, device: torch.device, precision: str,
              limit: int | None, info: DistInfo) -> dict[str, float]:
-    """Official protocol at the training input size: argmax, IoU 0 on empty union, Pr@X with >=."""
+    """Official protocol at the training input size: argmax, IoU 0 on empty union, Pr@X with >=. ``precision`` is
+    resolved (:func:`rrsis_cli.inference.resolve_precision`)."""
     model.eval()
     inters, unions = [], []
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
-        with autocast(device, precision):
-            logits = model(batch["pixel_values"].to(device), batch["input_ids"].to(device),
-                           batch["attention_mask"].to(device))
-        pred = logits.argmax(1).cpu().bool()
+        logits = inference.forward_logits(model, batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
+                                          device, precision)
+        pred = logits.argmax(1).bool()
         gt = batch["mask"].bool()
         inters.append((pred & gt).flatten(1).sum(1))
         unions.append((pred | gt).flatten(1).sum(1))
@@ -227,6 +218,7 @@ class Trainer:
         self.info = init_distributed("cuda" if options.device.startswith("cuda") or
                                      (options.device == "auto" and torch.cuda.is_available()) else "cpu")
         self.device = pick_device(options.device, self.info)
+        self.precision = inference.resolve_precision(options.precision, self.device)  # reduced on CUDA only
         self.model = sync_batchnorm(model, self.info, self.device, options.sync_bn).to(self.device).train()
         self.train_set, self.val_set = train_set, val_set
         self.out = Path(options.out_dir)
@@ -245,7 +237,7 @@ class Trainer:
                                            lr=self.lr, weight_decay=options.weight_decay, amsgrad=options.amsgrad)
         self.text_frozen = not any(p.requires_grad for p in self.model.text_encoder.parameters())
         self.train_mode()
-        self.scaler = torch.amp.GradScaler(enabled=options.precision == "fp16" and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(enabled=self.precision == "fp16")
         step: torch.nn.Module = LossStep(self.model, options.loss)
         if self.info.world > 1:
             step = torch.nn.parallel.DistributedDataParallel(
@@ -342,7 +334,7 @@ class Trainer:
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tensors = [batch[k].to(self.device, non_blocking=True)
                    for k in ("pixel_values", "input_ids", "attention_mask", "mask")]
-        with autocast(self.device, self.options.precision):
+        with inference.autocast(self.device, self.precision):
             return self.loss_step(*tensors)
 
     def run(self) -> dict[str, Any]:
@@ -407,7 +399,7 @@ class Trainer:
     def end_epoch(self, val_loader: DataLoader | None, running: list[float], lr: float) -> None:
         metrics = None
         if val_loader is not None:
-            metrics = validate(self.model, val_loader, self.device, self.options.precision,
+            metrics = validate(self.model, val_loader, self.device, self.precision,
                                self.options.val_limit_batches, self.info)
             self.train_mode()
         self.epoch += 1
