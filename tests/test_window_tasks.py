@@ -23,6 +23,16 @@ SCENE = DATA / "RGB.byte.tif"  # 791 x 718: 15 x 17 tiles of 64 px at overlap 0.
 OPTIONS = dict(tile_size=64, overlap=0.25, batch_size=4, device="cpu", save_prob=True)
 
 
+@pytest.fixture(scope="module")
+def two_workers():
+    """A LocalCluster of 2 worker processes (one thread each), shared by the tests of this module."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster, Client(cluster) as client:
+        yield cluster, client
+
+
 def _outputs(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
             if p.name in ("mask.tif", "prob.tif", "mask.geojson")}
@@ -48,13 +58,13 @@ def test_window_plan_keeps_scene_grounding_and_small_scenes_whole():
     assert window_plan(None, 64, options, 60) == []  # unreadable header: one scene task reports it
 
 
-def test_split_scene_on_two_workers_is_byte_identical_to_in_process(tmp_path):
+def test_split_scene_on_two_workers_is_byte_identical_to_in_process(tmp_path, two_workers):
     """The scene is split into 5 window tasks on a 2-worker LocalCluster; mask, probability and vectors of both
     prompts are the bytes of an in-process run, and the manifest counts the windows."""
     prompts = ["the river", "fields"]
     here = predict([SCENE], "null", prompts, tmp_path / "here", PredictOptions(**OPTIONS))
-    dask = predict([SCENE], "null", prompts, tmp_path / "dask", PredictOptions(**OPTIONS), cluster="local:2",
-                   split_tiles=60)
+    dask = predict([SCENE], "null", prompts, tmp_path / "dask", PredictOptions(**OPTIONS),
+                   scheduler=two_workers[0].scheduler_address, split_tiles=60)
     assert here.exit_code == dask.exit_code == 0
     expected = _outputs(tmp_path / "here")
     assert len(expected) == 6 and _outputs(tmp_path / "dask") == expected
@@ -67,12 +77,10 @@ def test_split_scene_on_two_workers_is_byte_identical_to_in_process(tmp_path):
     assert not (tmp_path / "dask" / ".rrsis-work").exists()
 
 
-def test_worker_killed_mid_window_loses_nothing_journaled(tmp_path):
+def test_worker_killed_mid_window_loses_nothing_journaled(tmp_path, two_workers):
     """A worker is SIGKILLed while its window task has journaled some bands: the window is rescheduled, resumes
     after those bands (counted: they are never written again), the other windows finish, and the outputs are
     the bytes of an in-process run."""
-    from distributed import Client, LocalCluster
-
     from rrsis_cli.inputs import find_scenes, work_dir
     from rrsis_cli.models import build_model, save_model
 
@@ -82,32 +90,31 @@ def test_worker_killed_mid_window_loses_nothing_journaled(tmp_path):
     prompt = "the river"
     out = tmp_path / "out"
     journals = work_dir(out, find_scenes([SCENE])[0], prompt)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1") as cluster, Client(cluster) as client:
-        pids = client.run(os.getpid)
-        victim, pid = next(iter(pids.items()))
-        killed: list[int] = []
+    cluster, client = two_workers
+    pids = client.run(os.getpid)
+    victim, pid = next(iter(pids.items()))
+    killed: list[int] = []
 
-        def kill_mid_window():
-            deadline = time.time() + 240
-            while time.time() < deadline and not killed:
-                for key in client.processing(workers=[victim]).get(victim, ()):
-                    if not str(key).startswith("rrsis-window-"):
-                        continue
-                    first, last = str(key).split("-")[3:5]
-                    journal = journals / f"journal-{first}-{last}.txt"
-                    if journal.is_file() and 0 < len(journal.read_text().splitlines()) < int(last) - int(first) + 1:
-                        os.kill(pid, signal.SIGKILL)
-                        time.sleep(0.3)  # dead: nothing more is appended
-                        killed.append(len(journal.read_text().splitlines()))
-                        return
-                time.sleep(0.01)
+    def kill_mid_window():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            for key in client.processing(workers=[victim]).get(victim, ()):
+                if not str(key).startswith("rrsis-window-"):
+                    continue
+                first, last = str(key).split("-")[3:5]
+                journal = journals / f"journal-{first}-{last}.txt"
+                if journal.is_file() and 0 < len(journal.read_text().splitlines()) < int(last) - int(first) + 1:
+                    os.kill(pid, signal.SIGKILL)
+                    time.sleep(0.3)  # dead: nothing more is appended
+                    killed.append(len(journal.read_text().splitlines()))
+                    return
+            time.sleep(0.01)
 
-        killer = threading.Thread(target=kill_mid_window)
-        killer.start()
-        manifest = predict([SCENE], str(model), [prompt], out, PredictOptions(**options),
-                           scheduler=cluster.scheduler_address, retries=2, split_tiles=60)
-        killer.join()
+    killer = threading.Thread(target=kill_mid_window)
+    killer.start()
+    manifest = predict([SCENE], str(model), [prompt], out, PredictOptions(**options),
+                       scheduler=cluster.scheduler_address, retries=2, split_tiles=60)
+    killer.join()
     assert killed, "no worker was killed mid-window: every window finished before the victim journaled a band"
     (result,) = manifest.results
     assert result.status == "done" and manifest.exit_code == 0
