@@ -123,7 +123,12 @@ class BandJournal:
     """Finished bands of one (scene, prompt) in ``work``: ``prob.u8`` (height × width uint8, row-major),
     optionally ``support.u8`` (scene grounding: 1 where the coarse pass supports the target), and
     ``journal.txt`` (one JSON line per finished tile row, written after the data is on disk). ``job`` must match
-    for an existing work directory to be resumed; otherwise it is reset."""
+    for an existing work directory to be resumed; otherwise it is reset.
+
+    ``rows = (first, last)``: the journal of a window task, which writes the bands of those tile rows only (disjoint
+    row ranges of the same ``prob.u8``, positioned writes) and journals them in ``journal-F-L.txt``; the window
+    tasks of a scene share the work directory (checked or reset under a lock). Resuming reads every journal of
+    the directory, so a whole-scene run continues after window tasks and the other way round."""
 
     def __init__(self, work: Path, grid: TileGrid, job: dict, support: bool = False,
                  rows: tuple[int, int] | None = None):
