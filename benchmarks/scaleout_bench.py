@@ -9,8 +9,13 @@ pipeline).
     the in-process run as reference; speedup of 2 workers over 1 (goal >= 1.6) and whether the three masks
     are the same bytes.
 
-  python benchmarks/scaleout_bench.py --scenes 20 --large-size 2000 --split-tiles 16       # smoke (~1 min)
-  python benchmarks/scaleout_bench.py --scenes 600 --large-size 12000 --split-tiles 64     # full (see README)
+  python benchmarks/scaleout_bench.py --scenes 20 --large-size 2000 --split-tiles 8        # smoke (~2 min)
+  python benchmarks/scaleout_bench.py --scenes 500 --large-size 12000                      # full (~5-8 min)
+
+With the null model a tile costs little, so the serial part of a split scene (assembling the journal into the
+mask and probability COGs, once every window is done) weighs on the 2-over-1 speedup; ``--model lavt-tiny``
+(random weights) makes the windows compute-bound. The default ``--split-tiles 512`` cuts a 12000² scene (31 x 31
+tiles of 512 px) into 2 windows of 16 and 15 tile rows: one per worker, one recomputed tile row.
 
 Each run is a separate ``python -m rrsis_cli predict`` process (peak RSS from ``wait4``); the scheduler's peak
 is its ``VmHWM``. Results are appended as JSON lines to benchmarks/results/scaleout_bench.jsonl.
@@ -68,10 +73,13 @@ def write_small_scenes(folder: Path, count: int, size: int) -> None:
             dst.write(image)
 
 
+MODEL = ["--model", "null"]  # set from --model in main()
+
+
 def run_predict(inputs: list[str], out: Path, extra: list[str]) -> dict:
     """One ``rrsis predict`` process: seconds, its peak RSS, and the manifest's exit code."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "rrsis_cli", "--quiet", "predict", *inputs, "--model", "null", "--prompt",
+    cmd = [sys.executable, "-m", "rrsis_cli", "--quiet", "predict", *inputs, *MODEL, "--prompt",
            "the building", "--out", str(out), "--device", "cpu", *extra]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL)
@@ -138,7 +146,7 @@ def small(a, work: Path) -> dict:
         cluster.close()
     for row in rows.values():
         row["scenes_per_hour"] = round(a.scenes / row["seconds"] * 3600)
-    return {"scenes": a.scenes, "scene_size": a.scene_size, "runs": rows}
+    return {"scenes": a.scenes, "scene_size": a.scene_size, "model": MODEL, "runs": rows}
 
 
 def mask_digest(out: Path) -> str:
@@ -166,7 +174,7 @@ def large(a, work: Path) -> dict:
         rows["in-process"] = run_predict([str(scene)], out, common)  # --split-tiles: dask only
         digests["in-process"] = mask_digest(out)
     speedup = rows["1 worker(s)"]["seconds"] / rows["2 worker(s)"]["seconds"]
-    return {"size": a.large_size, "split_tiles": a.split_tiles, "vectors": a.vectors, "runs": rows,
+    return {"size": a.large_size, "split_tiles": a.split_tiles, "model": MODEL, "vectors": a.vectors, "runs": rows,
             "speedup_2_over_1": round(speedup, 2), "goal_met": speedup >= 1.6,
             "masks_identical": len(set(digests.values())) == 1}
 
@@ -174,14 +182,19 @@ def large(a, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("small", "large", "both"), default="both")
-    parser.add_argument("--scenes", type=int, default=600, help="small scenes for (a)")
+    parser.add_argument("--scenes", type=int, default=500, help="small scenes for (a)")
     parser.add_argument("--scene-size", type=int, default=256, help="side of each small scene, px")
     parser.add_argument("--large-size", type=int, default=12000, help="side of the large scene of (b), px")
-    parser.add_argument("--split-tiles", type=int, default=64, help="--split-tiles of (b): tiles per window task")
+    parser.add_argument("--split-tiles", type=int, default=512, help="--split-tiles of (b): tiles per window task")
+    parser.add_argument("--model", default="null", help="null (host pipeline only), or a tiny card such as "
+                        "lavt-tiny (random weights) to weigh compute against the serial assembly")
+    parser.add_argument("--tile-size", type=int, default=None)
     parser.add_argument("--vectors", action="store_true", help="(b) also vectorises (serial, after the windows)")
     parser.add_argument("--skip-in-process", action="store_true", help="(b) without the in-process reference")
     parser.add_argument("--work", default="/tmp/rrsis-scaleout-bench")
     a = parser.parse_args()
+    MODEL[:] = ["--model", a.model] + ([] if a.model == "null" else ["--allow-random-weights"]) + \
+        ([] if a.tile_size is None else ["--tile-size", str(a.tile_size)])
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     payload = {}
