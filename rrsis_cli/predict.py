@@ -694,6 +694,11 @@ def warn_about_prompts(prompts: list[str], tokenizer, max_tokens: int) -> list[d
     return records
 
 
+def error_line(scene: Scene, exc: BaseException) -> str:
+    """The one-line error of a scene: a project error's own line, else the path and the error described."""
+    return exc.one_line() if isinstance(exc, RrsisError) else f"{scene.path}: {describe_error(exc)}"
+
+
 class SceneRunner:
     """Everything needed to process scenes with one loaded model; used in-process and by dask workers (one per
     worker process, so the model is loaded once per worker)."""
@@ -770,7 +775,7 @@ class SceneRunner:
             reader = SceneReader(scene.path, options.bands, options.gsd, options.stretch, options.rpc_height,
                                  options.rpc_dem)
         except Exception as exc:  # noqa: BLE001 - reported by the client for the whole scene
-            outcome["error"] = exc.one_line() if isinstance(exc, RrsisError) else f"{scene.path}: {describe_error(exc)}"
+            outcome["error"] = error_line(scene, exc)
             return outcome
         try:
             nrows = len(TileGrid.for_scene(reader.ds.height, reader.ds.width, self.tile, options.overlap).rows)
@@ -784,7 +789,7 @@ class SceneRunner:
                     pair.journal.close()
                     outcome["pairs"][job.prompt] = window_counts(job.result, pair)
         except Exception as exc:  # noqa: BLE001 - reported by the client for the whole scene
-            outcome["error"] = exc.one_line() if isinstance(exc, RrsisError) else f"{scene.path}: {describe_error(exc)}"
+            outcome["error"] = error_line(scene, exc)
         finally:
             reader.close()
             outcome["encoder_calls"] = self.texts.calls - calls
@@ -1105,22 +1110,11 @@ def _predict_with_dask(manifest: RunManifest, clock: RunClock, scenes: list[Scen
     manifest.options.update(cluster=cluster, scheduler=scheduler, retries=retries, split_tiles=split_tiles)
     common = (model_spec, list(prompts), str(out), asdict(options))
     sizes = {h.scene.path: h.processed for h in headers or [] if not h.error}
-    queue: deque = deque()
-    windows: dict[int, list[dict[str, Any]]] = {}  # scene index -> outcomes of its window tasks so far
-    plans: dict[int, list[tuple[int, int]]] = {}
-    for i, scene in enumerate(scenes):
-        plans[i] = window_plan(sizes.get(scene.path), tile, options, split_tiles)
-        if plans[i]:
-            windows[i] = []
-            queue += [distributed.Task(f"rrsis-window-{i}-{first}-{last}-{scene.path.stem}", run_window_task,
-                                       (scene.as_dict(), [first, last], *common), ("window", i))
-                      for first, last in plans[i]]
-        else:
-            queue.append(distributed.Task(f"rrsis-scene-{i}-{scene.path.stem}", run_scene_task,
-                                          (scene.as_dict(), *common), ("scene", i)))
-    split = sum(bool(p) for p in plans.values())
-    if split:
-        console.info(f"{split} scene(s) of more than {split_tiles} tiles split into "
+    plans = {i: window_plan(sizes.get(scene.path), tile, options, split_tiles) for i, scene in enumerate(scenes)}
+    queue = scene_tasks(scenes, plans, common)
+    windows: dict[int, list[dict[str, Any]]] = {i: [] for i, plan in plans.items() if plan}  # outcomes so far
+    if windows:
+        console.info(f"{len(windows)} scene(s) of more than {split_tiles} tiles split into "
                      f"{sum(len(p) for p in plans.values())} window task(s)")
 
     def record(outcome: dict[str, Any]) -> None:
@@ -1161,6 +1155,22 @@ def _predict_with_dask(manifest: RunManifest, clock: RunClock, scenes: list[Scen
         if cluster is not None and client.cluster is not None:
             client.cluster.close()
     order_by_scene(manifest, scenes)
+
+
+def scene_tasks(scenes: list[Scene], plans: dict[int, list[tuple[int, int]]], common: tuple) -> deque:
+    """The dask tasks of the scenes in input order: one per scene, or one per window of its plan. ``common``:
+    (model spec, prompts, output directory, options as a dict)."""
+    from rrsis_cli.distributed import Task
+
+    queue: deque = deque()
+    for i, scene in enumerate(scenes):
+        if plans[i]:
+            queue += [Task(f"rrsis-window-{i}-{first}-{last}-{scene.path.stem}", run_window_task,
+                           (scene.as_dict(), [first, last], *common), ("window", i)) for first, last in plans[i]]
+        else:
+            queue.append(Task(f"rrsis-scene-{i}-{scene.path.stem}", run_scene_task, (scene.as_dict(), *common),
+                              ("scene", i)))
+    return queue
 
 
 def window_plan(size: tuple[int, int] | None, tile: int | None, options: PredictOptions,
