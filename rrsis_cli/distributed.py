@@ -5,10 +5,10 @@ The predict pipeline (:mod:`rrsis_cli.predict`) builds its tasks and hands them 
 
 Decisions:
 
-* **Streaming submission.** :func:`stream_tasks` keeps at most a window of tasks in flight (2 per worker by
-  default, re-read as workers join) and yields each result as it arrives, so the client holds a bounded number of
-  futures whatever the number of scenes, and the caller's manifest grows as results come in. The caller may queue
-  follow-up tasks while it consumes results (predict's finishing task of a scene split into window tasks).
+* **Streaming submission.** :func:`stream_tasks` keeps at most a window of tasks in flight (2 per worker thread
+  by default, re-read as workers join) and yields each result as it arrives, so the client holds a bounded number
+  of futures whatever the number of scenes, and the caller's manifest grows as results come in. The caller may
+  queue follow-up tasks while it consumes results (predict's finishing task of a scene split into window tasks).
 * **Once per worker.** :func:`worker_cached` keeps an object (predict's scene runner, its model loaded) per key
   in each worker process.
 * **GPU workers.** ``--cluster local`` on a host with GPUs starts one worker per GPU, each pinned with
@@ -251,25 +251,28 @@ class Task:
 
 
 def in_flight_limit(client, window: int | None) -> int:
-    """``window``, or 2 tasks per worker the scheduler knows now (at least 2)."""
+    """``window``, or 2 tasks per worker thread the scheduler knows now (at least 2)."""
     if window:
         return int(window)
-    return max(2, 2 * len(client.scheduler_info().get("workers", {})))
+    return max(2, 2 * sum(client.nthreads().values()))
 
 
 def stream_tasks(client, queue: deque[Task], retries: int = 2, window: int | None = None
                  ) -> Iterator[tuple[Task, Any, BaseException | None]]:
-    """Run the tasks of ``queue`` with at most :func:`in_flight_limit` of them submitted and not yet handed back;
-    yield ``(task, result, None)`` or ``(task, None, error)`` in the order they finish. Between two items the
-    caller may add tasks to ``queue`` (``appendleft`` runs one next). A task whose worker dies is retried up to
+    """Run the tasks of ``queue`` with at most :func:`in_flight_limit` of them (re-read every 2 s) submitted and
+    not yet handed back; yield ``(task, result, None)`` or ``(task, None, error)`` in the order they finish.
+    Between two items the caller may add tasks to ``queue`` (``appendleft`` runs one next). A task whose worker dies is retried up to
     ``retries`` times by dask; its futures are released as soon as its result is handed back."""
     from distributed import as_completed
 
     running: dict[str, tuple[Any, Task]] = {}
     finished = as_completed()
+    limit = {"value": in_flight_limit(client, window), "at": time.monotonic()}
 
     def submit_more() -> None:
-        while queue and len(running) < in_flight_limit(client, window):
+        if time.monotonic() - limit["at"] > 2.0:  # workers join and leave: ask the scheduler now and then
+            limit.update(value=in_flight_limit(client, window), at=time.monotonic())
+        while queue and len(running) < limit["value"]:
             task = queue.popleft()
             future = client.submit(task.function, *task.args, key=task.key, pure=False, retries=retries)
             running[future.key] = (future, task)

@@ -893,7 +893,7 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
     ``scheduler`` (an address), or automatically on a LocalCluster with one worker per GPU when several GPUs and
     several scenes are there. On dask, a scene of more than ``split_tiles`` tiles (0: never) runs as window tasks
     of about that many tiles each, on any worker, with the bytes of an in-process run; at most ``in_flight``
-    tasks (default: 2 per worker) are submitted at a time. ``shard="I/N"`` (or a SLURM job array) processes one
+    tasks (default: 2 per worker thread) are submitted at a time. ``shard="I/N"`` (or a SLURM job array) processes one
     deterministic share of the scenes (see :mod:`rrsis_cli.distributed`).
 
     Before the model loads: every option is validated (UsageError), the model's configuration and weights hash
@@ -1103,7 +1103,7 @@ def _predict_with_dask(manifest: RunManifest, clock: RunClock, scenes: list[Scen
     """A dask run (the clock includes cluster start-up): one task per scene (all its prompts), or for a scene of
     more than ``split_tiles`` tiles one window task per range of tile rows (:func:`window_plan`) and, once they
     are all done, one task that finishes the scene (assembles the journaled bands, writes the outputs). Tasks are
-    submitted as results come back, at most ``in_flight`` at a time (default: 2 per worker), and ``manifest`` is
+    submitted as results come back, at most ``in_flight`` at a time (default: 2 per worker thread), and ``manifest`` is
     filled as scenes finish and ordered by input at the end; :func:`finish_manifest` completes the timings."""
     from rrsis_cli import distributed
 

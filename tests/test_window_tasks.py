@@ -156,7 +156,7 @@ def test_streaming_submission_keeps_at_most_the_window_in_flight():
                 queue.appendleft(distributed.Task("follow-up", _slow_square, (100,), "follow-up"))
         assert most[0] == 3  # the window was used, and never exceeded
         assert results == {**{i: i * i for i in range(30)}, "follow-up": 10_000}
-        assert distributed.in_flight_limit(client, None) == 2  # default: 2 per worker, at least 2
+        assert distributed.in_flight_limit(client, None) == 8  # default: 2 per worker thread
 
 
 def test_local_gpu_workers_are_pinned_one_per_device(monkeypatch):
