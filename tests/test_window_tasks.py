@@ -77,6 +77,25 @@ def test_split_scene_on_two_workers_is_byte_identical_to_in_process(tmp_path, tw
     assert not (tmp_path / "dask" / ".rrsis-work").exists()
 
 
+def test_an_in_process_run_continues_from_the_journals_of_window_tasks(tmp_path):
+    """Three window tasks run (out of order) and the run stops; an in-process rerun resumes after their 9 tile
+    rows (window journals are read by whole-scene runs) and writes the bytes of an uninterrupted run."""
+    from rrsis_cli.inputs import find_scenes
+    from rrsis_cli.predict import SceneRunner
+
+    prompt = "the river"
+    predict([SCENE], "null", [prompt], tmp_path / "straight", PredictOptions(**OPTIONS))
+    out = tmp_path / "out"
+    runner = SceneRunner("null", [prompt], out, PredictOptions(**OPTIONS))
+    plan = window_plan((791, 718), runner.tile, runner.options, 60)
+    for rows in reversed(plan[:3]):
+        outcome = runner.run_window(find_scenes([SCENE])[0], rows)
+        assert outcome["error"] is None and outcome["pairs"][prompt]["bands_written"] == 3
+    resumed = predict([SCENE], "null", [prompt], out, PredictOptions(**OPTIONS))
+    assert resumed.results[0].tiles_resumed == 9 * 17
+    assert _outputs(out) == _outputs(tmp_path / "straight")
+
+
 def test_worker_killed_mid_window_loses_nothing_journaled(tmp_path, two_workers):
     """A worker is SIGKILLed while its window task has journaled some bands: the window is rescheduled, resumes
     after those bands (counted: they are never written again), the other windows finish, and the outputs are
