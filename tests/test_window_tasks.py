@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rrsis_cli import distributed
+from rrsis_cli.errors import UsageError
 from rrsis_cli.predict import PredictOptions, predict, window_plan
 from rrsis_cli.tiling import TileGrid, window_rows
 
@@ -56,6 +57,13 @@ def test_window_plan_keeps_scene_grounding_and_small_scenes_whole():
     assert window_plan((791, 718), 64, options, 255) == []  # 255 tiles: not above the limit
     assert window_plan((791, 718), 64, PredictOptions(**OPTIONS, grounding="scene"), 60) == []
     assert window_plan(None, 64, options, 60) == []  # unreadable header: one scene task reports it
+
+
+def test_a_negative_split_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="--split-tiles must be 0"):
+        predict([SCENE], "null", ["x"], tmp_path / "out", PredictOptions(**OPTIONS), cluster="local:2",
+                split_tiles=-1)
+    assert not (tmp_path / "out").exists()
 
 
 def test_split_scene_on_two_workers_is_byte_identical_to_in_process(tmp_path, two_workers):

@@ -134,7 +134,8 @@ def predict(
         show_default="the model's limit",
         rich_help_panel="Grounding")] = PREDICT_DEFAULTS.min_object_size,
     allow_random_weights: Annotated[bool, random_weights_option()] = PREDICT_DEFAULTS.allow_random_weights,
-    cluster: Annotated[str | None, typer.Option(help="Run scenes on dask workers: local, local:N, slurm.",
+    cluster: Annotated[str | None, typer.Option(help="Run scenes on dask workers: local (one per GPU, else half "
+                                                "the cores), local:N, slurm.",
                                                 show_default="in this process", rich_help_panel="Scale-out")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Address of an existing dask scheduler (tcp://HOST:PORT); "
                                                   "excludes --cluster.", rich_help_panel="Scale-out")] = None,
