@@ -50,6 +50,7 @@ __all__ = ["Task", "make_client", "manifest_name", "merge_manifests", "output_lo
            "select_shard", "shard_from_environment", "stream_tasks", "worker_cached", "worker_device"]
 
 _CACHE: dict[str, Any] = {}  # per worker process: objects by key (worker_cached)
+FIRST_GPU_IS_MINE = "RRSIS_FIRST_GPU_IS_MINE"  # set in the workers of a local GPU cluster (worker_device)
 
 
 # ------------------------------------------------------------------------------------------------ shards
@@ -123,14 +124,15 @@ def worker_cached(key: Any, build: Callable[[], Any]) -> Any:
 
 
 def worker_device(requested: str) -> str:
-    """``auto`` on a worker: its own GPU when there are GPUs, else the CPU. A worker pinned to one GPU
-    (``CUDA_VISIBLE_DEVICES`` of one device) uses ``cuda:0``; otherwise worker *k* (the number that ends its name:
-    ``3``, or ``SLURMCluster-7-3`` for the fourth worker of a SLURM job) uses ``cuda:(k mod n)``."""
+    """``auto`` on a worker: its own GPU when there are GPUs, else the CPU. A worker of a local GPU cluster
+    (:func:`local_cluster`: its own device is the first it sees, with rrsis's pinning or dask-cuda's) or one that
+    sees a single device uses ``cuda:0``; otherwise worker *k* (the number that ends its name: ``3``, or
+    ``SLURMCluster-7-3`` for the fourth worker of a SLURM job) uses ``cuda:(k mod n)``."""
     import torch
 
     if requested != "auto" or not torch.cuda.is_available():
         return requested
-    if torch.cuda.device_count() == 1:
+    if torch.cuda.device_count() == 1 or os.environ.get(FIRST_GPU_IS_MINE) == "1":
         return "cuda:0"
     try:
         from distributed import get_worker
@@ -156,7 +158,7 @@ def visible_gpus() -> list[str]:
 
 def gpu_worker_env(index: int, gpus: list[str]) -> dict[str, str]:
     """The environment of local worker ``index``: pinned to one GPU (round robin over ``gpus``)."""
-    return {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]}
+    return {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)], FIRST_GPU_IS_MINE: "1"}
 
 
 # ------------------------------------------------------------------------------------------------ clients
@@ -196,9 +198,13 @@ def local_cluster(workers: int | None = None):
             from dask_cuda import LocalCUDACluster
         except ImportError:
             pass
-        else:
-            return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus), threads_per_worker=1,
-                                    dashboard_address=None, host="127.0.0.1")
+        else:  # its workers see every GPU, their own first; they inherit this marker from this process
+            os.environ[FIRST_GPU_IS_MINE] = "1"
+            try:
+                return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus), threads_per_worker=1,
+                                        dashboard_address=None, host="127.0.0.1")
+            finally:
+                os.environ.pop(FIRST_GPU_IS_MINE, None)
     return pinned_cluster(workers, gpus)
 
 

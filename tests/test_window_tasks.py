@@ -193,10 +193,11 @@ def test_local_gpu_workers_are_pinned_one_per_device(monkeypatch):
     monkeypatch.setattr(distributed, "visible_gpus", lambda: ["0", "1"])
     monkeypatch.setitem(sys.modules, "dask_cuda", None)  # import fails: the SpecCluster of pinned nannies
     with distributed.make_client("local", None) as client:
-        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        marker = distributed.FIRST_GPU_IS_MINE
+        seen = client.run(lambda: (os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get(marker)))
         client.cluster.close()
-    assert sorted(seen.values()) == ["0", "1"]
-    assert distributed.gpu_worker_env(2, ["4", "5"]) == {"CUDA_VISIBLE_DEVICES": "4"}  # local:3 on 2 GPUs
+    assert sorted(seen.values()) == [("0", "1"), ("1", "1")]  # each its own device, known as cuda:0
+    assert distributed.gpu_worker_env(2, ["4", "5"])["CUDA_VISIBLE_DEVICES"] == "4"  # local:3 on 2 GPUs
 
 
 def test_worker_device_uses_the_workers_own_gpu(monkeypatch):
@@ -215,6 +216,9 @@ def test_worker_device_uses_the_workers_own_gpu(monkeypatch):
     FakeWorker.name = 6
     assert distributed.worker_device("auto") == "cuda:2"
     assert distributed.worker_device("cpu") == "cpu"
+    monkeypatch.setenv(distributed.FIRST_GPU_IS_MINE, "1")  # a local GPU cluster: the first device it sees
+    assert distributed.worker_device("auto") == "cuda:0"
+    monkeypatch.delenv(distributed.FIRST_GPU_IS_MINE)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert distributed.worker_device("auto") == "cuda:0"
 
