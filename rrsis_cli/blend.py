@@ -21,6 +21,8 @@ batches in flight; independent of the scene's height and of the number of polygo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -121,44 +123,62 @@ class BandJournal:
     """Finished bands of one (scene, prompt) in ``work``: ``prob.u8`` (height × width uint8, row-major),
     optionally ``support.u8`` (scene grounding: 1 where the coarse pass supports the target), and
     ``journal.txt`` (one JSON line per finished tile row, written after the data is on disk). ``job`` must match
-    for an existing work directory to be resumed; otherwise it is reset."""
+    for an existing work directory to be resumed; otherwise it is reset.
 
-    def __init__(self, work: Path, grid: TileGrid, job: dict, support: bool = False):
+    ``rows = (first, last)``: the journal of a window task, which writes the bands of those tile rows only (disjoint
+    row ranges of the same ``prob.u8``, positioned writes) and journals them in ``journal-F-L.txt``; the window
+    tasks of a scene share the work directory (checked or reset under a lock). Resuming reads every journal of
+    the directory, so a whole-scene run continues after window tasks and the other way round."""
+
+    def __init__(self, work: Path, grid: TileGrid, job: dict, support: bool = False,
+                 rows: tuple[int, int] | None = None):
         self.work = work
         self.grid = grid
+        # the tile rows this journal writes, first and last included: all of them, or a window task's range
+        self.first, self.last = (0, len(grid.rows) - 1) if rows is None else (int(rows[0]), int(rows[1]))
+        self.name = JOURNAL if rows is None else f"journal-{self.first}-{self.last}.txt"
         work.mkdir(parents=True, exist_ok=True)
-        job_path = work / "job.json"
         names = [PROB_FILE] + ([SUPPORT_FILE] if support else [])
-        resumable = (job_path.is_file() and json.loads(job_path.read_text()) == job
-                     and all((work / n).is_file() for n in names))
-        if not resumable:
-            for stale in (work / JOURNAL, job_path, work / PROB_FILE, work / SUPPORT_FILE):
-                stale.unlink(missing_ok=True)
-            for name in names:
-                with open(work / name, "wb") as f:
-                    f.truncate(grid.height * grid.width)  # sparse: disk is used as bands are written
-            tmp = work / ".job.json.tmp"
-            tmp.write_text(json.dumps(job))
-            os.replace(tmp, job_path)
+        with _setup_lock(work):  # window tasks of one scene open the same work directory at the same time
+            resumable = self._resumable(job, names)
+            if not resumable:
+                self._reset(job, names)
         self.prob = RowFile(work / PROB_FILE, grid.width)
         self.support = RowFile(work / SUPPORT_FILE, grid.width) if support else None
-        self.finished = self._read_journal() if resumable else -1
+        self.finished = self._read_journal() if resumable else self.first - 1
         self.skipped = 0
 
+    def _resumable(self, job: dict, names: list[str]) -> bool:
+        job_path = self.work / "job.json"
+        return (job_path.is_file() and json.loads(job_path.read_text()) == job
+                and all((self.work / n).is_file() for n in names))
+
+    def _reset(self, job: dict, names: list[str]) -> None:
+        work = self.work
+        for stale in (*work.glob("journal*.txt"), work / "job.json", work / PROB_FILE, work / SUPPORT_FILE):
+            stale.unlink(missing_ok=True)
+        for name in names:
+            with open(work / name, "wb") as f:
+                f.truncate(self.grid.height * self.grid.width)  # sparse: disk is used as bands are written
+        tmp = work / ".job.json.tmp"
+        tmp.write_text(json.dumps(job))
+        os.replace(tmp, work / "job.json")
+
     def _read_journal(self) -> int:
-        """The last tile row whose band is on disk, -1 for none. Bands are journaled in order; a torn last
-        line (killed mid-write) is ignored."""
-        path = self.work / JOURNAL
-        last = -1
-        if path.is_file():
+        """The last tile row of this journal's range up to which every band is on disk (``first - 1`` for none),
+        from every journal of the work directory (``journal.txt`` of a whole-scene run, ``journal-F-L.txt`` of
+        window tasks): a band is journaled after its data is durable; a torn last line (killed mid-write) is
+        ignored."""
+        journaled: set[int] = set()
+        for path in self.work.glob("journal*.txt"):
             for line in path.read_text().splitlines():
                 try:
-                    row = int(json.loads(line)["tile_row"])
+                    journaled.add(int(json.loads(line)["tile_row"]))
                 except (json.JSONDecodeError, KeyError, ValueError):
                     break
-                if row != last + 1:
-                    break
-                last = row
+        last = self.first - 1
+        while last < self.last and last + 1 in journaled:
+            last += 1
         return last
 
     def write_band(self, r: int, p8: np.ndarray, support: np.ndarray | None = None) -> None:
@@ -169,8 +189,8 @@ class BandJournal:
         if self.support is not None:
             self.support.write(y0, support)
         y1 = y0 + p8.shape[0]
-        with open(self.work / JOURNAL, "a") as journal:
-            journal.write(json.dumps({"tile_row": r, "rows": [y0, y1]}) + "\n")
+        with open(self.work / self.name, "a") as journal:
+            journal.write(json.dumps({"tile_row": r, "rows": [y0, y1], "pid": os.getpid()}) + "\n")
             journal.flush()
             os.fsync(journal.fileno())
         self.finished = r
@@ -182,8 +202,16 @@ class BandJournal:
 
     @property
     def done(self) -> bool:
-        return self.finished == len(self.grid.rows) - 1
+        return self.finished == self.last
 
     def disk_bytes(self) -> int:
-        return sum(os.stat(self.work / n).st_blocks * 512 for n in (PROB_FILE, SUPPORT_FILE, JOURNAL)
-                   if (self.work / n).is_file())
+        files = [self.work / PROB_FILE, self.work / SUPPORT_FILE, *self.work.glob("journal*.txt")]
+        return sum(os.stat(p).st_blocks * 512 for p in files if p.is_file())
+
+
+@contextlib.contextmanager
+def _setup_lock(work: Path):
+    """Exclusive ``fcntl`` lock on ``work/.setup.lock`` while a journal checks or resets the work directory."""
+    with open(work / ".setup.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

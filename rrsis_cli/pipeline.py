@@ -59,22 +59,24 @@ class Pair:
     coarse_weight: float = 0.75
     coarse_support: float = 0.25
     start_tile: int = 0  # first tile index this pair needs (resume: the first tile of its carried rows)
+    end_tile: int = 0  # tile indices from here on are not needed (the end of the journal's rows)
     next_row: int = 0  # next tile row to close
     tiles: int = 0
     tiles_resumed: int = 0
     nodata_tiles: int = 0
 
     def __post_init__(self) -> None:
-        grid = self.journal.grid
-        finished = self.journal.finished
+        grid, journal = self.journal.grid, self.journal
+        finished = journal.finished
         carried = carry_rows(grid, finished) if finished >= 0 else []
         first_row = carried[0] if carried else finished + 1
         self.start_tile = first_row * len(grid.cols)
+        self.end_tile = (journal.last + 1) * len(grid.cols)
         self.next_row = first_row
-        self.tiles_resumed = (finished + 1) * len(grid.cols)
+        self.tiles_resumed = (finished + 1 - journal.first) * len(grid.cols)
 
     def needs(self, index: int) -> bool:
-        return index >= self.start_tile and (self.active is None or index in self.active)
+        return self.start_tile <= index < self.end_tile and (self.active is None or index in self.active)
 
 
 @dataclass
@@ -133,7 +135,7 @@ def close_rows(pair: Pair, reader, upto_index: int, stats: PipelineStats) -> Non
     from rasterio.windows import Window
 
     grid, ncols = pair.journal.grid, len(pair.journal.grid.cols)
-    while pair.next_row < len(grid.rows) and (pair.next_row + 1) * ncols - 1 <= upto_index:
+    while pair.next_row <= pair.journal.last and (pair.next_row + 1) * ncols - 1 <= upto_index:
         r = pair.next_row
         pair.next_row += 1
         if r <= pair.journal.finished:
@@ -163,8 +165,9 @@ def run_pairs(reader, model, grid: TileGrid, pairs: list[Pair], batch_size: int,
     pending: deque = deque()
     queue = iter(batches)
     done_tiles = min(p.tiles_resumed for p in pairs)
+    span = max(p.end_tile - p.journal.first * len(grid.cols) for p in pairs)  # the grid, or a window's rows
     try:
-        with console.progress_bar(len(grid), label, unit="tile", initial=done_tiles) as bar:
+        with console.progress_bar(span, label, unit="tile", initial=done_tiles) as bar:
             for batch in queue:
                 pending.append((batch, pool.submit(grid, batch)))
                 if len(pending) >= read_ahead:
@@ -206,7 +209,7 @@ def _run_batch(pair: Pair, reader, batch: list[int], tiles: dict[int, np.ndarray
     stats.seconds["infer"] += time.perf_counter() - started
     ncols = len(pair.journal.grid.cols)
     for index, prob in zip(indices, probs, strict=True):
-        if index >= pair.start_tile:
+        if pair.needs(index):
             close_rows(pair, reader, index - 1, stats)  # rows before this tile's row are complete
             started = time.perf_counter()
             pair.blender.add(index // ncols, index % ncols, prob)
@@ -217,8 +220,11 @@ def _run_batch(pair: Pair, reader, batch: list[int], tiles: dict[int, np.ndarray
 
 
 def new_pair(work: Path, grid: TileGrid, job: dict, prompt: str, text, coarse=None, active=None,
-             coarse_weight: float = 0.75, coarse_support: float = 0.25) -> Pair:
-    journal = BandJournal(work, grid, job, support=coarse is not None)
+             coarse_weight: float = 0.75, coarse_support: float = 0.25,
+             tile_rows: tuple[int, int] | None = None) -> Pair:
+    """A pair over the whole grid, or over the tile rows ``tile_rows = (first, last)`` of a window task (it
+    journals only those rows' bands, recomputing the overlap rows above them)."""
+    journal = BandJournal(work, grid, job, support=coarse is not None, rows=tile_rows)
     return Pair(prompt, text, journal, RowBlender(grid, blend_weights(grid.tile)),
                 None if active is None else set(active), coarse, coarse_weight, coarse_support)
 

@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,10 +29,7 @@ import numpy as np
 
 from rrsis_cli import __version__, console
 from rrsis_cli.errors import (
-    EXIT_FATAL,
     EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_PARTIAL,
     ModelError,
     OutputError,
     RrsisError,
@@ -39,11 +37,12 @@ from rrsis_cli.errors import (
     UsageError,
 )
 from rrsis_cli.inputs import WORK_DIR, Scene, find_scenes, output_dir, relative_output_dir, work_dir
+from rrsis_cli.manifest import exit_code_for, manifest_name
 from rrsis_cli.models.info import INPUT_MULTIPLE, ModelInfo
 from rrsis_cli.outputs import VECTOR_DRIVERS, check_vector_format, mask_profile, to_cog, vectorise
 from rrsis_cli.pipeline import assemble, mask_from_probability, new_pair, quantise, run_pairs
 from rrsis_cli.scene import SceneReader, describe_error
-from rrsis_cli.tiling import TileGrid, blend_weights, tile_origins
+from rrsis_cli.tiling import TileGrid, blend_weights, tile_origins, window_rows
 
 if TYPE_CHECKING:  # torch is imported where a model runs: deciding, validating and skipping do without it
     import torch
@@ -102,6 +101,7 @@ class SceneResult:
     tiles_skipped_nodata: int = 0
     tiles_resumed: int = 0
     grounding: dict[str, Any] | None = None
+    windows: dict[str, Any] | None = None  # a scene split into window tasks: tasks, bands written and resumed
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -323,10 +323,22 @@ class PairJob:
 
 def compute_pairs(reader: SceneReader, model, texts: TextCache, scene: Scene, jobs: list[PairJob],
                   options: PredictOptions, tile: int, device: torch.device) -> None:
-    """Run the tiles of one or more (scene, prompt) pairs together — each batch read once for all of them
-    (:func:`rrsis_cli.pipeline.run_pairs`), resuming each from its journal — then write each pair's outputs.
-    With scene grounding each pair first gets its coarse pass and its own set of tiles. A pair whose outputs
-    fail is marked failed on its own; an error in the shared tile loop fails every pair of it."""
+    """Run the tiles of one or more (scene, prompt) pairs together (:func:`run_tiles`), then write each pair's
+    outputs. A pair whose outputs fail is marked failed on its own; an error in the shared tile loop fails every
+    pair of it."""
+    pairs = run_tiles(reader, model, texts, scene, jobs, options, tile, device)
+    for job, pair in zip(jobs, pairs, strict=True):
+        run_for_pair(job, scene, lambda job=job, pair=pair: write_pair(reader, model, scene, job, pair, options,
+                                                                        tile))
+
+
+def run_tiles(reader: SceneReader, model, texts: TextCache, scene: Scene, jobs: list[PairJob],
+              options: PredictOptions, tile: int, device: torch.device,
+              tile_rows: tuple[int, int] | None = None) -> list:
+    """Run the tiles of the pairs — each batch read once for all of them (:func:`rrsis_cli.pipeline.run_pairs`),
+    resuming each from its journal — and count them in each job's result; the pairs, their journals open. With
+    scene grounding each pair first gets its coarse pass and its own set of tiles. ``tile_rows = (first, last)``:
+    a window task, which journals only the bands of those tile rows (tile grounding only)."""
     from rrsis_cli.inference import resolve_precision
 
     ds = reader.ds
@@ -337,16 +349,20 @@ def compute_pairs(reader: SceneReader, model, texts: TextCache, scene: Scene, jo
             text = texts.get(job.prompt)
             coarse, active = None, None
             if options.grounding == "scene":
+                if tile_rows is not None:
+                    raise UsageError("window tasks run tile grounding only")
                 coarse, active = ground_scene(reader, model, text, options, tile, grid, device, job.result)
             spec = {"format": "bands-1", "grid": asdict(grid), "batch_size": options.batch_size,
                     "config_hash": config_hash(model.sha256, scene, job.prompt, options, tile),
                     "active": None if active is None else hashlib.sha256(str(active).encode()).hexdigest()}
             pair = new_pair(job.work, grid, spec, job.prompt, text, coarse, active, options.coarse_weight,
-                            options.coarse_support)
+                            options.coarse_support, tile_rows)
             pairs.append(pair)
-            if pair.journal.finished >= 0:
-                console.info(f"{reader.path.name} / {job.prompt!r}: resuming, {pair.journal.finished + 1} of "
-                             f"{len(grid.rows)} row band(s) found in the journal")
+            journal = pair.journal
+            if journal.finished >= journal.first:
+                where = "" if tile_rows is None else f" of tile rows {journal.first}-{journal.last}"
+                console.info(f"{reader.path.name} / {job.prompt!r}: resuming, {journal.finished + 1 - journal.first}"
+                             f" of {journal.last + 1 - journal.first} row band(s){where} found in the journal")
         label = f"{reader.path.stem[:24]} / " + (jobs[0].prompt[:24] if len(jobs) == 1 else f"{len(jobs)} prompts")
         workers = read_workers(options)
         stats = run_pairs(reader, model, grid, pairs, options.batch_size, device,
@@ -362,9 +378,7 @@ def compute_pairs(reader: SceneReader, model, texts: TextCache, scene: Scene, jo
         for pair in pairs:
             pair.journal.close()
         raise
-    for job, pair in zip(jobs, pairs, strict=True):
-        run_for_pair(job, scene, lambda job=job, pair=pair: write_pair(reader, model, scene, job, pair, options,
-                                                                        tile))
+    return pairs
 
 
 def write_pair(reader: SceneReader, model, scene: Scene, job: PairJob, pair, options: PredictOptions,
@@ -587,7 +601,7 @@ def _check_range(name: str, value: float | None, low: float, high: float | None 
 
 
 def validate_options(options: PredictOptions, prompts: list[str], cluster: str | None = None,
-                     scheduler: str | None = None) -> None:
+                     scheduler: str | None = None, split_tiles: int = 0) -> None:
     """Every check that needs neither the model nor the scenes (UsageError, exit 2, naming the option). The
     checks that need the model's input size (:func:`tile_size_for`) or a scene's header
     (:mod:`rrsis_cli.preflight`) follow, still before the model loads."""
@@ -595,6 +609,8 @@ def validate_options(options: PredictOptions, prompts: list[str], cluster: str |
     if cluster and scheduler:
         raise UsageError("--cluster and --scheduler exclude each other: --cluster starts workers, --scheduler uses "
                          "the workers of a running scheduler")
+    if split_tiles < 0:
+        raise UsageError(f"--split-tiles must be 0 (never split) or a number of tiles, got {split_tiles}")
     _check_range("overlap", options.overlap, 0, 1, high_open=True)
     if options.vector_format not in VECTOR_DRIVERS:
         raise UsageError(f"--vector-format must be one of {', '.join(VECTOR_DRIVERS)}")
@@ -678,6 +694,11 @@ def warn_about_prompts(prompts: list[str], tokenizer, max_tokens: int) -> list[d
     return records
 
 
+def error_line(scene: Scene, exc: BaseException) -> str:
+    """The one-line error of a scene: a project error's own line, else the path and the error described."""
+    return exc.one_line() if isinstance(exc, RrsisError) else f"{scene.path}: {describe_error(exc)}"
+
+
 class SceneRunner:
     """Everything needed to process scenes with one loaded model; used in-process and by dask workers (one per
     worker process, so the model is loaded once per worker)."""
@@ -742,6 +763,52 @@ class SceneRunner:
             reader.close()
         return record, results, area_km2
 
+    def run_window(self, scene: Scene, tile_rows: tuple[int, int]) -> dict[str, Any]:
+        """A window task: the bands of tile rows ``tile_rows = (first, last)`` of every pair of the scene that
+        needs tiles, journaled into the pair's work directory (shared by the scene's window tasks), nothing
+        written at the final paths. Returns ``{"tile_rows", "pairs": {prompt: counts}, "encoder_calls",
+        "error"}``; the task that finishes the scene (:meth:`run`, once every window is done) writes the outputs."""
+        options = self.options
+        outcome: dict[str, Any] = {"tile_rows": list(tile_rows), "pairs": {}, "encoder_calls": 0, "error": None}
+        calls = self.texts.calls
+        try:
+            reader = SceneReader(scene.path, options.bands, options.gsd, options.stretch, options.rpc_height,
+                                 options.rpc_dem)
+        except Exception as exc:  # noqa: BLE001 - reported by the client for the whole scene
+            outcome["error"] = error_line(scene, exc)
+            return outcome
+        try:
+            nrows = len(TileGrid.for_scene(reader.ds.height, reader.ds.width, self.tile, options.overlap).rows)
+            rows = (tile_rows[0], min(tile_rows[1], nrows - 1))  # a warped scene's planned size is approximate
+            jobs = [PairJob(prompt, SceneResult(str(scene.path), prompt), output_dir(self.out, scene, prompt),
+                            work_dir(self.out, scene, prompt))
+                    for prompt in self.prompts if rows[0] <= rows[1] and self._needs_tiles(reader, scene, prompt)]
+            if jobs:
+                pairs = run_tiles(reader, self.model, self.texts, scene, jobs, options, self.tile, self.device, rows)
+                for job, pair in zip(jobs, pairs, strict=True):
+                    pair.journal.close()
+                    outcome["pairs"][job.prompt] = window_counts(job.result, pair)
+        except Exception as exc:  # noqa: BLE001 - reported by the client for the whole scene
+            outcome["error"] = error_line(scene, exc)
+        finally:
+            reader.close()
+            outcome["encoder_calls"] = self.texts.calls - calls
+        return outcome
+
+    def _needs_tiles(self, reader: SceneReader, scene: Scene, prompt: str) -> bool:
+        """False for a pair that is finished or that its ``prob.tif`` re-thresholds (:meth:`_prepare_pair`)."""
+        if not self.options.overwrite and pair_finished(self.out, scene, prompt, self.options, self.model.sha256,
+                                                        self.tile):
+            return False
+        return not self._rethresholds(reader, scene, prompt)
+
+    def _rethresholds(self, reader: SceneReader, scene: Scene, prompt: str) -> bool:
+        """True when the pair's ``prob.tif`` is of this configuration but the threshold (no tile to run)."""
+        options, tile = self.options, self.tile
+        prob = output_dir(self.out, scene, prompt) / "prob.tif"
+        return not options.overwrite and options.grounding == "tiles" and reusable_prob(
+            prob, reader, scene, prompt, config_hash(self.model.sha256, scene, prompt, options, tile, False))
+
     def _prepare_pair(self, reader: SceneReader, scene: Scene, prompt: str, result: SceneResult
                       ) -> PairJob | None:
         """Settle a pair that needs no tiles (dry run, finished, re-thresholded from its prob.tif); else the job
@@ -758,9 +825,7 @@ class SceneRunner:
             return None
         job = PairJob(prompt, result, target, work_dir(self.out, scene, prompt))
         prob = target / "prob.tif"
-        if not options.overwrite and options.grounding == "tiles" and reusable_prob(
-                prob, reader, scene, prompt, config_hash(self.model.sha256, scene, prompt, options, tile, False)):
-            # same pair and configuration but the threshold: no tile recomputed
+        if self._rethresholds(reader, scene, prompt):  # same pair and configuration but the threshold: no tile run
             def step():
                 rethreshold_pair(reader, self.model, scene, prompt, prob, target, job.work, options, tile, result)
                 result.status = "rethresholded"
@@ -810,15 +875,6 @@ def finish_manifest(manifest: RunManifest, out: Path, started: float, area_km2: 
     return manifest
 
 
-def exit_code_for(statuses: list[str]) -> int:
-    """0 when nothing failed (done, skipped, re-thresholded or dry-run), 1 when everything failed, 3 when some
-    failed or a pair is ``partial`` (its mask written, a derived product such as the vectors failed)."""
-    failed = sum(status == "failed" for status in statuses)
-    if failed and failed == len(statuses):
-        return EXIT_FATAL
-    return EXIT_PARTIAL if failed or "partial" in statuses else EXIT_OK
-
-
 def write_manifest(manifest: RunManifest, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(asdict(manifest), indent=2, default=str) + "\n")
@@ -828,14 +884,17 @@ def write_manifest(manifest: RunManifest, path: Path) -> None:
 def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_dir: str | Path,
             options: PredictOptions | None = None, glob: str | None = None, cluster: str | None = None,
             scheduler: str | None = None, shard: str | None = None, lock_wait: float = 0.0, retries: int = 2,
-            slurm: dict[str, Any] | None = None) -> RunManifest:
+            slurm: dict[str, Any] | None = None, split_tiles: int = 512, in_flight: int | None = None
+            ) -> RunManifest:
     """Run every (scene, prompt); returns the manifest (also written to ``OUT/manifest.json``, or
     ``OUT/manifest-shard-I-of-N.json`` for a shard).
 
     In this process by default; on dask workers with ``cluster`` (``local``, ``local:N``, ``slurm``) or
     ``scheduler`` (an address), or automatically on a LocalCluster with one worker per GPU when several GPUs and
-    several scenes are there. ``shard="I/N"`` (or a SLURM job array) processes one deterministic share of the
-    scenes (see :mod:`rrsis_cli.distributed`).
+    several scenes are there. On dask, a scene of more than ``split_tiles`` tiles (0: never) runs as window tasks
+    of about that many tiles each, on any worker, with the bytes of an in-process run; at most ``in_flight``
+    tasks (default: 2 per worker thread) are submitted at a time. ``shard="I/N"`` (or a SLURM job array) processes one
+    deterministic share of the scenes (see :mod:`rrsis_cli.distributed`).
 
     Before the model loads: every option is validated (UsageError), the model's configuration and weights hash
     are read (:func:`~rrsis_cli.models.describe_model`), every scene's header is checked against the options, and
@@ -847,7 +906,7 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
 
     options = options or PredictOptions()
     prompts = unique_prompts(prompts)
-    validate_options(options, prompts, cluster, scheduler)
+    validate_options(options, prompts, cluster, scheduler, split_tiles)
     require_weights(model_spec, options.allow_random_weights)  # a card without weights: refused before any input
     part = distributed.parse_shard(shard) if shard else distributed.shard_from_environment()
     duplicates: list[dict[str, str]] = []
@@ -896,10 +955,10 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
                     import torch
 
                     if torch.cuda.is_available() and torch.cuda.device_count() > 1:
-                        cluster = f"local:{torch.cuda.device_count()}"
+                        cluster = "local"  # one worker per GPU, each pinned to its device
                 if cluster or scheduler:
                     _predict_with_dask(manifest, clock, todo, model_spec, prompts, out, options, cluster,
-                                       scheduler, retries, slurm)
+                                       scheduler, retries, slurm, split_tiles, tile, headers, in_flight)
                 else:
                     _predict_here(manifest, clock, todo, model_spec, prompts, out, options)
                 order_by_scene(manifest, scenes)
@@ -907,14 +966,14 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
             code = exc.exit_code if isinstance(exc, Stopped) else EXIT_INTERRUPTED
             mark_interrupted(manifest, scenes, prompts)
             order_by_scene(manifest, scenes)
-            finish_manifest(manifest, out, clock.started, clock.km2, distributed.manifest_name(part), code)
+            finish_manifest(manifest, out, clock.started, clock.km2, manifest_name(part), code)
             done = sum(r.status == "done" for r in manifest.results)
             console.warn(f"{'interrupted' if code == EXIT_INTERRUPTED else exc} after {done} pair(s) done; "
                          f"{sum(r.status == 'interrupted' for r in manifest.results)} interrupted pair(s) resume "
-                         f"on the next run; manifest in {out / distributed.manifest_name(part)}",
+                         f"on the next run; manifest in {out / manifest_name(part)}",
                          status="interrupted", exit_code=code)
             raise
-        return finish_manifest(manifest, out, clock.started, clock.km2, distributed.manifest_name(part))
+        return finish_manifest(manifest, out, clock.started, clock.km2, manifest_name(part))
 
 
 def pair_finished(out: Path, scene: Scene, prompt: str, options: PredictOptions, model_sha: str | None,
@@ -1038,12 +1097,25 @@ def _predict_here(manifest: RunManifest, clock: RunClock, scenes: list[Scene], m
 
 def _predict_with_dask(manifest: RunManifest, clock: RunClock, scenes: list[Scene], model_spec: str,
                        prompts: list[str], out: Path, options: PredictOptions, cluster: str | None,
-                       scheduler: str | None, retries: int, slurm: dict[str, Any] | None) -> None:
-    """A dask run (the clock includes cluster start-up), filling ``manifest`` as scenes finish and ordering it
-    by input at the end; :func:`finish_manifest` completes the timings."""
+                       scheduler: str | None, retries: int, slurm: dict[str, Any] | None, split_tiles: int = 0,
+                       tile: int | None = None, headers: list[SceneHeader] | None = None,
+                       in_flight: int | None = None) -> None:
+    """A dask run (the clock includes cluster start-up): one task per scene (all its prompts), or for a scene of
+    more than ``split_tiles`` tiles one window task per range of tile rows (:func:`window_plan`) and, once they
+    are all done, one task that finishes the scene (assembles the journaled bands, writes the outputs). Tasks are
+    submitted as results come back, at most ``in_flight`` at a time (default: 2 per worker thread), and ``manifest`` is
+    filled as scenes finish and ordered by input at the end; :func:`finish_manifest` completes the timings."""
     from rrsis_cli import distributed
 
-    manifest.options.update(cluster=cluster, scheduler=scheduler, retries=retries)
+    manifest.options.update(cluster=cluster, scheduler=scheduler, retries=retries, split_tiles=split_tiles)
+    common = (model_spec, list(prompts), str(out), asdict(options))
+    sizes = {h.scene.path: h.processed for h in headers or [] if not h.error}
+    plans = {i: window_plan(sizes.get(scene.path), tile, options, split_tiles) for i, scene in enumerate(scenes)}
+    queue = scene_tasks(scenes, plans, common)
+    windows: dict[int, list[dict[str, Any]]] = {i: [] for i, plan in plans.items() if plan}  # outcomes so far
+    if windows:
+        console.info(f"{len(windows)} scene(s) of more than {split_tiles} tiles split into "
+                     f"{sum(len(p) for p in plans.values())} window task(s)")
 
     def record(outcome: dict[str, Any]) -> None:
         if "model" in outcome and manifest.model_sha256 is None:
@@ -1056,7 +1128,140 @@ def _predict_with_dask(manifest: RunManifest, clock: RunClock, scenes: list[Scen
 
     with distributed.make_client(cluster, scheduler, slurm) as client:
         console.info(distributed.cluster_summary(client))
-        distributed.predict_on_cluster(scenes, model_spec, prompts, out, options, client, retries, record)
+        with console.progress_bar(len(scenes), "scenes", unit="scene") as bar:
+            for task, result, error in distributed.stream_tasks(client, queue, retries, in_flight):
+                kind, i = task.tag
+                scene = scenes[i]
+                if kind == "window":
+                    windows[i].append(result if error is None else {"error": task_error(scene, task, error)})
+                    if len(windows[i]) < len(plans[i]):
+                        continue
+                    failed = [w["error"] for w in windows[i] if w.get("error")]
+                    if not failed:  # every band is journaled: the scene's finishing task runs next
+                        queue.appendleft(distributed.Task(f"rrsis-finish-{i}-{scene.path.stem}", run_scene_task,
+                                                          (scene.as_dict(), *common), ("finish", i)))
+                        continue
+                    console.error(failed[0])
+                    outcome = failed_outcome(scene, prompts, failed[0])
+                elif error is not None:
+                    outcome = failed_outcome(scene, prompts, task_error(scene, task, error))
+                    console.error(outcome["record"]["error"])
+                else:
+                    outcome = result
+                if kind == "finish":
+                    merge_windows(outcome, windows.pop(i), sizes.get(scene.path), tile, options)
+                record(outcome)
+                bar.update(1)
         if cluster is not None and client.cluster is not None:
             client.cluster.close()
     order_by_scene(manifest, scenes)
+
+
+def scene_tasks(scenes: list[Scene], plans: dict[int, list[tuple[int, int]]], common: tuple) -> deque:
+    """The dask tasks of the scenes in input order: one per scene, or one per window of its plan. ``common``:
+    (model spec, prompts, output directory, options as a dict)."""
+    from rrsis_cli.distributed import Task
+
+    queue: deque = deque()
+    for i, scene in enumerate(scenes):
+        if plans[i]:
+            queue += [Task(f"rrsis-window-{i}-{first}-{last}-{scene.path.stem}", run_window_task,
+                           (scene.as_dict(), [first, last], *common), ("window", i)) for first, last in plans[i]]
+        else:
+            queue.append(Task(f"rrsis-scene-{i}-{scene.path.stem}", run_scene_task, (scene.as_dict(), *common),
+                              ("scene", i)))
+    return queue
+
+
+def window_plan(size: tuple[int, int] | None, tile: int | None, options: PredictOptions,
+                split_tiles: int) -> list[tuple[int, int]]:
+    """Tile-row ranges of the window tasks of a scene of ``size`` (width, height): empty (one task for the scene)
+    without a split rule, a size or a tile, with scene grounding (its coarse pass chooses tiles over the whole
+    scene), and for scenes of at most ``split_tiles`` tiles (:func:`rrsis_cli.tiling.window_rows`)."""
+    if not split_tiles or size is None or tile is None or options.grounding != "tiles":
+        return []
+    width, height = size
+    return window_rows(TileGrid.for_scene(height, width, tile, options.overlap), split_tiles)
+
+
+def task_error(scene: Scene, task, error: BaseException) -> str:
+    """The one-line error of a task that could not finish (its worker died ``retries`` + 1 times, ...)."""
+    where = "" if task.tag[0] != "window" else f" (window task, tile rows {task.args[1][0]}-{task.args[1][1]})"
+    return f"{scene.path}{where}: {type(error).__name__}: {error}"
+
+
+def failed_outcome(scene: Scene, prompts: list[str], message: str) -> dict[str, Any]:
+    """The task outcome of a scene that could not be processed: every prompt failed with ``message``."""
+    return {"record": {**scene.as_dict(), "error": message}, "km2": 0.0, "encoder_calls": 0,
+            "results": [asdict(SceneResult(str(scene.path), p, "failed", relative_output_dir(scene, p),
+                                           error=message)) for p in prompts]}
+
+
+def window_counts(result: SceneResult, pair) -> dict[str, Any]:
+    """What a window task did for one pair: tiles run (the overlap rows above its range included), resumed and
+    nodata, tiles read, row bands written and found journaled, seconds per stage."""
+    journal = pair.journal
+    resumed = pair.tiles_resumed // len(journal.grid.cols)
+    return {"tiles": result.tiles, "tiles_resumed": result.tiles_resumed,
+            "tiles_skipped_nodata": result.tiles_skipped_nodata,
+            "tiles_read": int(round((result.reads_per_tile or 0.0) * len(journal.grid))),
+            "bands_resumed": resumed, "bands_written": journal.finished + 1 - journal.first - resumed,
+            "seconds": dict(result.seconds)}
+
+
+def merge_windows(outcome: dict[str, Any], windows: list[dict[str, Any]], size: tuple[int, int] | None,
+                  tile: int | None, options: PredictOptions) -> None:
+    """Fold the window tasks' counts into the finishing task's results (which ran no tile): tiles run, resumed
+    and nodata summed over the windows, reads per tile of the grid, seconds per stage added, and
+    ``windows = {tasks, bands_written, bands_resumed}``."""
+    outcome["encoder_calls"] += sum(w.get("encoder_calls", 0) for w in windows)
+    grid_tiles = len(TileGrid.for_scene(size[1], size[0], tile, options.overlap)) if size and tile else 0
+    for result in outcome["results"]:
+        counts = [w["pairs"][result["prompt"]] for w in windows if result["prompt"] in w.get("pairs", {})]
+        if not counts:  # finished or re-thresholded: no window ran it
+            continue
+        for key in ("tiles", "tiles_resumed", "tiles_skipped_nodata"):
+            result[key] = sum(c[key] for c in counts)
+        result["reads_per_tile"] = sum(c["tiles_read"] for c in counts) / max(1, grid_tiles)
+        seconds = dict(result["seconds"])
+        for c in counts:
+            for stage, value in c["seconds"].items():
+                seconds[stage] = seconds.get(stage, 0.0) + value
+        result["seconds"] = seconds
+        result["windows"] = {"tasks": len(windows), "bands_written": sum(c["bands_written"] for c in counts),
+                             "bands_resumed": sum(c["bands_resumed"] for c in counts)}
+
+
+# ------------------------------------------------------------------------------------------------ dask tasks
+def worker_runner(model_spec: str, prompts: list[str], out: str, options: dict) -> SceneRunner:
+    """This worker's :class:`SceneRunner` for the run (model loaded once per worker process, on the worker's
+    own GPU with ``--device auto``: :func:`rrsis_cli.distributed.worker_device`)."""
+    import torch
+
+    from rrsis_cli.distributed import worker_cached, worker_device
+
+    torch.set_num_threads(max(1, int(os.environ.get("RRSIS_WORKER_THREADS", "1"))))
+
+    def build() -> SceneRunner:
+        return SceneRunner(model_spec, prompts, Path(out),
+                           PredictOptions(**{**options, "device": worker_device(options["device"])}))
+
+    return worker_cached(["predict", model_spec, prompts, out, options], build)
+
+
+def run_scene_task(scene: dict, model_spec: str, prompts: list[str], out: str, options: dict) -> dict[str, Any]:
+    """The dask task of a whole scene (:meth:`Scene.as_dict`), and of a scene whose window tasks are all done
+    (its journals complete: the outputs are assembled and written, no tile runs)."""
+    runner = worker_runner(model_spec, prompts, out, options)
+    calls_before = runner.texts.calls
+    record, results, km2 = runner.run(Scene.from_dict(scene))
+    return {"record": record, "results": [asdict(r) for r in results], "km2": km2,
+            "encoder_calls": runner.texts.calls - calls_before, "model": str(runner.model.config.get("name")),
+            "model_sha256": runner.model.sha256, "tile_size": runner.tile}
+
+
+def run_window_task(scene: dict, tile_rows: list[int], model_spec: str, prompts: list[str], out: str,
+                    options: dict) -> dict[str, Any]:
+    """The dask task of one window of a split scene (:meth:`SceneRunner.run_window`)."""
+    runner = worker_runner(model_spec, prompts, out, options)
+    return runner.run_window(Scene.from_dict(scene), (int(tile_rows[0]), int(tile_rows[1])))

@@ -73,3 +73,14 @@ class TileGrid:
         c_lo = bisect.bisect_right(cols, col0 - self.tile)
         c_hi = bisect.bisect_left(cols, col1)
         return [r * len(cols) + c for r in range(r_lo, r_hi) for c in range(c_lo, c_hi)]
+
+
+def window_rows(grid: TileGrid, split_tiles: int) -> list[tuple[int, int]]:
+    """Tile-row ranges ``(first, last)`` (both included) of the window tasks of a grid of more than
+    ``split_tiles`` tiles: consecutive whole tile rows, about ``split_tiles`` tiles each (at least one row).
+    Empty when the grid is not split (``split_tiles`` 0, a grid of at most ``split_tiles`` tiles, one row)."""
+    nrows, ncols = len(grid.rows), len(grid.cols)
+    if split_tiles <= 0 or nrows * ncols <= split_tiles or nrows < 2:
+        return []
+    step = max(1, split_tiles // ncols)
+    return [(first, min(first + step, nrows) - 1) for first in range(0, nrows, step)]

@@ -97,17 +97,16 @@ def test_seeded_random_weights_do_not_touch_the_callers_random_state():
 
 
 def test_the_option_travels_to_dask_workers_with_predict_options(tmp_path):
-    """Workers rebuild PredictOptions from its dict (rrsis_cli.distributed.run_scene_task)."""
-    from rrsis_cli import distributed
+    """Workers rebuild PredictOptions from its dict (rrsis_cli.predict.run_scene_task)."""
     from rrsis_cli.inputs import find_scenes
-    from rrsis_cli.predict import PredictOptions
+    from rrsis_cli.predict import PredictOptions, run_scene_task
 
     scene = find_scenes([SCENE])[0].as_dict()
     refused = asdict(PredictOptions(tile_size=128, device="cpu", dry_run=True))
     with pytest.raises(zoo.MissingWeightsError):
-        distributed.run_scene_task(scene, "lavt-tiny", ["x"], str(tmp_path), refused)
+        run_scene_task(scene, "lavt-tiny", ["x"], str(tmp_path), refused)
     allowed = asdict(PredictOptions(tile_size=128, device="cpu", dry_run=True, allow_random_weights=True))
-    outcome = distributed.run_scene_task(scene, "lavt-tiny", ["x"], str(tmp_path), allowed)
+    outcome = run_scene_task(scene, "lavt-tiny", ["x"], str(tmp_path), allowed)
     assert outcome["model_sha256"] == "random-init-seed0:lavt-tiny"
     assert [r["status"] for r in outcome["results"]] == ["dry-run"]
 

@@ -18,8 +18,8 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
-from rrsis_cli.distributed import merge_manifests
 from rrsis_cli.inputs import find_scenes, prompt_key, work_dir
+from rrsis_cli.manifest import merge_manifests
 from rrsis_cli.models import build_model, save_model
 from rrsis_cli.predict import PredictOptions, predict
 from stub_models import PromptPointwise, use_model

@@ -18,13 +18,13 @@ import rasterio
 from rasterio.windows import Window
 
 from rrsis_cli.distributed import (
-    merge_manifests,
     output_lock,
     parse_shard,
     select_shard,
     shard_from_environment,
 )
 from rrsis_cli.errors import OutputError, UsageError
+from rrsis_cli.manifest import merge_manifests
 from rrsis_cli.models import build_model, save_model
 from rrsis_cli.predict import PredictOptions, predict
 

@@ -18,7 +18,7 @@ def manifest_merge(
     out: Annotated[Path, typer.Argument(help="Output directory holding manifest-shard-I-of-N.json files.")],
 ) -> None:
     """Combine the per-shard manifests of a job array into OUT/manifest.json (exit code of the whole run)."""
-    from rrsis_cli.distributed import merge_manifests
+    from rrsis_cli.manifest import merge_manifests
 
     merged = merge_manifests(out)
     console.info(f"merged {merged['shards_merged']} shard manifest(s): {len(merged['results'])} result(s), "

@@ -134,7 +134,8 @@ def predict(
         show_default="the model's limit",
         rich_help_panel="Grounding")] = PREDICT_DEFAULTS.min_object_size,
     allow_random_weights: Annotated[bool, random_weights_option()] = PREDICT_DEFAULTS.allow_random_weights,
-    cluster: Annotated[str | None, typer.Option(help="Run scenes on dask workers: local, local:N, slurm.",
+    cluster: Annotated[str | None, typer.Option(help="Run scenes on dask workers: local (one per GPU, else half "
+                                                "the cores), local:N, slurm.",
                                                 show_default="in this process", rich_help_panel="Scale-out")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Address of an existing dask scheduler (tcp://HOST:PORT); "
                                                   "excludes --cluster.", rich_help_panel="Scale-out")] = None,
@@ -143,6 +144,9 @@ def predict(
                                               rich_help_panel="Scale-out")] = None,
     retries: Annotated[int, typer.Option(help="Times a scene is retried after its dask worker dies.",
                                          rich_help_panel="Scale-out")] = PREDICT_RUN_DEFAULTS["retries"],
+    split_tiles: Annotated[int, typer.Option(help="On dask: split scenes of more than N tiles into window tasks of "
+                                             "about N tiles (tile rows) that run on any worker; 0: never.",
+                                             rich_help_panel="Scale-out")] = PREDICT_RUN_DEFAULTS["split_tiles"],
     lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run writing to OUT.",
                                              rich_help_panel="Scale-out")] = PREDICT_RUN_DEFAULTS["lock_wait"],
     slurm_queue: Annotated[str | None, typer.Option(help="SLURM partition.", show_default="dask-jobqueue config",
@@ -187,7 +191,8 @@ def predict(
                                glob=opts.get("glob"), cluster=opts.get("cluster"), scheduler=opts.get("scheduler"),
                                shard=opts.get("shard"),
                                lock_wait=float(opts.get("lock_wait", PREDICT_RUN_DEFAULTS["lock_wait"])),
-                               retries=int(opts.get("retries", PREDICT_RUN_DEFAULTS["retries"])), slurm=slurm)
+                               retries=int(opts.get("retries", PREDICT_RUN_DEFAULTS["retries"])), slurm=slurm,
+                               split_tiles=int(opts.get("split_tiles", PREDICT_RUN_DEFAULTS["split_tiles"])))
     counts: dict[str, int] = {}
     for result in manifest.results:
         counts[result.status] = counts.get(result.status, 0) + 1
