@@ -38,8 +38,8 @@ VECTOR_DRIVERS = {"geojson": ("GeoJSON", "geojson"), "gpkg": ("GPKG", "gpkg"), "
 VECTOR_LAYER = "mask"  # the layer name in every vector format (and the GeoJSON ``name`` member)
 GEOJSON_PRECISION = 7  # decimals of a degree in GeoJSON coordinates: 1e-7 degree is about 1 cm
 FIELDS = ("prompt", "score", "pixels", "area_m2")
-PARALLEL_MIN_WINDOWS = 64  # fewer windows than this run in the calling process (a pool costs ~1 s to start)
-GROUP_BATCH_PIXELS = 4_000_000  # seam-crossing groups are polygonised in batches of about this many bbox pixels
+GROUP_BATCH_PIXELS = 4_000_000  # seam-crossing groups are polygonised in batches of at most this many bbox
+GROUP_BATCH_COUNT = 128  # pixels (one larger group alone) and this many groups
 _GEOJSON_NULL_TAIL = b'"geometry": null }'
 
 
@@ -85,11 +85,14 @@ def metric_crs(crs, bounds: tuple[float, float, float, float]):
     if crs.is_projected:
         return crs
     import geopandas as gpd
+    from pyproj import Transformer
     from shapely.geometry import box
 
     try:
-        return gpd.GeoSeries([box(*bounds)], crs=crs).estimate_utm_crs()
-    except Exception:  # noqa: BLE001 - pyproj raises RuntimeError/CRSError for bodies without UTM zones
+        utm = gpd.GeoSeries([box(*bounds)], crs=crs).estimate_utm_crs()
+        Transformer.from_crs(crs, utm, always_xy=True)  # another celestial body: UTM zones of the Earth fail
+        return utm
+    except Exception:  # noqa: BLE001 - pyproj raises RuntimeError/CRSError/ProjError for bodies without UTM zones
         return None
 
 
@@ -422,8 +425,8 @@ def _arrow_schema(job: VectorJob, geo_metadata: bool):
     column["crs"] = CRS.from_wkt(job.crs_wkt).to_json_dict() if job.crs_wkt is not None else None
     geo = {"version": "1.0.0", "primary_column": "geometry", "columns": {"geometry": column},
            "creator": {"library": "rrsis"}}
-    return pa.schema([f.remove_metadata() if f.name == "geometry" else f for f in fields],
-                     metadata={b"geo": json.dumps(geo).encode()})
+    fields = [fields[0], fields[1], fields[2], fields[4].remove_metadata(), fields[3]]  # as geopandas wrote it
+    return pa.schema(fields, metadata={b"geo": json.dumps(geo).encode()})
 
 
 def _arrow_batch(job: VectorJob, rings: Rings, score: np.ndarray, area: np.ndarray):
@@ -616,8 +619,10 @@ def _group_chunks(job: VectorJob, seams: SeamGraph, counters: dict) -> Iterator[
         for pixels, prob_sums, boxes, seeds in seams.groups():
             area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
             start = 0
+            counters["seam_groups"] = len(boxes)
             while start < len(boxes):
-                stop = start + max(1, int(np.searchsorted(np.cumsum(area[start:]), GROUP_BATCH_PIXELS)))
+                fits = int(np.searchsorted(np.cumsum(area[start:start + GROUP_BATCH_COUNT]), GROUP_BATCH_PIXELS))
+                stop = start + max(1, fits)
                 rings = group_rings(job, ds, prob_ds, pixels[start:stop], prob_sums[start:stop],
                                     boxes[start:stop], seeds[start:stop])
                 counters["held"] = max(counters["held"], len(rings))
@@ -677,16 +682,26 @@ def _write_ogr(job: VectorJob, chunks: Iterator[Encoded], path: Path) -> int:
 
     schema = _arrow_schema(job, geo_metadata=False)
     counted = [0]
+    failed: list[BaseException] = []
 
     def batches():
-        for chunk in chunks:
-            if chunk.count:
-                counted[0] += chunk.count
-                yield chunk.batch
+        try:
+            for chunk in chunks:
+                if chunk.count:
+                    counted[0] += chunk.count
+                    yield chunk.batch
+        except BaseException as exc:  # GDAL reports only "Error while accessing batch from stream"
+            failed.append(exc)
+            raise
 
     driver, _ = VECTOR_DRIVERS[job.vector_format]
-    pyogrio.write_arrow(pa.RecordBatchReader.from_batches(schema, batches()), str(path), layer=VECTOR_LAYER,
-                        driver=driver, geometry_name="geometry", geometry_type="Polygon", crs=job.crs_wkt)
+    try:
+        pyogrio.write_arrow(pa.RecordBatchReader.from_batches(schema, batches()), str(path), layer=VECTOR_LAYER,
+                            driver=driver, geometry_name="geometry", geometry_type="Polygon", crs=job.crs_wkt)
+    except Exception:
+        if failed:
+            raise failed[0] from None
+        raise
     return counted[0]
 
 
@@ -698,28 +713,26 @@ def _write_parquet(job: VectorJob, chunks: Iterator[Encoded], path: Path) -> int
     with pq.ParquetWriter(str(path), schema) as writer:
         for chunk in chunks:
             if chunk.count:
-                writer.write_batch(chunk.batch.cast(schema))
+                writer.write_batch(chunk.batch.select(schema.names).cast(schema))
                 count += chunk.count
     return count
 
 
-def default_workers(job: VectorJob) -> int:
-    windows = len(windows_of(job.width, job.height, job.block))
-    return min(4, os.cpu_count() or 1) if windows >= PARALLEL_MIN_WINDOWS else 1
-
-
 def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vector_format: str,
-              min_area: float, simplify: float, block: int, workers: int | None = None,
+              min_area: float, simplify: float, block: int, workers: int = 1,
               stats: dict | None = None) -> int:
     """Polygons of mask == 1 (4-connected regions), streamed to ``out_path`` window by window, regions that
     cross window seams merged; ``score`` is the mean probability (from the uint8 probability raster, value /
-    254) of each polygon's pixels, ``area_m2`` its area in metres (null without a metric CRS). ``workers``:
-    processes for the windows (default: up to 4 when the mask has many windows). ``stats``, when given, gets
-    ``polygons_held_peak`` (the most polygons in memory at once), ``seam_parts`` and ``workers``. Returns the
+    254) of each polygon's pixels, ``area_m2`` its area in metres (null without a metric CRS). ``workers`` > 1:
+    windows run in that many spawned processes (each starts a Python and imports rasterio, about a second; a
+    script calling this needs the ``if __name__ == "__main__":`` guard of multiprocessing); the output is the
+    same bytes. ``stats``, when given, gets
+    ``polygons_held_peak`` (the most polygons in memory at once), ``seam_parts`` (window parts of regions that
+    cross a seam), ``seam_groups`` (those regions) and ``workers``. Returns the
     feature count. Anything that fails leaves nothing at ``out_path``."""
     job = plan_job(mask_path, prob_path, prompt, vector_format, min_area, simplify, block)
-    workers = default_workers(job) if workers is None else max(1, workers)
-    counters = {"held": 0, "seam_parts": 0}
+    workers = max(1, workers)
+    counters = {"held": 0, "seam_parts": 0, "seam_groups": 0}
     writer = {"geojson": _write_geojson, "parquet": _write_parquet}.get(vector_format, _write_ogr)
     tmp = temporary_path(out_path)
     try:
@@ -730,5 +743,6 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
     if count and job.metric_wkt is None and (min_area > 0 or simplify > 0):
         console.warn(f"{mask_path}: no metric CRS for the scene's CRS; --min-area/--simplify not applied")
     if stats is not None:
-        stats.update(polygons_held_peak=counters["held"], seam_parts=counters["seam_parts"], workers=workers)
+        stats.update(polygons_held_peak=counters["held"], seam_parts=counters["seam_parts"],
+                     seam_groups=counters["seam_groups"], workers=workers)
     return count
