@@ -2,11 +2,11 @@
 
 Each window of the mask is labelled (4-connected, as GDAL's polygonize) and polygonised on its own; a polygon that
 does not touch a seam with another window is final there and goes straight to the output file. A polygon that
-touches a seam is kept only as a few numbers (its window and label, pixel count, probability sum, bounding box,
-one pixel); labels that touch across a seam are joined in a graph, and each connected group is polygonised once
-at the end from the mask pixels of its bounding box. So memory holds the polygons of a few windows and one group
-at a time, never all polygons: it grows with the window size and the largest seam-crossing polygon, not with the
-number of polygons. Windows run in a small process pool (GDAL's polygonize holds the GIL while it builds Python
+touches a seam is kept only as numbers (its window and label, pixel count, probability sum); labels that touch
+across a seam are joined in a graph, and at the end each connected group's pixels are written, as the group's
+number, into a temporary tiled raster that GDAL polygonises in one pass, reading it row by row. So memory holds
+the polygons of a few windows or one batch of groups, never all polygons: it grows with the window size (and
+GDAL's state for the regions crossing the row it is at), not with the number of polygons. Windows run in a small process pool (GDAL's polygonize holds the GIL while it builds Python
 coordinates, so threads do not help) and are written in window order, so the output does not depend on the
 number of workers.
 
@@ -38,8 +38,7 @@ VECTOR_DRIVERS = {"geojson": ("GeoJSON", "geojson"), "gpkg": ("GPKG", "gpkg"), "
 VECTOR_LAYER = "mask"  # the layer name in every vector format (and the GeoJSON ``name`` member)
 GEOJSON_PRECISION = 7  # decimals of a degree in GeoJSON coordinates: 1e-7 degree is about 1 cm
 FIELDS = ("prompt", "score", "pixels", "area_m2")
-GROUP_BATCH_PIXELS = 4_000_000  # seam-crossing groups are polygonised in batches of at most this many bbox
-GROUP_BATCH_COUNT = 128  # pixels (one larger group alone) and this many groups
+GROUP_BATCH_COUNT = 128  # seam-crossing regions are encoded and written in batches of this many
 _GEOJSON_NULL_TAIL = b'"geometry": null }'
 
 
@@ -151,8 +150,6 @@ class WindowResult:
     seam_labels: np.ndarray  # labels that touch a seam, ascending
     seam_pixels: np.ndarray
     seam_prob_sums: np.ndarray
-    seam_boxes: np.ndarray  # (k, 4) row0, col0, row1, col1 (exclusive) in scene pixels
-    seam_seeds: np.ndarray  # (k, 2) one pixel (row, col) of each label, in scene pixels
     edges: dict[str, np.ndarray]  # "top"/"bottom"/"left"/"right" -> labels along that edge (seam edges only)
 
 
@@ -445,7 +442,7 @@ def window_result(job: VectorJob, ds, prob_ds, window: tuple[int, int, int, int]
     """Label and polygonise one window: final polygons encoded, seam-touching labels summarised."""
     from rasterio.features import shapes
     from rasterio.windows import Window
-    from scipy.ndimage import find_objects, label
+    from scipy.ndimage import label
 
     row, col, h, w = window
     win = Window(col, row, w, h)
@@ -467,20 +464,12 @@ def window_result(job: VectorJob, ds, prob_ds, window: tuple[int, int, int, int]
     found = list(shapes(labels.astype(np.int32), mask=hit & ~on_seam[labels], transform=ds.window_transform(win)))
     final = rings_from_shapes(found, pixels, prob_sums)
     seam = np.flatnonzero(on_seam)
-    boxes = np.zeros((len(seam), 4), np.int64)
-    seeds = np.zeros((len(seam), 2), np.int64)
-    slices = find_objects(labels)
-    for i, lab in enumerate(seam):
-        rows, cols = slices[lab - 1]
-        boxes[i] = row + rows.start, col + cols.start, row + rows.stop, col + cols.stop
-        seeds[i] = row + rows.start, col + cols.start + int(np.argmax(labels[rows.start, cols] == lab))
     return WindowResult(row, col, encode(job, final), len(final) + len(seam), seam, pixels[seam].astype(np.int64),
-                        prob_sums[seam], boxes, seeds, edges)
+                        prob_sums[seam], edges)
 
 
 def _empty_result(job: VectorJob, row: int, col: int, edges: dict[str, np.ndarray]) -> WindowResult:
-    return WindowResult(row, col, Encoded(0), 0, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
-                        np.zeros((0, 4), np.int64), np.zeros((0, 2), np.int64), edges)
+    return WindowResult(row, col, Encoded(0), 0, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), edges)
 
 
 def band_results(job: VectorJob, windows: list[tuple[int, int, int, int]]) -> list[WindowResult]:
@@ -535,12 +524,11 @@ class SeamGraph:
 
     def __init__(self, block: int) -> None:
         self.block = block
-        self.windows: list[tuple[int, int]] = []  # per node: (row, col) of its window
-        self.labels: list[np.ndarray] = []
+        self.windows: list[tuple[int, int]] = []  # per window with seam labels: its (row, col)
+        self.labels: list[np.ndarray] = []  # ... its seam labels (nodes self.bases[i] + 0, 1, ...)
+        self.bases: list[int] = []
         self.pixels: list[np.ndarray] = []
         self.prob_sums: list[np.ndarray] = []
-        self.boxes: list[np.ndarray] = []
-        self.seeds: list[np.ndarray] = []
         self.a: list[np.ndarray] = []  # node pairs that touch
         self.b: list[np.ndarray] = []
         self.count = 0
@@ -550,11 +538,12 @@ class SeamGraph:
         k = len(result.seam_labels)
         lut = np.full(int(result.seam_labels.max(initial=0)) + 1, -1, np.int64)
         lut[result.seam_labels] = self.count + np.arange(k)
-        self.windows.append((result.row, result.col))
-        for store, values in ((self.labels, result.seam_labels), (self.pixels, result.seam_pixels),
-                              (self.prob_sums, result.seam_prob_sums), (self.boxes, result.seam_boxes),
-                              (self.seeds, result.seam_seeds)):
-            store.append(values)
+        if k:
+            self.windows.append((result.row, result.col))
+            self.bases.append(self.count)
+            self.labels.append(result.seam_labels)
+            self.pixels.append(result.seam_pixels)
+            self.prob_sums.append(result.seam_prob_sums)
         self.count += k
         nodes = {side: np.where(edge > 0, lut[np.minimum(edge, len(lut) - 1)], -1)
                  for side, edge in result.edges.items()}
@@ -569,69 +558,85 @@ class SeamGraph:
             if side in nodes:
                 self._open[(result.row, result.col, side)] = nodes[side]
 
-    def groups(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """(pixels, probability sums, boxes, seeds) of the connected groups, in order of their first part."""
+    def assignment(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The group of each node (groups numbered in order of their first node), and the pixel count and
+        probability sum of each group."""
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
         if self.count == 0:
-            return
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
         a = np.concatenate(self.a) if self.a else np.zeros(0, np.int64)
         b = np.concatenate(self.b) if self.b else np.zeros(0, np.int64)
         graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(self.count, self.count))
         n, group = connected_components(graph, directed=False)
         pixels = np.bincount(group, weights=np.concatenate(self.pixels), minlength=n).astype(np.int64)
-        prob_sums = np.bincount(group, weights=np.concatenate(self.prob_sums), minlength=n)
-        boxes = np.concatenate(self.boxes)
-        lo = np.full((n, 2), np.iinfo(np.int64).max)
-        hi = np.zeros((n, 2), np.int64)
-        np.minimum.at(lo, group, boxes[:, :2])
-        np.maximum.at(hi, group, boxes[:, 2:])
-        first = np.full(n, -1)
-        first[group[::-1]] = np.arange(self.count)[::-1]  # each group's first node
-        yield pixels, prob_sums, np.hstack([lo, hi]), np.concatenate(self.seeds)[first]
+        return group, pixels, np.bincount(group, weights=np.concatenate(self.prob_sums), minlength=n)
 
 
-def group_rings(job: VectorJob, ds, prob_ds, pixels, prob_sums, boxes, seeds) -> Rings:
-    """Polygons of seam-crossing groups, each from the mask pixels of its bounding box (4-connected component
-    of its seed pixel), with the group's pixel count and probability sum."""
-    from rasterio.features import shapes
+def write_group_rasters(job: VectorJob, seams: SeamGraph, group: np.ndarray, paths: tuple[Path, Path]) -> None:
+    """Two tiled GeoTIFFs over the scene: group number + 1 of every pixel of a seam-crossing region (0
+    elsewhere), and 1 where that is not 0 (the mask GDAL's polygonize takes). Windows are labelled again,
+    exactly as in the first pass."""
+    import rasterio
     from rasterio.windows import Window
     from scipy.ndimage import label
 
-    parts = []
-    for i, (r0, c0, r1, c1) in enumerate(boxes):
-        win = Window(c0, r0, c1 - c0, r1 - r0)
-        labels, _ = label(ds.read(1, window=win) == 1)
-        component = labels == labels[seeds[i][0] - r0, seeds[i][1] - c0]
-        del labels
-        found = list(shapes(component.view(np.uint8), mask=component, transform=ds.window_transform(win)))
-        if len(found) != 1:
-            raise RuntimeError(f"{job.mask_path}: a seam-crossing region gave {len(found)} polygons")
-        parts.append(rings_from_shapes(found, np.array([0, pixels[i]]), np.array([0.0, prob_sums[i]])))
-    return _concat(parts)
+    tile = job.block if job.block % 16 == 0 and job.block <= 1024 else 256  # windows write whole tiles
+    with rasterio.open(job.mask_path) as src:
+        profile = {"driver": "GTiff", "width": job.width, "height": job.height, "count": 1, "crs": src.crs,
+                   "transform": src.transform, "tiled": True, "blockxsize": tile, "blockysize": tile,
+                   "compress": "packbits", "sparse_ok": True}  # fast; long runs of 0 pack well
+        with rasterio.open(paths[0], "w", dtype="int32", **profile) as ids_ds, \
+                rasterio.open(paths[1], "w", dtype="uint8", **profile) as mask_ds:
+            for (row, col), labels, base in zip(seams.windows, seams.labels, seams.bases, strict=True):
+                win = Window(col, row, min(job.block, job.width - col), min(job.block, job.height - row))
+                window_labels, _ = label(src.read(1, window=win) == 1)
+                lookup = np.zeros(int(window_labels.max()) + 1, np.int32)
+                lookup[labels] = group[base + np.arange(len(labels))] + 1
+                ids = lookup[window_labels]
+                ids_ds.write(ids, 1, window=win)
+                mask_ds.write((ids > 0).astype(np.uint8), 1, window=win)
 
 
-def _group_chunks(job: VectorJob, seams: SeamGraph, counters: dict) -> Iterator[Encoded]:
+def _group_chunks(job: VectorJob, seams: SeamGraph, counters: dict, directory: Path) -> Iterator[Encoded]:
+    """The seam-crossing regions, polygonised in one pass of GDAL over the group raster (read row by row from
+    disk, never whole), in batches of :data:`GROUP_BATCH_COUNT`."""
     import rasterio
+    from rasterio.features import shapes
 
-    with rasterio.open(job.mask_path) as ds, rasterio.open(job.prob_path) as prob_ds:
-        for pixels, prob_sums, boxes, seeds in seams.groups():
-            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            start = 0
-            counters["seam_groups"] = len(boxes)
-            while start < len(boxes):
-                fits = int(np.searchsorted(np.cumsum(area[start:start + GROUP_BATCH_COUNT]), GROUP_BATCH_PIXELS))
-                stop = start + max(1, fits)
-                rings = group_rings(job, ds, prob_ds, pixels[start:stop], prob_sums[start:stop],
-                                    boxes[start:stop], seeds[start:stop])
-                counters["held"] = max(counters["held"], len(rings))
-                yield encode(job, rings)
-                start = stop
+    group, pixels, prob_sums = seams.assignment()
+    counters["seam_groups"] = len(pixels)
+    if not len(pixels):
+        return
+    stem = Path(job.mask_path).stem
+    paths = directory / f".{stem}.seam-groups.tif", directory / f".{stem}.seam-mask.tif"
+    try:
+        write_group_rasters(job, seams, group, paths)
+        pixels = np.concatenate([[0], pixels])  # indexed by group number + 1, the raster's values
+        prob_sums = np.concatenate([[0.0], prob_sums])
+        found, written = [], 0
+        with rasterio.open(paths[0]) as ids_ds, rasterio.open(paths[1]) as mask_ds:
+            for item in shapes(rasterio.band(ids_ds, 1), mask=rasterio.band(mask_ds, 1),
+                               transform=ids_ds.transform):
+                found.append(item)
+                if len(found) == GROUP_BATCH_COUNT:
+                    written += len(found)
+                    yield encode(job, rings_from_shapes(found, pixels, prob_sums))
+                    found = []
+            if found:
+                written += len(found)
+                yield encode(job, rings_from_shapes(found, pixels, prob_sums))
+        if written != len(pixels) - 1:
+            raise RuntimeError(f"{job.mask_path}: {len(pixels) - 1} seam-crossing regions gave {written} polygons")
+        counters["held"] = max(counters["held"], min(written, GROUP_BATCH_COUNT))
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def feature_chunks(job: VectorJob, workers: int, counters: dict) -> Iterator[Encoded]:
+def feature_chunks(job: VectorJob, workers: int, counters: dict, directory: Path) -> Iterator[Encoded]:
     """Encoded features: each window's final polygons in window order, then the seam-crossing groups."""
     seams = SeamGraph(job.block)
     for result in _ordered_results(job, workers, counters):
@@ -639,7 +644,7 @@ def feature_chunks(job: VectorJob, workers: int, counters: dict) -> Iterator[Enc
         if result.features.count:
             yield result.features
     counters["seam_parts"] = seams.count
-    yield from _group_chunks(job, seams, counters)
+    yield from _group_chunks(job, seams, counters, directory)
 
 
 def _write_geojson(job: VectorJob, chunks: Iterator[Encoded], path: Path) -> int:
@@ -736,7 +741,7 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
     writer = {"geojson": _write_geojson, "parquet": _write_parquet}.get(vector_format, _write_ogr)
     tmp = temporary_path(out_path)
     try:
-        count = writer(job, feature_chunks(job, workers, counters), tmp)
+        count = writer(job, feature_chunks(job, workers, counters, out_path.parent), tmp)
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
