@@ -370,26 +370,50 @@ def _field_data(job: VectorJob, count: int, score: np.ndarray, pixels: np.ndarra
 
 
 def _geojson_lines(job: VectorJob, rings: Rings, score: np.ndarray, area: np.ndarray) -> list[bytes]:
-    """One line per feature: GDAL writes the properties (its own number formatting), the geometry is ours."""
+    """One line per feature: GDAL writes the properties (its own number formatting), the geometry is ours;
+    a polygon that crosses the antimeridian is written whole by GDAL, which splits it (RFC 7946 3.1.9)."""
     from rrsis_cli.geojson_text import polygon_texts
 
     if not len(rings):
         return []
-    text = _gdal_geojson(job, _field_data(job, len(rings), score, rings.pixels, area))
-    lines = text[text.index(b'"features": [\n') + len(b'"features": [\n'):].split(b"\n")[:len(rings)]
+    fields = _field_data(job, len(rings), score, rings.pixels, area)
+    lines = _feature_lines(_gdal_geojson(job, fields), len(rings))
     geometries = polygon_texts(rings.coords, rings.ring_offsets, rings.polygon_offsets)
     out = []
     for line, geometry in zip(lines, geometries, strict=True):
-        head = line.rstrip(b",")
-        if not head.endswith(_GEOJSON_NULL_TAIL):
-            raise RuntimeError(f"unexpected GeoJSON feature from GDAL: {head[:80]!r}")
-        out.append(head[:-len(b"null }")] + geometry + b" }")
+        if not line.endswith(_GEOJSON_NULL_TAIL):
+            raise RuntimeError(f"unexpected GeoJSON feature from GDAL: {line[:80]!r}")
+        out.append(line[:-len(b"null }")] + geometry + b" }")
+    crossing = np.flatnonzero(_crosses_antimeridian(job, rings))
+    if len(crossing):
+        keep = np.zeros(len(rings), bool)
+        keep[crossing] = True
+        import shapely
+
+        wkb = shapely.to_wkb(polygons_from_rings(select(rings, keep)))
+        whole = _gdal_geojson(job, [column[crossing] for column in fields], wkb)
+        for i, line in zip(crossing, _feature_lines(whole, len(crossing)), strict=True):
+            out[i] = line
     return out
 
 
-def _gdal_geojson(job: VectorJob, field_data: list | None) -> bytes:
-    """A GeoJSON FeatureCollection written by GDAL in memory: features without geometry for ``field_data``, or
-    an empty Polygon layer (the header) when None."""
+def _feature_lines(text: bytes, count: int) -> list[bytes]:
+    start = text.index(b'"features": [\n') + len(b'"features": [\n')
+    return [line.rstrip(b",") for line in text[start:].split(b"\n")[:count]]
+
+
+def _crosses_antimeridian(job: VectorJob, rings: Rings) -> np.ndarray:
+    """Per polygon: does it span more than 180 degrees of longitude in RFC 7946 GeoJSON (so it crosses +-180)?"""
+    if "RFC7946" not in dict(job.geojson_options) or not len(rings.coords):
+        return np.zeros(len(rings), bool)
+    starts = rings.ring_offsets[rings.polygon_offsets[:-1]]
+    lon = rings.coords[:, 0]
+    return np.maximum.reduceat(lon, starts) - np.minimum.reduceat(lon, starts) > 180.0
+
+
+def _gdal_geojson(job: VectorJob, field_data: list | None, wkb: np.ndarray | None = None) -> bytes:
+    """A GeoJSON FeatureCollection written by GDAL in memory: features of ``field_data`` (without geometry
+    unless ``wkb`` is given), or an empty Polygon layer (the header) when None."""
     import warnings
 
     import pyogrio.raw
@@ -397,12 +421,13 @@ def _gdal_geojson(job: VectorJob, field_data: list | None) -> bytes:
     buffer = io.BytesIO()
     data = field_data if field_data is not None else [np.zeros(0, object), np.zeros(0), np.zeros(0, np.int64),
                                                       np.zeros(0)]
+    if field_data is None:
+        wkb = np.zeros(0, object)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "No SRS set on layer": geometry-less features
-        pyogrio.raw.write(buffer, geometry=None if field_data is not None else np.zeros(0, object),
-                          field_data=data, fields=list(FIELDS), driver="GeoJSON", layer=VECTOR_LAYER,
-                          geometry_type=None if field_data is not None else "Polygon", crs=job.output_wkt,
-                          layer_options=dict(job.geojson_options))
+        pyogrio.raw.write(buffer, geometry=wkb, field_data=data, fields=list(FIELDS), driver="GeoJSON",
+                          layer=VECTOR_LAYER, geometry_type=None if wkb is None else "Polygon",
+                          crs=job.output_wkt, layer_options=dict(job.geojson_options))
     return buffer.getvalue()
 
 

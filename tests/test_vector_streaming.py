@@ -251,3 +251,18 @@ def test_a_failure_while_streaming_leaves_no_file(tmp_path, monkeypatch):
             vectors.vectorise(mask_path, prob_path, out, "x", fmt, 0.0, 0.0, BLOCK, workers=1)
         assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask_raw.tif", "prob_raw.tif"]
+
+
+def test_a_polygon_across_the_antimeridian_is_split_as_gdal_splits_it(tmp_path):
+    """UTM zone 60 at the equator: easting 833,978 m is 180 degrees east; GDAL's RFC 7946 writer cuts such a
+    polygon into a MultiPolygon, and so does the streamed GeoJSON."""
+    mask = np.zeros((64, 200), np.uint8)
+    mask[10:20, 20:180] = 1  # one window wide (BLOCK 64 rows, 200 columns -> 4 windows across)
+    mask[30:33, 70:120] = 1  # inside window (0, 1), across 180 degrees
+    transform = from_origin(833_900, 200, 1.0, 1.0)
+    old, new, stats = _both(tmp_path, "geojson", "EPSG:32660", transform, mask=mask)
+    lines = new.read_bytes().split(b"\n")
+    frame = gpd.read_file(new)
+    assert len(frame) == 2 and set(frame.geom_type) == {"MultiPolygon"}
+    own = [line.rstrip(b",") for line in lines[5:-3]][:len(frame) - stats["seam_groups"]]
+    assert own == [line.rstrip(b",") for line in old.read_bytes().split(b"\n")[5:5 + len(own)]] and own
