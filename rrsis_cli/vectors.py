@@ -38,6 +38,7 @@ VECTOR_DRIVERS = {"geojson": ("GeoJSON", "geojson"), "gpkg": ("GPKG", "gpkg"), "
 VECTOR_LAYER = "mask"  # the layer name in every vector format (and the GeoJSON ``name`` member)
 GEOJSON_PRECISION = 7  # decimals of a degree in GeoJSON coordinates: 1e-7 degree is about 1 cm
 FIELDS = ("prompt", "score", "pixels", "area_m2")
+ENCODE_AHEAD = 2  # chunks of polygons waiting for the encoding thread
 GROUP_BATCH_COUNT = 128  # seam-crossing regions are encoded and written in batches of this many
 _GEOJSON_NULL_TAIL = b'"geometry": null }'
 
@@ -145,7 +146,7 @@ class WindowResult:
 
     row: int
     col: int
-    features: Encoded
+    features: Encoded | Rings  # encoded in a worker process, or the polygons for the encoding thread
     polygons: int  # polygons built in this window (final or not)
     seam_labels: np.ndarray  # labels that touch a seam, ascending
     seam_pixels: np.ndarray
@@ -412,22 +413,18 @@ def _crosses_antimeridian(job: VectorJob, rings: Rings) -> np.ndarray:
 
 
 def _gdal_geojson(job: VectorJob, field_data: list | None, wkb: np.ndarray | None = None) -> bytes:
-    """A GeoJSON FeatureCollection written by GDAL in memory: features of ``field_data`` (without geometry
+    """A GeoJSON FeatureCollection written by GDAL in memory: features of ``field_data`` (with null geometry
     unless ``wkb`` is given), or an empty Polygon layer (the header) when None."""
-    import warnings
-
     import pyogrio.raw
 
     buffer = io.BytesIO()
     data = field_data if field_data is not None else [np.zeros(0, object), np.zeros(0), np.zeros(0, np.int64),
                                                       np.zeros(0)]
-    if field_data is None:
-        wkb = np.zeros(0, object)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # "No SRS set on layer": geometry-less features
-        pyogrio.raw.write(buffer, geometry=wkb, field_data=data, fields=list(FIELDS), driver="GeoJSON",
-                          layer=VECTOR_LAYER, geometry_type=None if wkb is None else "Polygon",
-                          crs=job.output_wkt, layer_options=dict(job.geojson_options))
+    if wkb is None:
+        wkb = np.full(len(data[0]), None, dtype=object)
+    pyogrio.raw.write(buffer, geometry=wkb, field_data=data, fields=list(FIELDS), driver="GeoJSON",
+                      layer=VECTOR_LAYER, geometry_type="Polygon", crs=job.output_wkt,
+                      layer_options=dict(job.geojson_options))
     return buffer.getvalue()
 
 
@@ -463,8 +460,10 @@ def _arrow_batch(job: VectorJob, rings: Rings, score: np.ndarray, area: np.ndarr
 
 
 # ------------------------------------------------------------------------------------------------ windows
-def window_result(job: VectorJob, ds, prob_ds, window: tuple[int, int, int, int]) -> WindowResult:
-    """Label and polygonise one window: final polygons encoded, seam-touching labels summarised."""
+def window_result(job: VectorJob, ds, prob_ds, window: tuple[int, int, int, int],
+                  encoded: bool = True) -> WindowResult:
+    """Label and polygonise one window: final polygons (encoded, or as polygons), seam-touching labels
+    summarised."""
     from rasterio.features import shapes
     from rasterio.windows import Window
     from scipy.ndimage import label
@@ -489,20 +488,21 @@ def window_result(job: VectorJob, ds, prob_ds, window: tuple[int, int, int, int]
     found = list(shapes(labels.astype(np.int32), mask=hit & ~on_seam[labels], transform=ds.window_transform(win)))
     final = rings_from_shapes(found, pixels, prob_sums)
     seam = np.flatnonzero(on_seam)
-    return WindowResult(row, col, encode(job, final), len(final) + len(seam), seam, pixels[seam].astype(np.int64),
-                        prob_sums[seam], edges)
+    return WindowResult(row, col, encode(job, final) if encoded else final, len(final) + len(seam), seam,
+                        pixels[seam].astype(np.int64), prob_sums[seam], edges)
 
 
 def _empty_result(job: VectorJob, row: int, col: int, edges: dict[str, np.ndarray]) -> WindowResult:
     return WindowResult(row, col, Encoded(0), 0, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), edges)
 
 
-def band_results(job: VectorJob, windows: list[tuple[int, int, int, int]]) -> list[WindowResult]:
+def band_results(job: VectorJob, windows: list[tuple[int, int, int, int]],
+                 encoded: bool = True) -> list[WindowResult]:
     """The results of a run of windows, with one pair of dataset handles (the unit of work of a worker)."""
     import rasterio
 
     with rasterio.open(job.mask_path) as ds, rasterio.open(job.prob_path) as prob_ds:
-        return [window_result(job, ds, prob_ds, window) for window in windows]
+        return [window_result(job, ds, prob_ds, window, encoded) for window in windows]
 
 
 def _bands(job: VectorJob) -> list[list[tuple[int, int, int, int]]]:
@@ -517,7 +517,7 @@ def _ordered_results(job: VectorJob, workers: int, counters: dict) -> Iterator[W
     bands = _bands(job)
     if workers <= 1:
         for band in bands:
-            for result in band_results(job, band):
+            for result in band_results(job, band, encoded=False):
                 counters["held"] = max(counters["held"], result.polygons)
                 yield result
         return
@@ -624,7 +624,7 @@ def write_group_rasters(job: VectorJob, seams: SeamGraph, group: np.ndarray, pat
                 mask_ds.write((ids > 0).astype(np.uint8), 1, window=win)
 
 
-def _group_chunks(job: VectorJob, seams: SeamGraph, counters: dict, directory: Path) -> Iterator[Encoded]:
+def _group_chunks(job: VectorJob, seams: SeamGraph, counters: dict, directory: Path) -> Iterator[Rings]:
     """The seam-crossing regions, polygonised in one pass of GDAL over the group raster (read row by row from
     disk, never whole), in batches of :data:`GROUP_BATCH_COUNT`."""
     import rasterio
@@ -647,11 +647,11 @@ def _group_chunks(job: VectorJob, seams: SeamGraph, counters: dict, directory: P
                 found.append(item)
                 if len(found) == GROUP_BATCH_COUNT:
                     written += len(found)
-                    yield encode(job, rings_from_shapes(found, pixels, prob_sums))
+                    yield rings_from_shapes(found, pixels, prob_sums)
                     found = []
             if found:
                 written += len(found)
-                yield encode(job, rings_from_shapes(found, pixels, prob_sums))
+                yield rings_from_shapes(found, pixels, prob_sums)
         if written != len(pixels) - 1:
             raise RuntimeError(f"{job.mask_path}: {len(pixels) - 1} seam-crossing regions gave {written} polygons")
         counters["held"] = max(counters["held"], min(written, GROUP_BATCH_COUNT))
@@ -661,15 +661,37 @@ def _group_chunks(job: VectorJob, seams: SeamGraph, counters: dict, directory: P
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def feature_chunks(job: VectorJob, workers: int, counters: dict, directory: Path) -> Iterator[Encoded]:
-    """Encoded features: each window's final polygons in window order, then the seam-crossing groups."""
+def _chunks(job: VectorJob, workers: int, counters: dict, directory: Path) -> Iterator[Encoded | Rings]:
+    """Each window's final polygons in window order, then the seam-crossing groups."""
     seams = SeamGraph(job.block)
     for result in _ordered_results(job, workers, counters):
         seams.add(result)
-        if result.features.count:
+        if len(result.features) if isinstance(result.features, Rings) else result.features.count:
             yield result.features
     counters["seam_parts"] = seams.count
     yield from _group_chunks(job, seams, counters, directory)
+
+
+def feature_chunks(job: VectorJob, workers: int, counters: dict, directory: Path) -> Iterator[Encoded]:
+    """Encoded features in output order. Polygons made in this process are encoded by a second thread
+    (reprojection, numpy formatting and GDAL release the GIL) while the next window is polygonised; at most
+    :data:`ENCODE_AHEAD` chunks wait."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="rrsis-encode") as encoder:
+        pending: deque[Future] = deque()
+        for chunk in _chunks(job, workers, counters, directory):
+            if isinstance(chunk, Rings):
+                pending.append(encoder.submit(encode, job, chunk))
+            else:
+                done: Future = Future()
+                done.set_result(chunk)
+                pending.append(done)
+            if len(pending) > ENCODE_AHEAD:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _write_geojson(job: VectorJob, chunks: Iterator[Encoded], path: Path) -> int:
