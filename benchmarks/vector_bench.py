@@ -19,6 +19,7 @@ printed and appended to ``benchmarks/results/vector_bench.jsonl``.
     python benchmarks/vector_bench.py memory --size 4096                 # 100 vs 100,000 polygons
     python benchmarks/vector_bench.py speed --size 6000 --sigma 5        # the noisy 6000^2 mask
     python benchmarks/vector_bench.py speed --size 6000 --sigma 1.3 --workers 1 2
+    python benchmarks/vector_bench.py speed --size 6000 --sigma 5 --impl reference --repeat 1   # before
     python benchmarks/vector_bench.py memory --size 512 --polygons 10 1000 --repeat 1 --out /tmp/smoke.jsonl
 """
 
@@ -110,9 +111,15 @@ def measure(args: argparse.Namespace) -> None:
 
     directory = Path(args.directory)
     stats: dict = {}
+    paths = directory / "mask.tif", directory / "prob.tif", directory / f"mask.{args.format}"
     started = time.perf_counter()
-    count = vectorise(directory / "mask.tif", directory / "prob.tif", directory / f"mask.{args.format}", "x",
-                      args.format, 0.0, 0.0, BLOCK, workers=args.workers, stats=stats)
+    if args.impl == "reference":  # the implementation before streaming, kept for the tests
+        sys.path.insert(0, str(ROOT / "tests"))
+        from vector_reference import vectorise as reference
+
+        count = reference(*paths, "x", args.format, 0.0, 0.0, BLOCK)
+    else:
+        count = vectorise(*paths, "x", args.format, 0.0, 0.0, BLOCK, workers=args.workers, stats=stats)
     seconds = time.perf_counter() - started
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -128,14 +135,14 @@ def _child(*argv: str) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def run_case(kind: str, size: int, value: float, workers: int, fmt: str, repeat: int) -> dict:
+def run_case(kind: str, size: int, value: float, workers: int, fmt: str, repeat: int, impl: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         option = ["--polygons", str(int(value))] if kind == "blobs" else ["--sigma", str(value)]
         _child("_make", kind, "--size", str(size), *option, "--directory", tmp)
-        runs = [_child("_measure", "--directory", tmp, "--workers", str(workers), "--format", fmt)
+        runs = [_child("_measure", "--directory", tmp, "--workers", str(workers), "--format", fmt, "--impl", impl)
                 for _ in range(repeat)]
     best = min(runs, key=lambda r: r["seconds"])
-    return {"kind": kind, "size": size, ("polygons" if kind == "blobs" else "sigma"): value, "workers": workers,
+    return {"impl": impl, "kind": kind, "size": size, ("polygons" if kind == "blobs" else "sigma"): value, "workers": workers,
             "format": fmt, "runs": repeat, "seconds_median": statistics.median(r["seconds"] for r in runs),
             "peak_rss_mb_median": statistics.median(r["peak_rss_mb"] for r in runs), **best,
             "machine": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -164,6 +171,8 @@ def main() -> None:
         command.add_argument("--format", default="geojson", choices=["geojson", "gpkg", "fgb", "parquet"])
         command.add_argument("--repeat", type=int, default=3)
         command.add_argument("--out", type=Path, default=OUT, help="JSON lines appended here")
+        command.add_argument("--impl", default="streaming", choices=["streaming", "reference"],
+                             help="reference: the implementation before streaming (tests/vector_reference.py)")
     hidden_make = sub.add_parser("_make")
     hidden_make.add_argument("kind", choices=["blobs", "noisy"])
     hidden_make.add_argument("--size", type=int, required=True)
@@ -174,6 +183,7 @@ def main() -> None:
     hidden_measure.add_argument("--directory", required=True)
     hidden_measure.add_argument("--workers", type=int, default=1)
     hidden_measure.add_argument("--format", default="geojson")
+    hidden_measure.add_argument("--impl", default="streaming")
     args = parser.parse_args()
     if args.command == "_make":
         make(args)
@@ -181,17 +191,18 @@ def main() -> None:
         measure(args)
     elif args.command == "memory":
         for workers in args.workers:
-            rows = [run_case("blobs", args.size, n, workers, args.format, args.repeat) for n in args.polygons]
+            rows = [run_case("blobs", args.size, n, workers, args.format, args.repeat, args.impl)
+                    for n in args.polygons]
             for row in rows:
                 _record(row, args.out)
             ratio = rows[-1]["peak_rss_mb_median"] / rows[0]["peak_rss_mb_median"]
-            _record({"summary": "memory", "workers": workers, "size": args.size, "polygons": args.polygons,
+            _record({"summary": "memory", "impl": args.impl, "workers": workers, "size": args.size, "polygons": args.polygons,
                      "peak_rss_ratio": round(ratio, 3), "goal": "<= 1.2"}, args.out)
     else:
         for workers in args.workers:
-            row = run_case("noisy", args.size, args.sigma, workers, args.format, args.repeat)
+            row = run_case("noisy", args.size, args.sigma, workers, args.format, args.repeat, args.impl)
             _record(row, args.out)
-            _record({"summary": "speed", "workers": workers, "size": args.size, "sigma": args.sigma,
+            _record({"summary": "speed", "impl": args.impl, "workers": workers, "size": args.size, "sigma": args.sigma,
                      "features": row["features"], "seconds_median": row["seconds_median"],
                      "forward_seconds": args.forward_seconds,
                      "ratio": round(row["seconds_median"] / args.forward_seconds, 3), "goal": "<= 0.1"}, args.out)
