@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -289,14 +290,22 @@ def _with_coords(rings: Rings, coords: np.ndarray) -> Rings:
     return Rings(coords, rings.ring_offsets, rings.polygon_offsets, rings.pixels, rings.prob_sums)
 
 
-def _transformed(rings: Rings, source_wkt: str, target_wkt: str) -> Rings:
-    """Coordinates reprojected point by point, as geopandas' ``to_crs`` does (always_xy)."""
+@lru_cache(maxsize=16)
+def _transformer(source_wkt: str, target_wkt: str):
+    """The transformer between two CRSs (as geopandas' ``to_crs`` makes it: always_xy), None when they are the
+    same CRS. Cached: every chunk of every window asks."""
     from pyproj import CRS, Transformer
 
     source, target = CRS.from_wkt(source_wkt), CRS.from_wkt(target_wkt)
-    if source.is_exact_same(target) or not len(rings.coords):
+    return None if source.is_exact_same(target) else Transformer.from_crs(source, target, always_xy=True)
+
+
+def _transformed(rings: Rings, source_wkt: str, target_wkt: str) -> Rings:
+    """Coordinates reprojected point by point, as geopandas' ``to_crs`` does."""
+    transformer = _transformer(source_wkt, target_wkt)
+    if transformer is None or not len(rings.coords):
         return rings
-    x, y = Transformer.from_crs(source, target, always_xy=True).transform(rings.coords[:, 0], rings.coords[:, 1])
+    x, y = transformer.transform(rings.coords[:, 0], rings.coords[:, 1])
     return _with_coords(rings, np.column_stack([x, y]))
 
 
