@@ -528,15 +528,16 @@ def _bands(job: VectorJob) -> list[list[tuple[int, int, int, int]]]:
 def _ordered_results(job: VectorJob, workers: int, counters: dict) -> Iterator[WindowResult]:
     """Window results in window order; with workers > 1, bands of windows run in a process pool with at most
     2 x workers bands in flight (so finished bands never pile up)."""
-    bands = _bands(job)
     if workers <= 1:
-        for band in bands:
-            for result in band_results(job, band, encoded=False):
-                counters["held"] = max(counters["held"], result.polygons)
-                yield result
+        import rasterio
+
+        with rasterio.open(job.mask_path) as ds, rasterio.open(job.prob_path) as prob_ds:
+            for window in windows_of(job.width, job.height, job.block):
+                yield window_result(job, ds, prob_ds, window, encoded=False)
         return
     import multiprocessing
 
+    bands = _bands(job)
     pending: list[Future] = []
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         queue = iter(bands)
@@ -668,7 +669,6 @@ def _group_chunks(job: VectorJob, seams: SeamGraph, counters: dict, directory: P
                 yield rings_from_shapes(found, pixels, prob_sums)
         if written != len(pixels) - 1:
             raise RuntimeError(f"{job.mask_path}: {len(pixels) - 1} seam-crossing regions gave {written} polygons")
-        counters["held"] = max(counters["held"], min(written, GROUP_BATCH_COUNT))
     finally:
         for path in paths:
             path.unlink(missing_ok=True)
@@ -694,18 +694,19 @@ def feature_chunks(job: VectorJob, workers: int, counters: dict, directory: Path
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="rrsis-encode") as encoder:
-        pending: deque[Future] = deque()
+        pending: deque[tuple[Future, int]] = deque()
         for chunk in _chunks(job, workers, counters, directory):
             if isinstance(chunk, Rings):
-                pending.append(encoder.submit(encode, job, chunk))
+                pending.append((encoder.submit(encode, job, chunk), len(chunk)))
             else:
                 done: Future = Future()
                 done.set_result(chunk)
-                pending.append(done)
+                pending.append((done, chunk.count))
+            counters["held"] = max(counters["held"], sum(n for _, n in pending))
             if len(pending) > ENCODE_AHEAD:
-                yield pending.popleft().result()
+                yield pending.popleft()[0].result()
         while pending:
-            yield pending.popleft().result()
+            yield pending.popleft()[0].result()
 
 
 def _write_geojson(job: VectorJob, chunks: Iterator[Encoded], path: Path) -> int:
