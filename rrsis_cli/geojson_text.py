@@ -72,33 +72,42 @@ def number_bytes(values: np.ndarray) -> np.ndarray:
     return out
 
 
+SLICE = 262_144  # vertices formatted at once (bounds the temporary matrices to ~20 MB)
+_LEADS = np.array([list(b", \0\0"), list(b", [ "), list(b"[ \0\0")], np.uint8)  # inside, new ring, new polygon
+
+
 def polygon_texts(coords: np.ndarray, ring_offsets: np.ndarray, polygon_offsets: np.ndarray) -> list[bytes]:
     """``{ "type": "Polygon", "coordinates": [ [ [ x, y ], ... ] ] }`` for each polygon, as GDAL writes it."""
     n = len(coords)
-    if n == 0:
-        return [b'{ "type": "Polygon", "coordinates": [ ] }'] * (len(polygon_offsets) - 1)
-    ring_starts = np.zeros(n, bool)
-    ring_starts[ring_offsets[:-1]] = True
+    lead = np.zeros(n, np.uint8)  # which _LEADS row comes before each vertex
+    lead[ring_offsets[:-1]] = 1
+    lead[ring_offsets[polygon_offsets[:-1]]] = 2
     ring_ends = np.zeros(n, bool)
     ring_ends[ring_offsets[1:] - 1] = True
-    first_rings = np.zeros(n, bool)
-    first_rings[ring_offsets[polygon_offsets[:-1]]] = True
-    lead = np.zeros((n, 4), np.uint8)
-    lead[:, :2] = np.frombuffer(b", ", np.uint8)
-    lead[ring_starts] = np.frombuffer(b", [ ", np.uint8)
-    lead[first_rings] = np.frombuffer(b"[ \0\0", np.uint8)
+    pieces, lengths = [], []
+    for start in range(0, n, SLICE):
+        stop = min(start + SLICE, n)
+        piece, length = _vertex_texts(coords[start:stop], lead[start:stop], ring_ends[start:stop])
+        pieces.append(piece)
+        lengths.append(length)
+    blob = b"".join(pieces)
+    vertex_starts = np.concatenate([[0], np.cumsum(np.concatenate(lengths) if lengths else np.zeros(0, np.int64))])
+    bounds = vertex_starts[ring_offsets[polygon_offsets]]
+    return [b'{ "type": "Polygon", "coordinates": [ ' + blob[bounds[i]:bounds[i + 1]] + b" ] }"
+            for i in range(len(bounds) - 1)]
+
+
+def _vertex_texts(coords: np.ndarray, lead: np.ndarray, ring_ends: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The text of each vertex (with the separator or ring opening before it and the ring closing after it),
+    concatenated, and the byte length of each."""
+    n = len(coords)
     tail = np.zeros((n, 2), np.uint8)
     tail[ring_ends] = np.frombuffer(b" ]", np.uint8)
 
     def fixed(text: bytes) -> np.ndarray:
         return np.broadcast_to(np.frombuffer(text, np.uint8), (n, len(text)))
 
-    rows = np.hstack([lead, fixed(b"[ "), number_bytes(coords[:, 0]), fixed(b", "), number_bytes(coords[:, 1]),
-                      fixed(b" ]"), tail])
+    rows = np.hstack([_LEADS[lead], fixed(b"[ "), number_bytes(coords[:, 0]), fixed(b", "),
+                      number_bytes(coords[:, 1]), fixed(b" ]"), tail])
     keep = rows != 0
-    blob = rows[keep].tobytes()
-    ends = np.cumsum(keep.sum(axis=1))
-    vertex_starts = np.concatenate([[0], ends])
-    bounds = vertex_starts[ring_offsets[polygon_offsets]]
-    return [b'{ "type": "Polygon", "coordinates": [ ' + blob[bounds[i]:bounds[i + 1]] + b" ] }"
-            for i in range(len(bounds) - 1)]
+    return rows[keep].tobytes(), keep.sum(axis=1)

@@ -627,12 +627,13 @@ def write_group_rasters(job: VectorJob, seams: SeamGraph, group: np.ndarray, pat
         profile = {"driver": "GTiff", "width": job.width, "height": job.height, "count": 1, "crs": src.crs,
                    "transform": src.transform, "tiled": True, "blockxsize": tile, "blockysize": tile,
                    "compress": "packbits", "sparse_ok": True}  # fast; long runs of 0 pack well
-        with rasterio.open(paths[0], "w", dtype="int32", **profile) as ids_ds, \
+        dtype = "uint16" if group.max(initial=0) < 65_534 else "int32"  # half the bytes for GDAL to read
+        with rasterio.open(paths[0], "w", dtype=dtype, **profile) as ids_ds, \
                 rasterio.open(paths[1], "w", dtype="uint8", **profile) as mask_ds:
             for (row, col), labels, base in zip(seams.windows, seams.labels, seams.bases, strict=True):
                 win = Window(col, row, min(job.block, job.width - col), min(job.block, job.height - row))
                 window_labels, _ = label(src.read(1, window=win) == 1)
-                lookup = np.zeros(int(window_labels.max()) + 1, np.int32)
+                lookup = np.zeros(int(window_labels.max()) + 1, dtype)
                 lookup[labels] = group[base + np.arange(len(labels))] + 1
                 ids = lookup[window_labels]
                 ids_ds.write(ids, 1, window=win)
