@@ -794,10 +794,10 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
     254) of each polygon's pixels, ``area_m2`` its area in metres (null without a metric CRS). ``workers`` > 1:
     windows run in that many spawned processes (each starts a Python and imports rasterio, about a second; a
     script calling this needs the ``if __name__ == "__main__":`` guard of multiprocessing); the output is the
-    same bytes. ``stats``, when given, gets
-    ``polygons_held_peak`` (the most polygons in memory at once), ``seam_parts`` (window parts of regions that
-    cross a seam), ``seam_groups`` (those regions) and ``workers``. Returns the
-    feature count. Anything that fails leaves nothing at ``out_path``."""
+    same bytes. ``stats``, when given, gets ``polygons_held_peak`` (the most polygons in memory at once),
+    ``seam_parts`` (window parts of regions that cross a seam), ``seam_groups`` (those regions) and
+    ``workers``. Returns the feature count. Anything that fails leaves nothing at ``out_path`` (temporary
+    files beside it are removed)."""
     job = plan_job(mask_path, prob_path, prompt, vector_format, min_area, simplify, block)
     workers = max(1, workers)
     counters = {"held": 0, "seam_parts": 0, "seam_groups": 0}
