@@ -39,10 +39,11 @@ from rrsis_cli.errors import (
 from rrsis_cli.inputs import WORK_DIR, Scene, find_scenes, output_dir, relative_output_dir, work_dir
 from rrsis_cli.manifest import exit_code_for, manifest_name
 from rrsis_cli.models.info import INPUT_MULTIPLE, ModelInfo
-from rrsis_cli.outputs import VECTOR_DRIVERS, check_vector_format, mask_profile, to_cog, vectorise
+from rrsis_cli.outputs import mask_profile, to_cog
 from rrsis_cli.pipeline import assemble, mask_from_probability, new_pair, quantise, run_pairs
 from rrsis_cli.scene import SceneReader, describe_error
 from rrsis_cli.tiling import TileGrid, blend_weights, tile_origins, window_rows
+from rrsis_cli.vectors import VECTOR_DRIVERS, check_vector_format, vectorise
 
 if TYPE_CHECKING:  # torch is imported where a model runs: deciding, validating and skipping do without it
     import torch

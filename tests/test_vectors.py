@@ -91,7 +91,7 @@ def test_failed_vectors_keep_the_mask_without_temporary_files(pointwise, tmp_pat
     def broken(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(gpd.GeoDataFrame, "to_file", broken)
+    monkeypatch.setattr("pyogrio.write_arrow", broken)  # the GeoPackage writer
     written, directory = _run(tmp_path, vector_format="gpkg", save_prob=True)
     assert written["exit_code"] == 3 and written["results"][0]["status"] == "partial"
     assert "No space left on device" in written["results"][0]["error"]
