@@ -160,9 +160,11 @@ def _worker_device(requested: str) -> str:
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
-def run_scene_task(scene: dict, model_spec: str, prompts: list[str], out: str, options: dict) -> dict[str, Any]:
-    """The dask task: one scene (:meth:`Scene.as_dict`) with this worker's cached runner (model loaded once per
-    worker)."""
+def run_scene_task(scene: dict | Any, model_spec: str, prompts: list[str], out: str, options: dict
+                   ) -> dict[str, Any]:
+    """The dask task: one scene (a :class:`~rrsis_cli.inputs.Scene`, or its :meth:`Scene.as_dict`) with this
+    worker's cached runner (model loaded once per worker). The scheduler sends the Scene itself: a remote scene's
+    dict shows its URL redacted, which the worker could not open."""
     import torch
 
     from rrsis_cli.inputs import Scene
@@ -175,7 +177,7 @@ def run_scene_task(scene: dict, model_spec: str, prompts: list[str], out: str, o
         _RUNNERS[key] = SceneRunner(model_spec, prompts, Path(out), opts)
     runner = _RUNNERS[key]
     calls_before = runner.texts.calls
-    record, results, km2 = runner.run(Scene.from_dict(scene))
+    record, results, km2 = runner.run(scene if isinstance(scene, Scene) else Scene.from_dict(scene))
     return {"record": record, "results": [asdict(r) for r in results], "km2": km2,
             "encoder_calls": runner.texts.calls - calls_before, "model": str(runner.model.config.get("name")),
             "model_sha256": runner.model.sha256, "tile_size": runner.tile}
@@ -230,7 +232,7 @@ def predict_on_cluster(scenes: list, model_spec: str, prompts: list[str], out: P
     from rrsis_cli.predict import SceneResult
 
     plain = asdict(options)
-    futures = {client.submit(run_scene_task, s.as_dict(), model_spec, list(prompts), str(out), plain, pure=False,
+    futures = {client.submit(run_scene_task, s, model_spec, list(prompts), str(out), plain, pure=False,
                              retries=retries, key=f"rrsis-scene-{i}-{s.path.stem}"): s
                for i, s in enumerate(scenes)}
     outcomes: dict[Any, dict[str, Any]] = {}

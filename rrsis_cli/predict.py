@@ -34,6 +34,7 @@ from rrsis_cli.errors import (
     EXIT_PARTIAL,
     ModelError,
     OutputError,
+    OutsideAoi,
     RrsisError,
     Stopped,
     UsageError,
@@ -86,6 +87,7 @@ class PredictOptions:
     save_coarse: bool = False
     allow_random_weights: bool = False  # run a card without weights (seeded random weights, with a warning)
     min_object_size: float | None = None  # scene grounding: smallest referent, px (None: the model's limit)
+    aoi: str | None = None  # --aoi: GeoJSON file or minx,miny,maxx,maxy[,CRS] (rrsis_cli.aoi); None: whole scenes
 
 
 @dataclass
@@ -178,6 +180,10 @@ def config_hash(model_sha: str | None, scene: Scene, prompt: str, options: Predi
                "stretch": options.stretch, "version": __version__}
     if options.rpc_height is not None or options.rpc_dem is not None:
         payload["rpc"] = [options.rpc_height, options.rpc_dem]
+    if options.aoi is not None:
+        from rrsis_cli.aoi import parse_aoi
+
+        payload["aoi"] = parse_aoi(options.aoi).record()
     if options.grounding != "tiles":
         payload["grounding"] = [options.grounding, options.coarse_size, options.coarse_weight,
                                 options.coarse_support, options.refine_margin, options.min_object_size, 2]
@@ -637,6 +643,7 @@ def validate_options(options: PredictOptions, prompts: list[str], cluster: str |
         raise UsageError("block_size and read_ahead must be at least 1")
     if options.rpc_dem is not None and not Path(options.rpc_dem).is_file():
         raise UsageError("--rpc-dem: file not found", options.rpc_dem)
+    scene_aoi(options)  # UsageError for an --aoi that cannot be read
 
 
 def check_writers(options: PredictOptions) -> None:
@@ -678,6 +685,15 @@ def warn_about_prompts(prompts: list[str], tokenizer, max_tokens: int) -> list[d
     return records
 
 
+def scene_aoi(options: PredictOptions):
+    """The parsed ``--aoi`` (:func:`rrsis_cli.aoi.parse_aoi`), or None."""
+    if options.aoi is None:
+        return None
+    from rrsis_cli.aoi import parse_aoi
+
+    return parse_aoi(options.aoi)
+
+
 class SceneRunner:
     """Everything needed to process scenes with one loaded model; used in-process and by dask workers (one per
     worker process, so the model is loaded once per worker)."""
@@ -709,7 +725,12 @@ class SceneRunner:
         results = [] if results is None else results
         try:
             reader = SceneReader(scene.path, options.bands, options.gsd, options.stretch, options.rpc_height,
-                                 options.rpc_dem)
+                                 options.rpc_dem, scene_aoi(options))
+        except OutsideAoi as exc:  # not a failure: the scene is not in the area asked for
+            console.info(exc.one_line())
+            results += [SceneResult(str(scene.path), p, "skipped-aoi", relative_output_dir(scene, p))
+                        for p in prompts]
+            return {**scene.as_dict(), "aoi": "outside"}, results, 0.0
         except Exception as exc:  # noqa: BLE001 - one scene never stops the others
             error = exc.one_line() if isinstance(exc, RrsisError) else f"{scene.path}: {describe_error(exc)}"
             console.error(error)
@@ -724,6 +745,10 @@ class SceneRunner:
                   "normalisation": {"low": reader.lo.tolist(), "high": reader.hi.tolist(),
                                     "method": "user" if options.stretch else
                                     ("/255" if reader.dtype == np.uint8 else "2-98% percentiles")}}
+        if reader.window is not None:  # --aoi: the window processed, in pixels of the full processed grid
+            w = reader.window
+            record["aoi_window"] = {"col_off": int(w.col_off), "row_off": int(w.row_off), "width": int(w.width),
+                                    "height": int(w.height), "transform": list(ds.transform)[:6]}
         area_km2 = 0.0
         try:
             jobs = []
@@ -828,7 +853,7 @@ def write_manifest(manifest: RunManifest, path: Path) -> None:
 def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_dir: str | Path,
             options: PredictOptions | None = None, glob: str | None = None, cluster: str | None = None,
             scheduler: str | None = None, shard: str | None = None, lock_wait: float = 0.0, retries: int = 2,
-            slurm: dict[str, Any] | None = None) -> RunManifest:
+            slurm: dict[str, Any] | None = None, stac=None) -> RunManifest:
     """Run every (scene, prompt); returns the manifest (also written to ``OUT/manifest.json``, or
     ``OUT/manifest-shard-I-of-N.json`` for a shard).
 
@@ -841,7 +866,10 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
     are read (:func:`~rrsis_cli.models.describe_model`), every scene's header is checked against the options, and
     the (scene, prompt) pairs whose outputs are already finished are skipped; when that is all of them the model is
     never loaded. ``options.dry_run`` stops there: the manifest returned describes the plan
-    (:func:`plan_dry_run`) and nothing is written, not even ``OUT``."""
+    (:func:`plan_dry_run`) and nothing is written, not even ``OUT``.
+
+    ``inputs`` may hold URLs, object-store names and prefixes and STAC files (:func:`rrsis_cli.inputs.find_scenes`);
+    ``stac`` (:class:`rrsis_cli.stac_inputs.StacOptions`) chooses the STAC assets and adds a STAC API search."""
     from rrsis_cli import distributed, preflight
     from rrsis_cli.models import describe_model, require_weights
 
@@ -851,7 +879,9 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
     require_weights(model_spec, options.allow_random_weights)  # a card without weights: refused before any input
     part = distributed.parse_shard(shard) if shard else distributed.shard_from_environment()
     duplicates: list[dict[str, str]] = []
-    scenes = find_scenes(inputs, glob, duplicates)
+    if stac is not None:
+        stac.check()
+    scenes = find_scenes(inputs, glob, duplicates, stac)
     if part is not None:
         scenes = distributed.select_shard(scenes, *part)
         console.info(f"shard {part[0]}/{part[1]}: {len(scenes)} scene(s)")

@@ -52,14 +52,15 @@ def read_header(scene: Scene, bands: list[int] | None, gsd: float | None, nodata
     """The header of ``scene`` (and, with ``nodata``, the nodata fraction of a decimated mask read)."""
     import rasterio
 
-    from rrsis_cli.scene import georeference, quiet_georeference_warning, valid_mask
+    from rrsis_cli.remote import redact
+    from rrsis_cli.scene import georeference, open_raster, quiet_georeference_warning, valid_mask
 
     header = SceneHeader(scene)
     try:
         with quiet_georeference_warning():  # the reader reports a missing georeference itself, once
-            ds = rasterio.open(scene.path)
+            ds = open_raster(scene.path)
     except (rasterio.errors.RasterioIOError, OSError) as exc:
-        header.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        header.error = redact(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
         return header
     with ds:
         if ds.count == 0 or ds.width == 0 or ds.height == 0:
