@@ -119,7 +119,7 @@ def aoi_window(aoi: Aoi, ds, path):
         raise InputError("--aoi needs a scene with a CRS (this one has none)", path)
     left, bottom, right, top = aoi.bounds_in(ds.crs)
     inverse = ~ds.transform
-    corners = [inverse * (x, y) for x in (left, right) for y in (bottom, top)]
+    corners = [inverse @ (x, y) for x in (left, right) for y in (bottom, top)]
     cols = [round(c, 6) for c, _ in corners]
     rows = [round(r, 6) for _, r in corners]
     col0, col1 = max(0, math.floor(min(cols))), min(ds.width, math.ceil(max(cols)))

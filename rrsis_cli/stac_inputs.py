@@ -101,7 +101,7 @@ def read_stac_items(href: str) -> list:
     try:
         data = pystac.StacIO.default().read_json(href)
     except Exception as exc:  # noqa: BLE001 - not found, not JSON, HTTP error: one line
-        raise InputError(f"cannot read STAC JSON ({redact(' '.join(str(exc).split()))[:300]})",
+        raise InputError(f"cannot read STAC JSON ({one_line(exc)})",
                          RemotePath(href) if "://" in href else href) from exc
     kind = data.get("type") if isinstance(data, dict) else None
     try:
@@ -114,7 +114,7 @@ def read_stac_items(href: str) -> list:
             root = pystac.read_dict(data, href=href)
             return list(root.get_items(recursive=True))
     except Exception as exc:  # noqa: BLE001 - malformed STAC: one line
-        raise InputError(f"not valid STAC {kind} ({' '.join(str(exc).split())[:300]})", shown) from exc
+        raise InputError(f"not valid STAC {kind} ({one_line(exc)})", shown) from exc
     raise InputError(f"not a STAC Item, ItemCollection, Catalog or Collection (type {kind!r})", shown)
 
 
@@ -137,8 +137,14 @@ def search_items(options: StacOptions) -> list:
                                max_items=options.max_items)
         return list(search.items())
     except Exception as exc:  # noqa: BLE001 - the API's or the network's message, one line
-        raise InputError(f"STAC API search failed ({redact(' '.join(str(exc).split()))[:300]})",
-                         RemotePath(options.search)) from exc
+        raise InputError(f"STAC API search failed ({one_line(exc)})", RemotePath(options.search)) from exc
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line, without HTML markup (an error page's text), secrets redacted, at
+    most 300 characters."""
+    text = re.sub(r"<[^>]+>", " ", str(exc)) or type(exc).__name__
+    return redact(" ".join(text.split()))[:300]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,155 @@
+"""Loopback servers for the remote-input tests, started and stopped by the tests (never any other network):
+
+* :class:`RangeServer`: a static file server with HTTP Range support (single ranges, as GDAL's /vsicurl/ asks)
+  that counts the bytes of file content it sends, plus JSON routes (a tiny STAC API) and a log of requests.
+* :func:`moto_s3`: moto's S3 server on 127.0.0.1 (a subprocess), with GDAL's S3 settings in the environment.
+
+Both stop themselves after :data:`LIFETIME` seconds whatever happens to the test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+LIFETIME = 300.0  # seconds: a server left running by a crashed test stops itself
+
+
+class RangeServer:
+    """Serves ``root`` on 127.0.0.1 (``url``) with Range support; ``bytes_sent`` counts file bytes sent,
+    ``requests`` logs (method, path, query, body) of every request; ``routes`` maps a path to a function
+    (query dict, JSON body or None) -> JSON-able answer."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.bytes_sent = 0
+        self.requests: list[tuple[str, str, dict[str, list[str]], Any]] = []
+        self.routes: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_HEAD(self):
+                self._answer(send_body=False)
+
+            def do_GET(self):
+                self._answer(send_body=True)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null")
+                self._answer(send_body=True, body=body)
+
+            def _answer(self, send_body: bool, body: Any = None):
+                parts = urlsplit(self.path)
+                query = parse_qs(parts.query)
+                with server._lock:
+                    server.requests.append((self.command, parts.path, query, body))
+                if parts.path in server.routes:
+                    self._json(server.routes[parts.path](query, body), send_body)
+                    return
+                target = (server.root / parts.path.lstrip("/")).resolve()
+                if server.root.resolve() not in target.parents or not target.is_file():
+                    self.send_error(404)
+                    return
+                data = target.read_bytes()
+                start, end = 0, len(data) - 1
+                match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                if match:
+                    start = int(match.group(1))
+                    end = min(int(match.group(2)) if match.group(2) else end, len(data) - 1)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                else:
+                    self.send_response(200)
+                chunk = data[start:end + 1]
+                self.send_header("Content-Length", str(len(chunk)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", f'"{target.stat().st_mtime_ns:x}-{len(data):x}"')
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(chunk)
+                    with server._lock:
+                        server.bytes_sent += len(chunk)
+
+            def _json(self, answer: Any, send_body: bool):
+                payload = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._timer = threading.Timer(LIFETIME, self.stop)
+        self._timer.daemon = True
+
+    def start(self) -> RangeServer:
+        self._thread.start()
+        self._timer.start()
+        return self
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.bytes_sent = 0
+            self.requests.clear()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def moto_s3():
+    """moto's S3 server on 127.0.0.1:<free port>; yields (boto3 client, environment for GDAL). The process is
+    killed on exit, and by ``timeout`` after :data:`LIFETIME` seconds in any case."""
+    import boto3
+
+    port = free_port()
+    command = ["timeout", str(int(LIFETIME)), sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        env = {"AWS_S3_ENDPOINT": f"127.0.0.1:{port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
+               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
+        yield client, env
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
