@@ -887,7 +887,8 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
         console.info(f"shard {part[0]}/{part[1]}: {len(scenes)} scene(s)")
     info = describe_model(model_spec)
     tile = None if info is None else tile_size_for(options, info.image_size, info.input_multiple, info.name)
-    headers = preflight.scan_scenes(scenes, options.bands, options.gsd, options.stretch, nodata=options.dry_run)
+    headers = preflight.scan_scenes(scenes, options.bands, options.gsd, options.stretch, nodata=options.dry_run,
+                                    aoi=scene_aoi(options))
     out = Path(out_dir)
     manifest = RunManifest(__version__, str(model_spec), None, list(prompts), asdict(options),
                            shard=None if part is None else f"{part[0]}/{part[1]}", duplicates=duplicates)
@@ -1005,6 +1006,11 @@ def plan_dry_run(manifest: RunManifest, headers: list[SceneHeader], prompts: lis
             manifest.inputs.append(record)
             manifest.results += [SceneResult(str(scene.path), p, "failed", relative_output_dir(scene, p),
                                              error=f"{scene.path}: {header.error}") for p in prompts]
+            continue
+        if header.outside_aoi:
+            manifest.inputs.append({**record, "aoi": "outside"})
+            manifest.results += [SceneResult(str(scene.path), p, "skipped-aoi", relative_output_dir(scene, p))
+                                 for p in prompts]
             continue
         width, height = header.processed
         tiles = len(TileGrid.for_scene(height, width, tile, options.overlap))

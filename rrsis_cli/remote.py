@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from fnmatch import fnmatch
@@ -39,7 +40,6 @@ GDAL_REMOTE_DEFAULTS = {
     "GDAL_HTTP_RETRY_DELAY": "1",  # seconds, doubled at each retry
     "GDAL_HTTP_CONNECTTIMEOUT": "30",
     "GDAL_HTTP_TIMEOUT": "120",  # seconds for one request (a tile or a header), not for a scene
-    "CPL_VSIL_CURL_CHUNK_SIZE": "262144",  # fewer round trips for COG tiles
 }
 # Set only while a remote dataset is opened: EMPTY_DIR stops GDAL from listing the object's "folder" and probing
 # side-car files (.ovr, .msk, .aux.xml) on the server; applying it to local files would hide their .msk masks.
@@ -208,17 +208,30 @@ def http_url(path: RemotePath) -> str | None:
     return rest if rest and rest.lower().startswith(("http://", "https://")) else None
 
 
+TRANSIENT_HTTP = (429, 500, 502, 503, 504)  # the answers GDAL retries
+
+
 def server_stat(url: str, timeout: float = FINGERPRINT_TIMEOUT) -> dict[str, Any] | None:
     """What an HTTP server says about ``url`` without sending its content: size (from ``Content-Range`` of a
-    one-byte ranged GET, else ``Content-Length``), ``ETag`` and ``Last-Modified``. None when it cannot be asked
-    (the scene then fails when GDAL opens it, with its own message)."""
+    one-byte ranged GET, else ``Content-Length``), ``ETag`` and ``Last-Modified``. Transient answers are retried
+    as GDAL retries them (``GDAL_HTTP_MAX_RETRY`` times, ``GDAL_HTTP_RETRY_DELAY`` seconds doubling), so that a
+    passing hiccup does not change the scene's key. None when the server cannot tell (the scene then fails when
+    GDAL opens it, with its own message)."""
+    retries = int(os.environ.get("GDAL_HTTP_MAX_RETRY", GDAL_REMOTE_DEFAULTS["GDAL_HTTP_MAX_RETRY"]))
+    delay = float(os.environ.get("GDAL_HTTP_RETRY_DELAY", GDAL_REMOTE_DEFAULTS["GDAL_HTTP_RETRY_DELAY"]))
     request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only
-            headers = response.headers
-            response.read(1)
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
+    for attempt in range(retries + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only
+                headers = response.headers
+                response.read(1)
+            break
+        except urllib.error.HTTPError as exc:
+            if exc.code not in TRANSIENT_HTTP or attempt == retries:
+                return None
+            time.sleep(delay * 2 ** attempt)
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
     size = None
     total = re.search(r"/(\d+)\s*$", headers.get("Content-Range", ""))
     if total:

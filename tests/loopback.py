@@ -28,13 +28,15 @@ LIFETIME = 300.0  # seconds: a server left running by a crashed test stops itsel
 class RangeServer:
     """Serves ``root`` on 127.0.0.1 (``url``) with Range support; ``bytes_sent`` counts file bytes sent,
     ``requests`` logs (method, path, query, body) of every request; ``routes`` maps a path to a function
-    (query dict, JSON body or None) -> JSON-able answer."""
+    (query dict, JSON body or None) -> JSON-able answer; ``failures`` makes the next requests of a path answer
+    503."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.bytes_sent = 0
         self.requests: list[tuple[str, str, dict[str, list[str]], Any]] = []
         self.routes: dict[str, Any] = {}
+        self.failures: dict[str, int] = {}  # path -> how many more requests answer 503 (a transient error)
         self._lock = threading.Lock()
         server = self
 
@@ -58,6 +60,13 @@ class RangeServer:
                 query = parse_qs(parts.query)
                 with server._lock:
                     server.requests.append((self.command, parts.path, query, body))
+                with server._lock:
+                    failing = server.failures.get(parts.path, 0)
+                    if failing:
+                        server.failures[parts.path] = failing - 1
+                if failing:
+                    self.send_error(503)
+                    return
                 if parts.path in server.routes:
                     self._json(server.routes[parts.path](query, body), send_body)
                     return

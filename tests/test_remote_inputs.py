@@ -49,6 +49,8 @@ def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
     data = np.random.default_rng(7).integers(0, 256, size=(3, SIZE, SIZE), dtype=np.uint8)
     write_cog(root / "scene.tif", data)
+    (root / "corner.tif").write_bytes((root / "scene.tif").read_bytes())  # read by the AOI test only: GDAL's
+    # /vsicurl/ cache lives as long as the process, so a URL read before would be counted short
     for index, name in enumerate(("B04", "B03", "B02")):  # red, green, blue
         write_cog(root / f"{name}.tif", data[index:index + 1])
     server = RangeServer(root).start()
@@ -119,13 +121,24 @@ def test_url_gives_the_mask_of_the_local_file(site, local_mask, tmp_path, capsys
     assert manifest["inputs"][0]["size"] == (Path(site[1]) / "scene.tif").stat().st_size  # from the server
 
 
+def test_transient_errors_are_retried(site, local_mask, tmp_path, monkeypatch):
+    server, root = site
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.1")
+    server.reset_counts()
+    server.failures["/scene.tif"] = 2  # the fingerprint's request, then GDAL's first one
+    manifest = run([f"{server.url}/scene.tif"], tmp_path)
+    assert manifest.exit_code == 0 and server.failures["/scene.tif"] == 0
+    assert manifest.inputs[0]["size"] == (root / "scene.tif").stat().st_size  # the key did not change
+    same_pixels(pixels(only_mask(tmp_path)), local_mask)
+
+
 def test_aoi_on_a_corner_fetches_a_small_part_and_is_georeferenced(site, local_mask, tmp_path):
     server, root = site
     server.reset_counts()
     aoi = f"{ORIGIN[0]},{ORIGIN[1] - 200},{ORIGIN[0] + 200},{ORIGIN[1]},EPSG:32618"  # top-left 200 x 200 m
-    manifest = run([f"{server.url}/scene.tif"], tmp_path, aoi=aoi)
+    manifest = run([f"{server.url}/corner.tif"], tmp_path, aoi=aoi)
     assert manifest.exit_code == 0
-    file_size = (root / "scene.tif").stat().st_size
+    file_size = (root / "corner.tif").stat().st_size
     assert server.bytes_sent < file_size / 8, (server.bytes_sent, file_size)
     data, transform, crs, *_ = pixels(only_mask(tmp_path))
     assert data.shape == (1, 200, 200) and transform == from_origin(*ORIGIN, 1, 1) and crs == "EPSG:32618"
@@ -154,6 +167,9 @@ def test_aoi_in_lon_lat_from_a_geojson_file_and_scenes_it_misses(site, tmp_path)
     assert status == {"scene.tif": "done", "far.tif": "skipped-aoi"} and manifest.exit_code == 0
     window = manifest.inputs[0]["aoi_window"]
     assert 95 <= window["width"] <= 110 and 495 <= window["col_off"] <= 500, window  # the box, bent by UTM
+    plan = run([root / "scene.tif", far], tmp_path / "plan", aoi=str(aoi), dry_run=True)
+    assert [r.status for r in plan.results] == ["dry-run", "skipped-aoi"]
+    assert plan.inputs[0]["processed_width"] == window["width"] and plan.inputs[0]["tiles"] == 1
 
 
 def test_missing_url_fails_that_scene_only_and_hides_secrets(site, tmp_path):

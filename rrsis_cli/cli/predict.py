@@ -279,6 +279,10 @@ def print_plan(manifest: RunManifest, as_json: bool) -> None:
         if "error" in r:
             table.add_row(name, "-", "-", "-", "-", "-", "-", "-", f"unreadable: {r['error']}")
             continue
+        if r.get("aoi") == "outside":
+            table.add_row(name, f"{r['width']}x{r['height']}", "-", r["dtype"], crs_cell(r), "0", "-", "-",
+                          "outside --aoi: skipped")
+            continue
         size = f"{r['width']}x{r['height']}"
         if (r["processed_width"], r["processed_height"]) != (r["width"], r["height"]):
             size += f" -> {r['processed_width']}x{r['processed_height']}"
