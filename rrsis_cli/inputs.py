@@ -247,6 +247,7 @@ def find_scenes(inputs: list[str | Path], glob: str | None = None,
     scenes: list[Scene] = []
     seen_files: dict[tuple[int, int], Path | RemotePath] = {}
     seen_keys: dict[str, Scene] = {}
+    check_inputs_exist(inputs)  # local STAC files too: a missing INPUT is a usage error (exit 2)
     rasters = [item for item in inputs if not stac_inputs.is_stac_input(item)]
     found = [(source.path, "", stac_scene(source)) for source in stac_inputs.find_stac_sources(inputs, stac)]
     found += [(path, folder, None) for path, folder in _candidates(rasters, glob)] if rasters else []

@@ -202,6 +202,8 @@ def test_s3_prefix_listing_and_a_missing_key(site, local_mask, tmp_path, monkeyp
         assert keys == ["a", "sub/b"]
         for mask in (tmp_path / "prefix").rglob("mask.tif"):
             same_pixels(pixels(mask), local_mask)
+        again = run(["s3://scenes/in/"], tmp_path / "prefix")
+        assert [r.status for r in again.results] == ["skipped-existing"] * 2
         listing = tmp_path / "list.txt"
         listing.write_text("s3://scenes/in/a.tif\ns3://scenes/in/nope.tif\n")
         manifest = run([listing], tmp_path / "missing")
@@ -268,10 +270,10 @@ def test_stac_item_asset_and_bands_stacked_by_common_name(site, local_mask, tmp_
         run([path], tmp_path / "x", stac=StacOptions(bands=["nir"]))
 
 
-def test_stac_catalog_and_item_collection(site, tmp_path):
+def test_stac_catalog_item_collection_and_item_url(site, tmp_path):
     import pystac
 
-    server, _ = site
+    server, root = site
     catalog = pystac.Catalog("cat", "two scenes")
     sub = pystac.Catalog("sub", "one level down")
     catalog.add_child(sub)
@@ -287,6 +289,12 @@ def test_stac_catalog_and_item_collection(site, tmp_path):
     manifest = predict([str(tmp_path / "items.json")], "null", [PROMPT], tmp_path / "o", options)
     assert [i["stac_item_id"] for i in manifest.inputs] == ["third", "fourth"]
     assert all(r.status == "dry-run" for r in manifest.results)
+    served = stac_item(server, "served")
+    served.set_self_href(f"{server.url}/served.json")
+    (root / "served.json").write_text(json.dumps(served.to_dict()))
+    manifest = predict([f"{server.url}/served.json"], "null", [PROMPT], tmp_path / "o", options)
+    assert manifest.inputs[0]["stac_item"] == f"{server.url}/served.json"
+    assert manifest.inputs[0]["width"] == SIZE
 
 
 def test_stac_api_search_sends_the_filters(site, tmp_path, capsys):
@@ -317,6 +325,8 @@ def test_stac_api_search_sends_the_filters(site, tmp_path, capsys):
     assert "s2" in str(sent["collections"]) and "2024-06-01" in str(sent["datetime"])
     assert [float(v) for v in (sent["bbox"] if isinstance(sent["bbox"], list) else sent["bbox"].split(","))] \
         == [-75.1, 36.0, -74.8, 36.3]
+    with pytest.raises(UsageError, match="INPUT not found"):
+        run([tmp_path / "no-such-item.json"], tmp_path)
     with pytest.raises(UsageError, match="filter a --stac-search"):
         run([], tmp_path, stac=StacOptions(collections=["s2"]))
 
@@ -331,3 +341,33 @@ def test_aoi_parsing():
     for bad in ("1,2,3", "3,2,1,4", "a,b,c,d", "0,0,1,1,EPSG:999999"):
         with pytest.raises(UsageError):
             parse_aoi(bad)
+
+
+@pytest.mark.parametrize("mask", ["nodata", "internal"])
+def test_aoi_window_keeps_values_and_valid_mask(tmp_path, mask):
+    """The AOI's window of a scene holds the scene's own pixels and validity (nodata value, or an internal
+    mask carried through the crop as alpha)."""
+    from rrsis_cli.aoi import parse_aoi
+    from rrsis_cli.scene import SceneReader
+
+    path = tmp_path / "scene.tif"
+    data = np.random.default_rng(1).integers(1, 255, size=(3, 96, 96), dtype=np.uint8)
+    data[:, 20:40, 30:70] = 0
+    profile = {"driver": "GTiff", "width": 96, "height": 96, "count": 3, "dtype": "uint8", "crs": "EPSG:32618",
+               "transform": from_origin(*ORIGIN, 1, 1), "nodata": 0 if mask == "nodata" else None}
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if mask == "internal":
+            dst.write_mask(np.where(data[0] == 0, 0, 255).astype(np.uint8))
+    whole = SceneReader(path, None)
+    expected_values, expected_valid = whole.read(10, 25, 32)
+    whole.close()
+    aoi = parse_aoi(f"{ORIGIN[0] + 25},{ORIGIN[1] - 42},{ORIGIN[0] + 57},{ORIGIN[1] - 10},EPSG:32618")
+    reader = SceneReader(path, None, aoi=aoi)
+    assert (reader.ds.width, reader.ds.height) == (32, 32)
+    assert reader.ds.transform == from_origin(ORIGIN[0] + 25, ORIGIN[1] - 10, 1, 1)
+    values, valid = reader.read(0, 0, 32)
+    reader.close()
+    assert not expected_valid.all() and expected_valid.any()
+    np.testing.assert_array_equal(valid, expected_valid)
+    np.testing.assert_array_equal(values, expected_values)

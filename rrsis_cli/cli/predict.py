@@ -273,7 +273,8 @@ def print_plan(manifest: RunManifest, as_json: bool) -> None:
     for column in ("scene", "size", "bands", "dtype", "CRS", "tiles", "nodata", "finished", "disk"):
         table.add_column(column, justify="left" if column in ("scene", "CRS", "dtype") else "right",
                          overflow="fold", min_width=8 if column == "scene" else None)
-    names = [str(r["path"]).rstrip("/").rsplit("/", 1)[-1] for r in rows]  # URLs too (Path collapses //)
+    names = [r.get("stac_item_id") or str(r["path"]).rstrip("/").rsplit("/", 1)[-1]  # URLs: Path collapses //
+             for r in rows]
     for r, name in zip(rows, names, strict=True):
         name = name if names.count(name) == 1 else r["key"]  # keys tell same-named scenes apart
         if "error" in r:
