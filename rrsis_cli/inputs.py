@@ -119,12 +119,6 @@ def content_fingerprint(path: Path | RemotePath) -> tuple[str, int | None]:
         return hashlib.sha256(f"path:{path}".encode()).hexdigest(), None
 
 
-def scene_key(path: Path | RemotePath, root: Path | None, fingerprint: str) -> str:
-    """``[relative folder/]<stem>-<8 hex of the fingerprint>``."""
-    folder = path.parent.relative_to(root).as_posix() if root is not None else "."
-    return key_in_folder(folder, path.stem, fingerprint)
-
-
 def key_in_folder(folder: str, stem: str, fingerprint: str) -> str:
     """``[folder/]<stem>-<8 hex of the fingerprint>`` (``folder`` ``""`` or ``"."``: none)."""
     name = f"{stem}-{fingerprint[:8]}"

@@ -466,6 +466,8 @@ class SceneReader:
         if aoi is not None:
             from rrsis_cli.aoi import aoi_window
 
+            if self.crs is None:
+                raise InputError("--aoi needs a georeferenced scene (this one has no georeference or CRS)", path)
             self.window = aoi_window(aoi, self.ds, path)
             self.ds = crop_to_window(self.ds, self.window)
             self._opened.append(self.ds)
