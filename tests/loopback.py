@@ -29,7 +29,7 @@ class RangeServer:
     """Serves ``root`` on 127.0.0.1 (``url``) with Range support; ``bytes_sent`` counts file bytes sent,
     ``requests`` logs (method, path, query, body) of every request; ``routes`` maps a path to a function
     (query dict, JSON body or None) -> JSON-able answer; ``failures`` makes the next requests of a path answer
-    503."""
+    503, ``forbidden`` paths answer 403."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -37,10 +37,13 @@ class RangeServer:
         self.requests: list[tuple[str, str, dict[str, list[str]], Any]] = []
         self.routes: dict[str, Any] = {}
         self.failures: dict[str, int] = {}  # path -> how many more requests answer 503 (a transient error)
+        self.forbidden: set[str] = set()  # paths that answer 403
         self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 30  # seconds: a client that stops reading cannot hold a thread longer
+
             def log_message(self, *args):  # quiet
                 pass
 
@@ -64,8 +67,8 @@ class RangeServer:
                     failing = server.failures.get(parts.path, 0)
                     if failing:
                         server.failures[parts.path] = failing - 1
-                if failing:
-                    self.send_error(503)
+                if failing or parts.path in server.forbidden:
+                    self.send_error(503 if failing else 403)
                     return
                 if parts.path in server.routes:
                     self._json(server.routes[parts.path](query, body), send_body)
@@ -105,6 +108,7 @@ class RangeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False  # stop() never waits for a stuck connection
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)

@@ -172,15 +172,19 @@ def test_aoi_in_lon_lat_from_a_geojson_file_and_scenes_it_misses(site, tmp_path)
     assert plan.inputs[0]["processed_width"] == window["width"] and plan.inputs[0]["tiles"] == 1
 
 
-def test_missing_url_fails_that_scene_only_and_hides_secrets(site, tmp_path):
+def test_missing_and_forbidden_urls_fail_those_scenes_only_and_hide_secrets(site, tmp_path):
     server, root = site
     listing = tmp_path / "scenes.txt"
     secret = f"http://user:hunter2@127.0.0.1:{server.url.rsplit(':', 1)[1]}/missing.tif?sig=TOPSECRET"
-    listing.write_text(f"# one good, one missing\n{server.url}/scene.tif\n{secret}\n")
+    server.forbidden.add("/private.tif")
+    listing.write_text(f"# one good, one missing, one forbidden\n{server.url}/scene.tif\n{secret}\n"
+                       f"{server.url}/private.tif\n")
     manifest = run([listing], tmp_path / "out")
     assert manifest.exit_code == 3
-    failed = [r for r in manifest.results if r.status == "failed"]
-    assert len(failed) == 1 and "missing.tif" in failed[0].error and "\n" not in failed[0].error
+    failed = {Path(r.scene.split("?")[0]).name: r.error for r in manifest.results if r.status == "failed"}
+    assert sorted(failed) == ["missing.tif", "private.tif"]
+    assert "404" in failed["missing.tif"] and "403" in failed["private.tif"]
+    assert all("\n" not in error for error in failed.values())
     text = (tmp_path / "out" / "manifest.json").read_text()
     assert "hunter2" not in text and "TOPSECRET" not in text
     assert sum(r.status == "done" for r in manifest.results) == 1
@@ -371,3 +375,15 @@ def test_aoi_window_keeps_values_and_valid_mask(tmp_path, mask):
     assert not expected_valid.all() and expected_valid.any()
     np.testing.assert_array_equal(valid, expected_valid)
     np.testing.assert_array_equal(values, expected_values)
+
+
+def test_raw_vsi_paths_pass_unchanged(site, local_mask, tmp_path):
+    import zipfile
+
+    _, root = site
+    archive = tmp_path / "scenes.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.write(root / "scene.tif", "inner/scene.tif")
+    manifest = run([f"/vsizip/{archive}/inner/scene.tif"], tmp_path / "out")
+    assert manifest.exit_code == 0 and manifest.inputs[0]["key"].startswith("scene-")
+    same_pixels(pixels(only_mask(tmp_path / "out")), local_mask)
