@@ -2,6 +2,9 @@
 
 * :class:`RangeServer`: a static file server with HTTP Range support (single ranges, as GDAL's /vsicurl/ asks)
   that counts the bytes of file content it sends, plus JSON routes (a tiny STAC API) and a log of requests.
+* :func:`folder_server`: a :class:`RangeServer` in a subprocess (``python tests/loopback.py ROOT PORT``), for folder
+  listings (Apache-style index pages, which GDAL's /vsicurl/ parses): pyogrio's listing holds the GIL, so an
+  in-process server thread could not answer it.
 * :func:`moto_s3`: moto's S3 server on 127.0.0.1 (a subprocess), with GDAL's S3 settings in the environment.
 
 Both stop themselves after :data:`LIFETIME` seconds whatever happens to the test.
@@ -29,9 +32,9 @@ class RangeServer:
     """Serves ``root`` on 127.0.0.1 (``url``) with Range support; ``bytes_sent`` counts file bytes sent,
     ``requests`` logs (method, path, query, body) of every request; ``routes`` maps a path to a function
     (query dict, JSON body or None) -> JSON-able answer; ``failures`` makes the next requests of a path answer
-    503, ``forbidden`` paths answer 403."""
+    503, ``forbidden`` paths answer 403; a folder's URL ending in ``/`` answers an Apache-style index."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, port: int = 0):
         self.root = Path(root)
         self.bytes_sent = 0
         self.requests: list[tuple[str, str, dict[str, list[str]], Any]] = []
@@ -74,6 +77,10 @@ class RangeServer:
                     self._json(server.routes[parts.path](query, body), send_body)
                     return
                 target = (server.root / parts.path.lstrip("/")).resolve()
+                if parts.path.endswith("/") and target.is_dir() and (target == server.root.resolve()
+                                                                     or server.root.resolve() in target.parents):
+                    self._index(target, send_body)
+                    return
                 if server.root.resolve() not in target.parents or not target.is_file():
                     self.send_error(404)
                     return
@@ -97,6 +104,19 @@ class RangeServer:
                     with server._lock:
                         server.bytes_sent += len(chunk)
 
+            def _index(self, folder: Path, send_body: bool):
+                """An Apache-style "Index of" page: what GDAL's /vsicurl/ parses to list a folder."""
+                names = [p.name + ("/" if p.is_dir() else "") for p in sorted(folder.iterdir())]
+                links = "".join(f'<a href="{name}">{name}</a>\n' for name in names)
+                payload = (f"<html><head><title>Index of {self.path}</title></head><body><h1>Index of "
+                           f"{self.path}</h1><pre>\n{links}</pre></body></html>").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(payload)
+
             def _json(self, answer: Any, send_body: bool):
                 payload = json.dumps(answer).encode()
                 self.send_response(200)
@@ -106,7 +126,7 @@ class RangeServer:
                 if send_body:
                     self.wfile.write(payload)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False  # stop() never waits for a stuck connection
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -137,6 +157,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)
+
+
+@contextmanager
+def folder_server(root: Path):
+    """A :class:`RangeServer` of ``root`` in a subprocess on 127.0.0.1:<free port>; yields its URL. Killed on exit,
+    and by ``timeout`` after :data:`LIFETIME` seconds in any case."""
+    port = free_port()
+    command = ["timeout", str(int(LIFETIME)), sys.executable, __file__, str(root), str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process, "folder server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
 @contextmanager
 def moto_s3():
     """moto's S3 server on 127.0.0.1:<free port>; yields (boto3 client, environment for GDAL). The process is
@@ -147,15 +194,7 @@ def moto_s3():
     command = ["timeout", str(int(LIFETIME)), sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
+        wait_for_port(port, process, "moto server")
         env = {"AWS_S3_ENDPOINT": f"127.0.0.1:{port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -166,3 +205,8 @@ def moto_s3():
         process.kill()
         process.wait(timeout=10)
 
+
+
+if __name__ == "__main__":  # folder_server's subprocess: python loopback.py ROOT PORT
+    served = RangeServer(Path(sys.argv[1]), int(sys.argv[2])).start()
+    served._thread.join()

@@ -13,7 +13,7 @@ import rasterio
 from front_helpers import run_cli
 from rasterio.transform import from_origin
 
-from loopback import RangeServer, moto_s3
+from loopback import RangeServer, folder_server, moto_s3
 from rrsis_cli.errors import UsageError
 from rrsis_cli.predict import PredictOptions, predict
 from rrsis_cli.remote import RemotePath, gdal_name, redact
@@ -188,6 +188,19 @@ def test_missing_and_forbidden_urls_fail_those_scenes_only_and_hide_secrets(site
     text = (tmp_path / "out" / "manifest.json").read_text()
     assert "hunter2" not in text and "TOPSECRET" not in text
     assert sum(r.status == "done" for r in manifest.results) == 1
+
+
+def test_http_folder_is_listed_like_a_folder(tmp_path):
+    from rrsis_cli.inputs import find_scenes
+
+    for name in ("d/a.tif", "d/sub/b.vrt", "d/notes.txt", "d/sub/c.TIFF"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+    with folder_server(tmp_path) as url:
+        found = find_scenes([f"{url}/d/"])
+    assert [str(s.path) for s in found] == [f"{url}/d/a.tif", f"{url}/d/sub/b.vrt", f"{url}/d/sub/c.TIFF"]
+    assert [s.key.rsplit("-", 1)[0] for s in found] == ["a", "sub/b", "sub/c"]
+    assert [s.size for s in found] == [len(b"d/a.tif"), len(b"d/sub/b.vrt"), len(b"d/sub/c.TIFF")]
 
 
 # --------------------------------------------------------------------------------------------------- s3
