@@ -360,6 +360,16 @@ def test_aoi_parsing():
             parse_aoi(bad)
 
 
+def test_a_search_without_bbox_takes_the_aoi_box():
+    from rrsis_cli.cli.predict import stac_options
+
+    utm = f"{ORIGIN[0]},{ORIGIN[1] - 1000},{ORIGIN[0] + 1000},{ORIGIN[1]},EPSG:32618"
+    bbox = stac_options({"stac_search": "http://127.0.0.1:9/api", "aoi": utm}).bbox
+    assert bbox[0] == pytest.approx(-75.0, abs=1e-3) and bbox[2] - bbox[0] == pytest.approx(0.0111, abs=1e-3)
+    assert stac_options({"stac_search": "http://127.0.0.1:9/api", "aoi": utm, "bbox": "1,2,3,4"}).bbox == [1, 2, 3, 4]
+    assert stac_options({"aoi": utm}).bbox is None
+
+
 @pytest.mark.parametrize("mask", ["nodata", "internal"])
 def test_aoi_window_keeps_values_and_valid_mask(tmp_path, mask):
     """The AOI's window of a scene holds the scene's own pixels and validity (nodata value, or an internal

@@ -235,8 +235,8 @@ def predict(
 
 
 def stac_options(opts: dict[str, Any]):
-    """The STAC choices of the command line (:class:`rrsis_cli.stac_inputs.StacOptions`); ``--bbox`` defaults to
-    the ``--aoi``'s box when the AOI is a lon/lat box."""
+    """The STAC choices of the command line (:class:`rrsis_cli.stac_inputs.StacOptions`); a search without
+    ``--bbox`` takes the lon/lat bounding box of the ``--aoi``, when there is one."""
     from rrsis_cli.stac_inputs import StacOptions, aoi_bbox, parse_bbox, parse_list
 
     bbox = parse_bbox(opts.get("bbox"))
