@@ -6,6 +6,7 @@ Exit codes (DESIGN §4): 0 all done, 1 fatal / nothing done, 2 usage error, 3 pa
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 EXIT_OK = 0
@@ -17,13 +18,22 @@ EXIT_HANGUP = 129
 EXIT_TERMINATED = 143
 
 
+def as_path(path: str | os.PathLike) -> os.PathLike:
+    """A local path as a :class:`~pathlib.Path`; a URL or GDAL ``/vsi`` name (a
+    :class:`~rrsis_cli.remote.RemotePath`, or text with ``://`` or ``/vsi``) is kept as it is: ``Path()`` would
+    collapse its ``//``, and its ``str()`` hides credentials."""
+    if isinstance(path, Path) or not isinstance(path, str):
+        return path
+    return path if path.startswith("/vsi") or "://" in path else Path(path)
+
+
 class RrsisError(Exception):
     """Base class: an error a user can cause, reported as one line naming the file."""
 
     exit_code = EXIT_FATAL
 
-    def __init__(self, message: str, path: str | Path | None = None):
-        self.path = None if path is None else Path(path)
+    def __init__(self, message: str, path: str | Path | os.PathLike | None = None):
+        self.path = None if path is None else as_path(path)
         self.message = message
         super().__init__(self.one_line())
 
@@ -40,6 +50,10 @@ class UsageError(RrsisError):
 
 class InputError(RrsisError):
     """An input raster, vector or list file is missing, unreadable or unsupported."""
+
+
+class OutsideAoi(InputError):
+    """The scene does not meet the ``--aoi``: it is skipped (status ``skipped-aoi``), not failed."""
 
 
 class ModelError(RrsisError):

@@ -16,6 +16,13 @@ Layout (``OUT`` is ``--out``)::
 
 The same file reached twice (listed twice, through a symlink or a hard link, in a folder and in a list) is
 processed once, with a warning; so is a second file with the same content at the same relative path.
+
+Remote scenes (:mod:`rrsis_cli.remote`): a URL (``https://``, ``s3://``, ``gs://``, ``az://``) or a GDAL ``/vsi…/``
+path, on the command line or in a ``.txt`` list, is a :class:`~rrsis_cli.remote.RemotePath` (never a
+:class:`~pathlib.Path`); one that ends in ``/`` is a prefix, listed recursively with the rules of folders. Its
+fingerprint is what the server says cheaply (size, ETag, Last-Modified), never its content; its scene key is
+built as for a local file (relative folder under the prefix, stem, 8 hex). STAC inputs (``.json`` items,
+ItemCollections, catalogs, ``--stac-search``) become scenes in :mod:`rrsis_cli.stac_inputs`, keyed by item id.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pathlib import Path
 
 from rrsis_cli import console
 from rrsis_cli.errors import InputError, UsageError
+from rrsis_cli.remote import RemotePath, dataset_path, is_prefix, is_remote, list_prefix, remote_fingerprint
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 WORK_DIR = ".rrsis-work"
@@ -36,20 +44,44 @@ SLUG_CHARS = 48
 
 @dataclass(frozen=True)
 class Scene:
-    """One input raster of a run: ``path`` as found, ``key`` its output directory relative to ``OUT``,
-    ``fingerprint`` (sha256 hex of size + first and last MiB, or of the path when it cannot be read)."""
+    """One input raster of a run: ``path`` as found (a local :class:`~pathlib.Path`, or a
+    :class:`~rrsis_cli.remote.RemotePath` that GDAL opens: URL, object store, ``/vsi`` path, in-memory VRT of
+    STAC band assets), ``key`` its output directory relative to ``OUT``, ``fingerprint`` (sha256 hex of size +
+    first and last MiB; for a remote object of what its server says, see :func:`content_fingerprint`).
 
-    path: Path
+    Scenes from STAC (:mod:`rrsis_cli.stac_inputs`) also carry, for the outputs that link back to them:
+    ``stac_item`` the absolute href of the source Item (its self link: a file path or URL, query string kept as
+    given), ``stac_item_id``, ``stac_collection`` (the Item's collection id, or None) and ``stac_assets`` (the asset
+    keys read, in band order). ``url`` is the remote dataset's name as given, redacted (:attr:`url`)."""
+
+    path: Path | RemotePath
     key: str
     fingerprint: str
     size: int | None = None
+    stac_item: str | None = None
+    stac_item_id: str | None = None
+    stac_collection: str | None = None
+    stac_assets: tuple[str, ...] = ()
 
-    def as_dict(self) -> dict[str, str | int | None]:
-        return {"path": str(self.path), "key": self.key, "fingerprint": self.fingerprint, "size": self.size}
+    @property
+    def url(self) -> str | None:
+        """The remote dataset's name as given (``https://…``, ``s3://…``, ``/vsi…``), credentials and query-string
+        values redacted; None for a local file."""
+        return str(self.path) if isinstance(self.path, RemotePath) else None
+
+    def as_dict(self) -> dict[str, str | int | list[str] | None]:
+        record: dict[str, str | int | list[str] | None] = {
+            "path": str(self.path), "key": self.key, "fingerprint": self.fingerprint, "size": self.size}
+        if self.stac_item_id is not None:
+            record.update(stac_item=self.stac_item, stac_item_id=self.stac_item_id,
+                          stac_collection=self.stac_collection, stac_assets=list(self.stac_assets))
+        return record
 
     @classmethod
     def from_dict(cls, data: dict) -> Scene:
-        return cls(Path(data["path"]), data["key"], data["fingerprint"], data.get("size"))
+        return cls(dataset_path(data["path"]), data["key"], data["fingerprint"], data.get("size"),
+                   data.get("stac_item"), data.get("stac_item_id"), data.get("stac_collection"),
+                   tuple(data.get("stac_assets") or ()))
 
 
 def slugify(text: str, limit: int | None = SLUG_CHARS) -> str:
@@ -67,10 +99,13 @@ def prompt_key(prompt: str) -> str:
     return f"{slugify(prompt)}-{short_hash(prompt)}"
 
 
-def content_fingerprint(path: Path) -> tuple[str, int | None]:
+def content_fingerprint(path: Path | RemotePath) -> tuple[str, int | None]:
     """(sha256 hex of the file's size and its first and last :data:`SAMPLE_BYTES`, size); for a path that is not
-    a readable local file (missing, a GDAL ``/vsi`` path, a URL), a hash of the path string and ``None``: the
-    scene then fails later, when it is opened, with its own error."""
+    a readable local file (missing), a hash of the path string and ``None``: the scene then fails later, when it
+    is opened, with its own error. A remote object: :func:`rrsis_cli.remote.remote_fingerprint` (size, ETag,
+    Last-Modified from the server, never the content)."""
+    if isinstance(path, RemotePath):
+        return remote_fingerprint(path)
     try:
         size = path.stat().st_size
         digest = hashlib.sha256(str(size).encode())
@@ -84,33 +119,35 @@ def content_fingerprint(path: Path) -> tuple[str, int | None]:
         return hashlib.sha256(f"path:{path}".encode()).hexdigest(), None
 
 
-def scene_key(path: Path, root: Path | None, fingerprint: str) -> str:
-    """``[relative folder/]<stem>-<8 hex of the fingerprint>``."""
-    folder = path.parent.relative_to(root).as_posix() if root is not None else "."
-    name = f"{path.stem}-{fingerprint[:8]}"
+def key_in_folder(folder: str, stem: str, fingerprint: str) -> str:
+    """``[folder/]<stem>-<8 hex of the fingerprint>`` (``folder`` ``""`` or ``"."``: none)."""
+    name = f"{stem}-{fingerprint[:8]}"
     return name if folder in (".", "") else f"{folder}/{name}"
 
 
-def read_list_file(path: Path) -> list[Path]:
-    """Paths in a ``.txt`` list: one per line, blank lines and ``#`` comments ignored, relative paths taken
-    relative to the list file's folder."""
+def read_list_file(path: Path) -> list[Path | RemotePath | str]:
+    """Entries of a ``.txt`` list: one per line, blank lines and ``#`` comments ignored; relative paths taken
+    relative to the list file's folder; URLs and ``/vsi`` names as they are (a prefix ending in ``/`` stays text:
+    it is listed like a folder)."""
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
         raise InputError(f"cannot read the input list: {exc.strerror}", path) from exc
-    entries = [Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return [p if p.is_absolute() else path.parent / p for p in entries]
+    entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    listed: list[Path | RemotePath | str] = []
+    for entry in entries:
+        if is_prefix(entry):
+            listed.append(entry)
+        elif is_remote(entry):
+            listed.append(RemotePath(entry))
+        else:
+            listed.append(Path(entry) if Path(entry).is_absolute() else path.parent / entry)
+    return listed
 
 
-def is_remote(path: str | Path) -> bool:
-    """A GDAL virtual file system path or a URL: GDAL decides whether it exists."""
-    text = str(path)
-    return text.startswith("/vsi") or "://" in text
-
-
-def check_inputs_exist(inputs: list[str | Path]) -> None:
-    """UsageError naming every INPUT given on the command line that does not exist (paths listed in a ``.txt``
-    file are not checked here: such a scene fails on its own, the others run)."""
+def check_inputs_exist(inputs: list[str | Path | RemotePath]) -> None:
+    """UsageError naming every local INPUT given on the command line that does not exist (paths listed in a
+    ``.txt`` file, and remote names, are not checked here: such a scene fails on its own, the others run)."""
     missing = [str(item) for item in inputs if not is_remote(item) and not Path(item).exists()]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -145,23 +182,33 @@ def read_prompts_file(path: str | Path) -> list[str]:
     return list(first)
 
 
-def _candidates(inputs: list[str | Path], glob: str | None) -> list[tuple[Path, Path | None]]:
-    """(path, folder it was found in or None) for every input item, in the order given."""
+def _candidates(inputs: list[str | Path], glob: str | None) -> list[tuple[Path | RemotePath, str]]:
+    """(path, its folder relative to the folder or prefix it was found in, ``""`` for none) for every input
+    item, in the order given; ``.txt`` lists expanded (their prefixes listed too)."""
     check_inputs_exist(inputs)
-    found: list[tuple[Path, Path | None]] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
+    found: list[tuple[Path | RemotePath, str]] = []
+    for given in inputs:
+        if isinstance(given, str) and is_prefix(given):
+            found += list_prefix(given, glob, RASTER_SUFFIXES)
+            continue
+        item = dataset_path(given)
+        if isinstance(item, RemotePath):
+            found.append((item, ""))
+        elif item.is_dir():
             matches = sorted(p for p in item.rglob(glob or "*")
                              if p.is_file() and (glob or p.suffix.lower() in RASTER_SUFFIXES))
-            found += [(p, item) for p in matches]
+            found += [(p, p.parent.relative_to(item).as_posix()) for p in matches]
         elif item.suffix.lower() == ".txt" and item.is_file():
-            found += [(p, None) for p in read_list_file(item)]
+            for entry in read_list_file(item):
+                found += _candidates([entry], glob) if isinstance(entry, str) else [(entry, "")]
         else:
-            found.append((item, None))
+            found.append((item, ""))
     return found
 
 
-def _file_identity(path: Path) -> tuple[int, int] | None:
+def _file_identity(path: Path | RemotePath) -> tuple[int, int] | None:
+    if isinstance(path, RemotePath):
+        return None
     try:
         st = path.stat()  # follows symlinks: a link and its target are one file
     except OSError:
@@ -169,23 +216,46 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def stac_scene(source) -> Scene:
+    """The scene of a :class:`~rrsis_cli.stac_inputs.StacSource`: keyed by its item id; fingerprint of the item
+    id, the asset keys and each asset's fingerprint (:func:`content_fingerprint`)."""
+    digest = hashlib.sha256(f"stac:{source.item_id}|{','.join(source.asset_keys)}".encode())
+    for asset in source.asset_paths:
+        digest.update(content_fingerprint(asset)[0].encode())
+    fingerprint = digest.hexdigest()
+    return Scene(source.path, key_in_folder("", source.stem, fingerprint), fingerprint, None, source.item_href,
+                 source.item_id, source.collection, source.asset_keys)
+
+
 def find_scenes(inputs: list[str | Path], glob: str | None = None,
-                duplicates: list[dict[str, str]] | None = None) -> list[Scene]:
+                duplicates: list[dict[str, str]] | None = None, stac=None) -> list[Scene]:
     """Every scene of the run, each once, with its output key: files, folders (recursive
-    ``*.tif|*.tiff|*.vrt`` or ``glob``) and ``.txt`` lists of paths. Inputs dropped as duplicates are
-    warned about and appended to ``duplicates`` as ``{"path", "same_as"}``."""
+    ``*.tif|*.tiff|*.vrt`` or ``glob``), ``.txt`` lists of paths and URLs, URLs and ``/vsi`` names, object-store
+    prefixes (ending in ``/``, listed like folders), STAC inputs (``.json`` Items, ItemCollections, Catalogs and
+    Collections, and ``stac.search``: see :mod:`rrsis_cli.stac_inputs`; ``stac`` is its
+    :class:`~rrsis_cli.stac_inputs.StacOptions`). Inputs dropped as duplicates are warned about and appended to
+    ``duplicates`` as ``{"path", "same_as"}``."""
+    from rrsis_cli import stac_inputs
+
     duplicates = [] if duplicates is None else duplicates
     scenes: list[Scene] = []
-    seen_files: dict[tuple[int, int], Path] = {}
+    seen_files: dict[tuple[int, int], Path | RemotePath] = {}
     seen_keys: dict[str, Scene] = {}
-    for path, root in _candidates(inputs, glob):
+    check_inputs_exist(inputs)  # local STAC files too: a missing INPUT is a usage error (exit 2)
+    rasters = [item for item in inputs if not stac_inputs.is_stac_input(item)]
+    found = [(source.path, "", stac_scene(source)) for source in stac_inputs.find_stac_sources(inputs, stac)]
+    found += [(path, folder, None) for path, folder in _candidates(rasters, glob)] if rasters else []
+    for path, folder, stac_scene_ in found:
         identity = _file_identity(path)
         if identity is not None and identity in seen_files:
             console.warn(f"{path}: same file as {seen_files[identity]}; processed once")
             duplicates.append({"path": str(path), "same_as": str(seen_files[identity])})
             continue
-        fingerprint, size = content_fingerprint(path)
-        scene = Scene(path, scene_key(path, root, fingerprint), fingerprint, size)
+        if stac_scene_ is not None:
+            scene = stac_scene_
+        else:
+            fingerprint, size = content_fingerprint(path)
+            scene = Scene(path, key_in_folder(folder, path.stem, fingerprint), fingerprint, size)
         if scene.key in seen_keys:
             first = seen_keys[scene.key]
             if first.fingerprint != scene.fingerprint:  # cannot happen unless 32 bits of sha256 collide

@@ -32,6 +32,7 @@ from rrsis_cli.errors import (
     EXIT_INTERRUPTED,
     ModelError,
     OutputError,
+    OutsideAoi,
     RrsisError,
     Stopped,
     UsageError,
@@ -86,6 +87,7 @@ class PredictOptions:
     save_coarse: bool = False
     allow_random_weights: bool = False  # run a card without weights (seeded random weights, with a warning)
     min_object_size: float | None = None  # scene grounding: smallest referent, px (None: the model's limit)
+    aoi: str | None = None  # --aoi: GeoJSON file or minx,miny,maxx,maxy[,CRS] (rrsis_cli.aoi); None: whole scenes
 
 
 @dataclass
@@ -179,6 +181,10 @@ def config_hash(model_sha: str | None, scene: Scene, prompt: str, options: Predi
                "stretch": options.stretch, "version": __version__}
     if options.rpc_height is not None or options.rpc_dem is not None:
         payload["rpc"] = [options.rpc_height, options.rpc_dem]
+    if options.aoi is not None:
+        from rrsis_cli.aoi import parse_aoi
+
+        payload["aoi"] = parse_aoi(options.aoi).record()
     if options.grounding != "tiles":
         payload["grounding"] = [options.grounding, options.coarse_size, options.coarse_weight,
                                 options.coarse_support, options.refine_margin, options.min_object_size, 2]
@@ -654,6 +660,7 @@ def validate_options(options: PredictOptions, prompts: list[str], cluster: str |
         raise UsageError("block_size and read_ahead must be at least 1")
     if options.rpc_dem is not None and not Path(options.rpc_dem).is_file():
         raise UsageError("--rpc-dem: file not found", options.rpc_dem)
+    scene_aoi(options)  # UsageError for an --aoi that cannot be read
 
 
 def check_writers(options: PredictOptions) -> None:
@@ -700,6 +707,15 @@ def error_line(scene: Scene, exc: BaseException) -> str:
     return exc.one_line() if isinstance(exc, RrsisError) else f"{scene.path}: {describe_error(exc)}"
 
 
+def scene_aoi(options: PredictOptions):
+    """The parsed ``--aoi`` (:func:`rrsis_cli.aoi.parse_aoi`), or None."""
+    if options.aoi is None:
+        return None
+    from rrsis_cli.aoi import parse_aoi
+
+    return parse_aoi(options.aoi)
+
+
 class SceneRunner:
     """Everything needed to process scenes with one loaded model; used in-process and by dask workers (one per
     worker process, so the model is loaded once per worker)."""
@@ -731,7 +747,12 @@ class SceneRunner:
         results = [] if results is None else results
         try:
             reader = SceneReader(scene.path, options.bands, options.gsd, options.stretch, options.rpc_height,
-                                 options.rpc_dem)
+                                 options.rpc_dem, scene_aoi(options))
+        except OutsideAoi as exc:  # not a failure: the scene is not in the area asked for
+            console.info(exc.one_line())
+            results += [SceneResult(str(scene.path), p, "skipped-aoi", relative_output_dir(scene, p))
+                        for p in prompts]
+            return {**scene.as_dict(), "aoi": "outside"}, results, 0.0
         except Exception as exc:  # noqa: BLE001 - one scene never stops the others
             error = exc.one_line() if isinstance(exc, RrsisError) else f"{scene.path}: {describe_error(exc)}"
             console.error(error)
@@ -746,6 +767,10 @@ class SceneRunner:
                   "normalisation": {"low": reader.lo.tolist(), "high": reader.hi.tolist(),
                                     "method": "user" if options.stretch else
                                     ("/255" if reader.dtype == np.uint8 else "2-98% percentiles")}}
+        if reader.window is not None:  # --aoi: the window processed, in pixels of the full processed grid
+            w = reader.window
+            record["aoi_window"] = {"col_off": int(w.col_off), "row_off": int(w.row_off), "width": int(w.width),
+                                    "height": int(w.height), "transform": list(ds.transform)[:6]}
         area_km2 = 0.0
         try:
             jobs = []
@@ -885,8 +910,8 @@ def write_manifest(manifest: RunManifest, path: Path) -> None:
 def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_dir: str | Path,
             options: PredictOptions | None = None, glob: str | None = None, cluster: str | None = None,
             scheduler: str | None = None, shard: str | None = None, lock_wait: float = 0.0, retries: int = 2,
-            slurm: dict[str, Any] | None = None, split_tiles: int = 512, in_flight: int | None = None
-            ) -> RunManifest:
+            slurm: dict[str, Any] | None = None, split_tiles: int = 512, in_flight: int | None = None,
+            stac=None) -> RunManifest:
     """Run every (scene, prompt); returns the manifest (also written to ``OUT/manifest.json``, or
     ``OUT/manifest-shard-I-of-N.json`` for a shard).
 
@@ -901,7 +926,10 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
     are read (:func:`~rrsis_cli.models.describe_model`), every scene's header is checked against the options, and
     the (scene, prompt) pairs whose outputs are already finished are skipped; when that is all of them the model is
     never loaded. ``options.dry_run`` stops there: the manifest returned describes the plan
-    (:func:`plan_dry_run`) and nothing is written, not even ``OUT``."""
+    (:func:`plan_dry_run`) and nothing is written, not even ``OUT``.
+
+    ``inputs`` may hold URLs, object-store names and prefixes and STAC files (:func:`rrsis_cli.inputs.find_scenes`);
+    ``stac`` (:class:`rrsis_cli.stac_inputs.StacOptions`) chooses the STAC assets and adds a STAC API search."""
     from rrsis_cli import distributed, preflight
     from rrsis_cli.models import describe_model, require_weights
 
@@ -911,13 +939,16 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
     require_weights(model_spec, options.allow_random_weights)  # a card without weights: refused before any input
     part = distributed.parse_shard(shard) if shard else distributed.shard_from_environment()
     duplicates: list[dict[str, str]] = []
-    scenes = find_scenes(inputs, glob, duplicates)
+    if stac is not None:
+        stac.check()
+    scenes = find_scenes(inputs, glob, duplicates, stac)
     if part is not None:
         scenes = distributed.select_shard(scenes, *part)
         console.info(f"shard {part[0]}/{part[1]}: {len(scenes)} scene(s)")
     info = describe_model(model_spec)
     tile = None if info is None else tile_size_for(options, info.image_size, info.input_multiple, info.name)
-    headers = preflight.scan_scenes(scenes, options.bands, options.gsd, options.stretch, nodata=options.dry_run)
+    headers = preflight.scan_scenes(scenes, options.bands, options.gsd, options.stretch, nodata=options.dry_run,
+                                    aoi=scene_aoi(options))
     out = Path(out_dir)
     manifest = RunManifest(__version__, str(model_spec), None, list(prompts), asdict(options),
                            shard=None if part is None else f"{part[0]}/{part[1]}", duplicates=duplicates)
@@ -1036,6 +1067,11 @@ def plan_dry_run(manifest: RunManifest, headers: list[SceneHeader], prompts: lis
             manifest.results += [SceneResult(str(scene.path), p, "failed", relative_output_dir(scene, p),
                                              error=f"{scene.path}: {header.error}") for p in prompts]
             continue
+        if header.outside_aoi:
+            manifest.inputs.append({**record, "aoi": "outside"})
+            manifest.results += [SceneResult(str(scene.path), p, "skipped-aoi", relative_output_dir(scene, p))
+                                 for p in prompts]
+            continue
         width, height = header.processed
         tiles = len(TileGrid.for_scene(height, width, tile, options.overlap))
         most_tiles = max(most_tiles, tiles)
@@ -1140,7 +1176,7 @@ def _predict_with_dask(manifest: RunManifest, clock: RunClock, scenes: list[Scen
                     failed = [w["error"] for w in windows[i] if w.get("error")]
                     if not failed:  # every band is journaled: the scene's finishing task runs next
                         queue.appendleft(distributed.Task(f"rrsis-finish-{i}-{scene.path.stem}", run_scene_task,
-                                                          (scene.as_dict(), *common), ("finish", i)))
+                                                          (scene, *common), ("finish", i)))
                         continue
                     console.error(failed[0])
                     outcome = failed_outcome(scene, prompts, failed[0])
@@ -1167,9 +1203,9 @@ def scene_tasks(scenes: list[Scene], plans: dict[int, list[tuple[int, int]]], co
     for i, scene in enumerate(scenes):
         if plans[i]:
             queue += [Task(f"rrsis-window-{i}-{first}-{last}-{scene.path.stem}", run_window_task,
-                           (scene.as_dict(), [first, last], *common), ("window", i)) for first, last in plans[i]]
+                           (scene, [first, last], *common), ("window", i)) for first, last in plans[i]]
         else:
-            queue.append(Task(f"rrsis-scene-{i}-{scene.path.stem}", run_scene_task, (scene.as_dict(), *common),
+            queue.append(Task(f"rrsis-scene-{i}-{scene.path.stem}", run_scene_task, (scene, *common),
                               ("scene", i)))
     return queue
 
@@ -1250,19 +1286,25 @@ def worker_runner(model_spec: str, prompts: list[str], out: str, options: dict) 
     return worker_cached(["predict", model_spec, prompts, out, options], build)
 
 
-def run_scene_task(scene: dict, model_spec: str, prompts: list[str], out: str, options: dict) -> dict[str, Any]:
-    """The dask task of a whole scene (:meth:`Scene.as_dict`), and of a scene whose window tasks are all done
+def task_scene(scene: Scene | dict) -> Scene:
+    """The scene of a dask task: the client sends the :class:`Scene` itself (a remote scene's dict shows its URL
+    redacted, which a worker could not open); a dict (:meth:`Scene.as_dict`) is accepted too."""
+    return scene if isinstance(scene, Scene) else Scene.from_dict(scene)
+
+
+def run_scene_task(scene: Scene | dict, model_spec: str, prompts: list[str], out: str, options: dict) -> dict[str, Any]:
+    """The dask task of a whole scene, and of a scene whose window tasks are all done
     (its journals complete: the outputs are assembled and written, no tile runs)."""
     runner = worker_runner(model_spec, prompts, out, options)
     calls_before = runner.texts.calls
-    record, results, km2 = runner.run(Scene.from_dict(scene))
+    record, results, km2 = runner.run(task_scene(scene))
     return {"record": record, "results": [asdict(r) for r in results], "km2": km2,
             "encoder_calls": runner.texts.calls - calls_before, "model": str(runner.model.config.get("name")),
             "model_sha256": runner.model.sha256, "tile_size": runner.tile}
 
 
-def run_window_task(scene: dict, tile_rows: list[int], model_spec: str, prompts: list[str], out: str,
+def run_window_task(scene: Scene | dict, tile_rows: list[int], model_spec: str, prompts: list[str], out: str,
                     options: dict) -> dict[str, Any]:
     """The dask task of one window of a split scene (:meth:`SceneRunner.run_window`)."""
     runner = worker_runner(model_spec, prompts, out, options)
-    return runner.run_window(Scene.from_dict(scene), (int(tile_rows[0]), int(tile_rows[1])))
+    return runner.run_window(task_scene(scene), (int(tile_rows[0]), int(tile_rows[1])))

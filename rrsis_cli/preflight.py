@@ -37,6 +37,7 @@ class SceneHeader:
     bands: list[int] = field(default_factory=list)  # the bands that will be read
     processed: tuple[int, int] = (0, 0)  # (width, height) after --gsd (a warped scene: its own size, approximate)
     nodata_fraction: float | None = None
+    outside_aoi: bool = False  # --aoi misses the scene: skipped (known here for scenes with a geotransform)
     error: str | None = None
 
     def record(self) -> dict[str, Any]:
@@ -48,18 +49,22 @@ class SceneHeader:
                 "band_count": self.count, "dtype": self.dtype, "crs": self.crs, "georeference": self.georeference}
 
 
-def read_header(scene: Scene, bands: list[int] | None, gsd: float | None, nodata: bool = False) -> SceneHeader:
-    """The header of ``scene`` (and, with ``nodata``, the nodata fraction of a decimated mask read)."""
+def read_header(scene: Scene, bands: list[int] | None, gsd: float | None, nodata: bool = False,
+                aoi=None) -> SceneHeader:
+    """The header of ``scene`` (and, with ``nodata``, the nodata fraction of a decimated mask read). With an
+    ``aoi`` (:mod:`rrsis_cli.aoi`) and a scene placed by a geotransform without ``--gsd``, ``processed`` is the
+    AOI's window and ``outside_aoi`` tells a scene it misses (warped or resampled scenes learn theirs when read)."""
     import rasterio
 
-    from rrsis_cli.scene import georeference, quiet_georeference_warning, valid_mask
+    from rrsis_cli.remote import redact
+    from rrsis_cli.scene import georeference, open_raster, quiet_georeference_warning, valid_mask
 
     header = SceneHeader(scene)
     try:
         with quiet_georeference_warning():  # the reader reports a missing georeference itself, once
-            ds = rasterio.open(scene.path)
+            ds = open_raster(scene.path)
     except (rasterio.errors.RasterioIOError, OSError) as exc:
-        header.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        header.error = redact(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
         return header
     with ds:
         if ds.count == 0 or ds.width == 0 or ds.height == 0:
@@ -77,6 +82,15 @@ def read_header(scene: Scene, bands: list[int] | None, gsd: float | None, nodata
         header.bands = list(bands) if bands else default_bands(ds.count)
         plain = geo.method == "transform" and header.projected
         header.processed = gsd_shape(ds.bounds, gsd) if gsd and plain else (ds.width, ds.height)
+        if aoi is not None and geo.method == "transform" and ds.crs is not None and not gsd:
+            from rrsis_cli.aoi import aoi_window
+            from rrsis_cli.errors import OutsideAoi
+
+            try:
+                window = aoi_window(aoi, ds, scene.path)
+                header.processed = (int(window.width), int(window.height))
+            except OutsideAoi:
+                header.outside_aoi = True
         if nodata and max(header.bands) <= ds.count and min(header.bands) >= 1:
             scale = min(1.0, NODATA_PREVIEW / max(ds.width, ds.height))
             shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
@@ -138,9 +152,10 @@ def warn_band_order(headers: list[SceneHeader]) -> None:
 
 
 def scan_scenes(scenes: list[Scene], bands: list[int] | None, gsd: float | None,
-                stretch: tuple[list[float], list[float]] | None, nodata: bool = False) -> list[SceneHeader]:
+                stretch: tuple[list[float], list[float]] | None, nodata: bool = False,
+                aoi=None) -> list[SceneHeader]:
     """Every scene's header, checked against the options (UsageError), with the band-order warnings."""
-    headers = [read_header(scene, bands, gsd, nodata) for scene in scenes]
+    headers = [read_header(scene, bands, gsd, nodata, aoi) for scene in scenes]
     for header in headers:
         check_header(header, bands, gsd, stretch)
     if not bands:

@@ -23,6 +23,13 @@ NaN (and ±inf) is never data: in a float raster a band's pixel that is not fini
 
 Read failures raise :class:`~rrsis_cli.errors.InputError` naming the file, the window and GDAL's own messages (which
 rasterio keeps in the exception chain behind "Read failed. See previous exception for details.").
+
+Remote scenes (:class:`~rrsis_cli.remote.RemotePath`: URLs, object stores, ``/vsi`` paths, in-memory VRTs) are opened
+by :func:`open_raster` with the remote GDAL settings; their messages never show credentials or signed query strings.
+An area of interest (``aoi``, :mod:`rrsis_cli.aoi`) makes the reader a window of the scene: ``ds`` is then that
+window (nearest-neighbour on the scene's own grid, so every pixel is a source pixel) and everything downstream
+(tiles, statistics, outputs) sees only it. The normalisation statistics come from the window: the result is what
+cropping the scene first would give, and a remote scene without overviews is not read whole for them.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import numpy as np
 
 from rrsis_cli import console
 from rrsis_cli.errors import InputError, UsageError
+from rrsis_cli.remote import RemotePath, redact, remote_open_options
 
 # GDAL's block cache defaults to 5 % of RAM and fills up on large scenes; a fixed bound keeps predict's memory
 # independent of the scene size. Set GDAL_CACHEMAX yourself (MB) to override.
@@ -75,6 +83,28 @@ def resample_to_gsd(ds, gsd: float, path: Path):
     width, height = gsd_shape(ds.bounds, gsd)
     return WarpedVRT(ds, crs=ds.crs, transform=from_origin(left, top, gsd, gsd), width=width, height=height,
                      resampling=Resampling.bilinear)
+
+
+def open_raster(path):
+    """``rasterio.open(path)``; a remote name (:class:`~rrsis_cli.remote.RemotePath`) with the remote GDAL
+    settings (:func:`rrsis_cli.remote.remote_open_options`, the user's environment winning)."""
+    import rasterio
+
+    if not isinstance(path, RemotePath):
+        return rasterio.open(path)
+    with rasterio.Env(**remote_open_options()):
+        return rasterio.open(path)
+
+
+def crop_to_window(ds, window):
+    """A view of ``ds`` limited to ``window`` (a WarpedVRT on the same CRS and pixel grid, nearest neighbour: each
+    pixel is the source pixel; an alpha band carries an internal mask)."""
+    from rasterio.enums import MaskFlags, Resampling
+    from rasterio.vrt import WarpedVRT
+
+    alpha = any(MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags for flags in ds.mask_flag_enums)
+    return WarpedVRT(ds, crs=ds.crs, transform=ds.window_transform(window), width=int(window.width),
+                     height=int(window.height), resampling=Resampling.nearest, add_alpha=alpha)
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -364,32 +394,35 @@ class SceneReader:
     """Owns one open raster: georeference (GCP/RPC scenes warped onto a map grid), band selection, nodata mask,
     scene-level normalisation, windowed reads. ``ds`` is what is processed and what outputs are aligned with."""
 
-    def __init__(self, path: Path, bands: list[int] | None, gsd: float | None = None,
+    def __init__(self, path: Path | RemotePath, bands: list[int] | None, gsd: float | None = None,
                  stretch: tuple[list[float], list[float]] | None = None, rpc_height: float | None = None,
-                 rpc_dem: str | Path | None = None):
+                 rpc_dem: str | Path | None = None, aoi=None):
         import rasterio
 
-        self._args = (bands, gsd, stretch, rpc_height, rpc_dem)
+        self._args = (bands, gsd, stretch, rpc_height, rpc_dem, aoi)
         self.path = path
-        if not path.exists():
+        self.window = None  # the AOI's window of the processed grid (rasterio Window), when there is an AOI
+        remote = isinstance(path, RemotePath)
+        if not remote and not path.exists():
             raise InputError("file not found", path)
-        if path.stat().st_size == 0:
+        if not remote and path.stat().st_size == 0:
             raise InputError("empty file (0 bytes)", path)
         try:
             with quiet_georeference_warning():
-                self.ds = rasterio.open(path)
+                self.ds = open_raster(path)
         except rasterio.errors.RasterioIOError as exc:
-            raise InputError(f"not a readable raster ({str(exc).splitlines()[0]})", path) from exc
+            reason = redact(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+            raise InputError(f"{'cannot open' if remote else 'not a readable raster'} ({reason})", path) from exc
         ds = self._source = self.ds
         self._opened: list[Any] = []  # datasets layered over the source (warps), closed before it
         self._tmp: Path | None = None
         try:
-            self._setup(ds, bands, gsd, stretch, rpc_height, rpc_dem)
+            self._setup(ds, bands, gsd, stretch, rpc_height, rpc_dem, aoi)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, ds, bands, gsd, stretch, rpc_height, rpc_dem) -> None:
+    def _setup(self, ds, bands, gsd, stretch, rpc_height, rpc_dem, aoi=None) -> None:
         path = self.path
         if ds.count == 0:
             names = ", ".join(ds.subdatasets[:4]) + (" ..." if len(ds.subdatasets) > 4 else "")
@@ -429,6 +462,14 @@ class SceneReader:
         self.seconds = {"read": 0.0, "normalise": 0.0}
         if gsd is not None:
             self.ds = resample_to_gsd(self.ds, gsd, path)
+            self._opened.append(self.ds)
+        if aoi is not None:
+            from rrsis_cli.aoi import aoi_window
+
+            if self.crs is None:
+                raise InputError("--aoi needs a georeferenced scene (this one has no georeference or CRS)", path)
+            self.window = aoi_window(aoi, self.ds, path)
+            self.ds = crop_to_window(self.ds, self.window)
             self._opened.append(self.ds)
         self.mask_kind = mask_kind(self.ds, self.bands)
         if stretch is not None:
@@ -516,9 +557,10 @@ class SceneReader:
         """Another reader of the same scene with its own dataset handles (GDAL handles are not shared between
         threads), the same grid, bands and normalisation (the statistics are not recomputed), for parallel
         reads. Its set-up messages are not repeated."""
-        bands, gsd, _, rpc_height, rpc_dem = self._args
+        bands, gsd, _, rpc_height, rpc_dem, aoi = self._args
         with console.silenced():
-            return SceneReader(self.path, bands, gsd, (self.lo.tolist(), self.hi.tolist()), rpc_height, rpc_dem)
+            return SceneReader(self.path, bands, gsd, (self.lo.tolist(), self.hi.tolist()), rpc_height, rpc_dem,
+                               aoi)
 
     def close(self) -> None:
         for dataset in reversed(self._opened):

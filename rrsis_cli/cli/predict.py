@@ -45,13 +45,16 @@ PREDICT_RUN_DEFAULTS = {name: p.default for name, p in inspect.signature(predict
 OPTION_FIELDS = ("tile_size", "overlap", "batch_size", "device", "precision", "threshold", "gsd", "save_prob",
                  "vectors", "vector_format", "min_area", "simplify", "overwrite", "dry_run", "grounding",
                  "coarse_size", "coarse_weight", "refine_margin", "save_coarse", "allow_random_weights",
-                 "rpc_height", "read_workers", "compile_model", "min_object_size")
+                 "rpc_height", "read_workers", "compile_model", "min_object_size", "aoi")
+STAC_PANEL = "Remote and STAC inputs"
 
 
 def predict(
     ctx: typer.Context,
-    inputs: Annotated[list[Path] | None, typer.Argument(help="GeoTIFF/VRT files, folders (recursive) or .txt "
-                                                        "lists.", show_default=False)] = None,
+    inputs: Annotated[list[str] | None, typer.Argument(
+        help="GeoTIFF/VRT files, folders (recursive), .txt lists, URLs (https://, s3://, gs://, az://, /vsi…/; a "
+             "prefix ending in / is listed like a folder) or STAC .json files (Item, ItemCollection, Catalog).",
+        show_default=False)] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model directory, bundled model (demo) or zoo "
                                               "card with weights (see `rrsis models list`).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory: OUT/<scene key>/<prompt key>/ per pair "
@@ -94,6 +97,28 @@ def predict(
                                                 rich_help_panel="Input")] = None,
     glob: Annotated[str | None, typer.Option(help="Pattern for folder inputs.", show_default="*.tif *.tiff *.vrt",
                                              rich_help_panel="Input")] = None,
+    aoi: Annotated[str | None, typer.Option(
+        help="Area of interest: a GeoJSON file or minx,miny,maxx,maxy[,CRS] (lon/lat without CRS). Each scene is "
+             "processed and written only in the AOI's window; scenes it misses are skipped.",
+        show_default="whole scenes", rich_help_panel="Input")] = None,
+    asset: Annotated[str | None, typer.Option(help="STAC inputs: the asset to read.", show_default="visual",
+                                              rich_help_panel=STAC_PANEL)] = None,
+    stac_bands: Annotated[str | None, typer.Option(
+        help="STAC inputs: stack single-band assets by eo:bands common name, e.g. red,green,blue (in-memory VRT).",
+        show_default="one asset (--asset)", rich_help_panel=STAC_PANEL)] = None,
+    stac_search: Annotated[str | None, typer.Option(help="STAC API to search (its root URL); the items found are "
+                                                    "scenes.", show_default="no search",
+                                                    rich_help_panel=STAC_PANEL)] = None,
+    collections: Annotated[str | None, typer.Option(help="--stac-search: collection ids, comma-separated.",
+                                                    show_default="all", rich_help_panel=STAC_PANEL)] = None,
+    bbox: Annotated[str | None, typer.Option(help="--stac-search: minx,miny,maxx,maxy in lon/lat.",
+                                             show_default="the --aoi's box, else none",
+                                             rich_help_panel=STAC_PANEL)] = None,
+    datetime: Annotated[str | None, typer.Option(help="--stac-search: a date, time or interval (RFC 3339, "
+                                                 "e.g. 2024-06-01/2024-06-30).", show_default="any",
+                                                 rich_help_panel=STAC_PANEL)] = None,
+    max_items: Annotated[int | None, typer.Option(help="--stac-search: at most this many items.",
+                                                  show_default="all", rich_help_panel=STAC_PANEL)] = None,
     save_prob: Annotated[bool, typer.Option("--save-prob", help="Also write prob.tif (uint8 0-254).",
                                             rich_help_panel="Output")] = PREDICT_DEFAULTS.save_prob,
     vector_format: Annotated[VectorFormat, typer.Option(
@@ -173,7 +198,9 @@ def predict(
     from rrsis_cli.yaml_config import merge_options
 
     opts = merge_options(config, given_by_user(ctx, values))
-    missing = [name for name in ("inputs", "model", "out") if not opts.get(name)]
+    stac = stac_options(opts)
+    missing = [name for name in ("inputs", "model", "out") if not opts.get(name)
+               and not (name == "inputs" and stac.search)]
     if missing:
         raise UsageError("missing required: " + ", ".join("INPUT..." if m == "inputs" else "--" + m for m in missing))
     prompts = [opts.pop("prompt")] if isinstance(opts.get("prompt"), str) else list(opts.pop("prompt", None) or [])
@@ -183,7 +210,8 @@ def predict(
                              bands=parse_bands(opts.get("bands")), stretch=parse_stretch(opts.get("stretch")),
                              rpc_dem=str(opts["rpc_dem"]) if opts.get("rpc_dem") else None)
     slurm = {key: opts.get(f"slurm_{key}") for key in ("queue", "account", "walltime", "memory", "gpus", "jobs")}
-    inputs_list = [opts["inputs"]] if isinstance(opts["inputs"], str | Path) else list(opts["inputs"])
+    given_inputs = opts.get("inputs") or []
+    inputs_list = [given_inputs] if isinstance(given_inputs, str | Path) else list(given_inputs)
     from rrsis_cli.signals import stop_on_signals
 
     with stop_on_signals():  # SIGTERM/SIGHUP: manifest written, lock released, exit 143/129 (see main)
@@ -192,7 +220,8 @@ def predict(
                                shard=opts.get("shard"),
                                lock_wait=float(opts.get("lock_wait", PREDICT_RUN_DEFAULTS["lock_wait"])),
                                retries=int(opts.get("retries", PREDICT_RUN_DEFAULTS["retries"])), slurm=slurm,
-                               split_tiles=int(opts.get("split_tiles", PREDICT_RUN_DEFAULTS["split_tiles"])))
+                               split_tiles=int(opts.get("split_tiles", PREDICT_RUN_DEFAULTS["split_tiles"])),
+                               stac=stac)
     counts: dict[str, int] = {}
     for result in manifest.results:
         counts[result.status] = counts.get(result.status, 0) + 1
@@ -208,6 +237,19 @@ def predict(
                  status="finished", exit_code=manifest.exit_code, pairs=counts, scenes=len(manifest.inputs),
                  seconds=round(manifest.seconds, 3), tiles_per_second=round(manifest.tiles_per_second, 3))
     raise typer.Exit(manifest.exit_code)
+
+
+def stac_options(opts: dict[str, Any]):
+    """The STAC choices of the command line (:class:`rrsis_cli.stac_inputs.StacOptions`); a search without
+    ``--bbox`` takes the lon/lat bounding box of the ``--aoi``, when there is one."""
+    from rrsis_cli.stac_inputs import StacOptions, aoi_bbox, parse_bbox, parse_list
+
+    bbox = parse_bbox(opts.get("bbox"))
+    if bbox is None and opts.get("stac_search") and opts.get("aoi"):
+        bbox = aoi_bbox(str(opts["aoi"]))
+    return StacOptions(asset=opts.get("asset"), bands=parse_list(opts.get("stac_bands")),
+                       search=opts.get("stac_search"), collections=parse_list(opts.get("collections")), bbox=bbox,
+                       datetime=opts.get("datetime"), max_items=opts.get("max_items"))
 
 
 def crs_cell(row: dict[str, Any]) -> str:
@@ -236,11 +278,16 @@ def print_plan(manifest: RunManifest, as_json: bool) -> None:
     for column in ("scene", "size", "bands", "dtype", "CRS", "tiles", "nodata", "finished", "disk"):
         table.add_column(column, justify="left" if column in ("scene", "CRS", "dtype") else "right",
                          overflow="fold", min_width=8 if column == "scene" else None)
-    names = [Path(r["path"]).name for r in rows]
+    names = [r.get("stac_item_id") or str(r["path"]).rstrip("/").rsplit("/", 1)[-1]  # URLs: Path collapses //
+             for r in rows]
     for r, name in zip(rows, names, strict=True):
         name = name if names.count(name) == 1 else r["key"]  # keys tell same-named scenes apart
         if "error" in r:
             table.add_row(name, "-", "-", "-", "-", "-", "-", "-", f"unreadable: {r['error']}")
+            continue
+        if r.get("aoi") == "outside":
+            table.add_row(name, f"{r['width']}x{r['height']}", "-", r["dtype"], crs_cell(r), "0", "-", "-",
+                          "outside --aoi: skipped")
             continue
         size = f"{r['width']}x{r['height']}"
         if (r["processed_width"], r["processed_height"]) != (r["width"], r["height"]):

@@ -1,0 +1,212 @@
+"""Loopback servers for the remote-input tests, started and stopped by the tests (never any other network):
+
+* :class:`RangeServer`: a static file server with HTTP Range support (single ranges, as GDAL's /vsicurl/ asks)
+  that counts the bytes of file content it sends, plus JSON routes (a tiny STAC API) and a log of requests.
+* :func:`folder_server`: a :class:`RangeServer` in a subprocess (``python tests/loopback.py ROOT PORT``), for folder
+  listings (Apache-style index pages, which GDAL's /vsicurl/ parses): pyogrio's listing holds the GIL, so an
+  in-process server thread could not answer it.
+* :func:`moto_s3`: moto's S3 server on 127.0.0.1 (a subprocess), with GDAL's S3 settings in the environment.
+
+Both stop themselves after :data:`LIFETIME` seconds whatever happens to the test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+LIFETIME = 300.0  # seconds: a server left running by a crashed test stops itself
+
+
+class RangeServer:
+    """Serves ``root`` on 127.0.0.1 (``url``) with Range support; ``bytes_sent`` counts file bytes sent,
+    ``requests`` logs (method, path, query, body) of every request; ``routes`` maps a path to a function
+    (query dict, JSON body or None) -> JSON-able answer; ``failures`` makes the next requests of a path answer
+    503, ``forbidden`` paths answer 403; a folder's URL ending in ``/`` answers an Apache-style index."""
+
+    def __init__(self, root: Path, port: int = 0):
+        self.root = Path(root)
+        self.bytes_sent = 0
+        self.requests: list[tuple[str, str, dict[str, list[str]], Any]] = []
+        self.routes: dict[str, Any] = {}
+        self.failures: dict[str, int] = {}  # path -> how many more requests answer 503 (a transient error)
+        self.forbidden: set[str] = set()  # paths that answer 403
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = 30  # seconds: a client that stops reading cannot hold a thread longer
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_HEAD(self):
+                self._answer(send_body=False)
+
+            def do_GET(self):
+                self._answer(send_body=True)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null")
+                self._answer(send_body=True, body=body)
+
+            def _answer(self, send_body: bool, body: Any = None):
+                parts = urlsplit(self.path)
+                query = parse_qs(parts.query)
+                with server._lock:
+                    server.requests.append((self.command, parts.path, query, body))
+                with server._lock:
+                    failing = server.failures.get(parts.path, 0)
+                    if failing:
+                        server.failures[parts.path] = failing - 1
+                if failing or parts.path in server.forbidden:
+                    self.send_error(503 if failing else 403)
+                    return
+                if parts.path in server.routes:
+                    self._json(server.routes[parts.path](query, body), send_body)
+                    return
+                target = (server.root / parts.path.lstrip("/")).resolve()
+                if parts.path.endswith("/") and target.is_dir() and (target == server.root.resolve()
+                                                                     or server.root.resolve() in target.parents):
+                    self._index(target, send_body)
+                    return
+                if server.root.resolve() not in target.parents or not target.is_file():
+                    self.send_error(404)
+                    return
+                data = target.read_bytes()
+                start, end = 0, len(data) - 1
+                match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                if match:
+                    start = int(match.group(1))
+                    end = min(int(match.group(2)) if match.group(2) else end, len(data) - 1)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                else:
+                    self.send_response(200)
+                chunk = data[start:end + 1]
+                self.send_header("Content-Length", str(len(chunk)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", f'"{target.stat().st_mtime_ns:x}-{len(data):x}"')
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(chunk)
+                    with server._lock:
+                        server.bytes_sent += len(chunk)
+
+            def _index(self, folder: Path, send_body: bool):
+                """An Apache-style "Index of" page: what GDAL's /vsicurl/ parses to list a folder."""
+                names = [p.name + ("/" if p.is_dir() else "") for p in sorted(folder.iterdir())]
+                links = "".join(f'<a href="{name}">{name}</a>\n' for name in names)
+                payload = (f"<html><head><title>Index of {self.path}</title></head><body><h1>Index of "
+                           f"{self.path}</h1><pre>\n{links}</pre></body></html>").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(payload)
+
+            def _json(self, answer: Any, send_body: bool):
+                payload = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False  # stop() never waits for a stuck connection
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._timer = threading.Timer(LIFETIME, self.stop)
+        self._timer.daemon = True
+
+    def start(self) -> RangeServer:
+        self._thread.start()
+        self._timer.start()
+        return self
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.bytes_sent = 0
+            self.requests.clear()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)
+
+
+@contextmanager
+def folder_server(root: Path):
+    """A :class:`RangeServer` of ``root`` in a subprocess on 127.0.0.1:<free port>; yields its URL. Killed on exit,
+    and by ``timeout`` after :data:`LIFETIME` seconds in any case."""
+    port = free_port()
+    command = ["timeout", str(int(LIFETIME)), sys.executable, __file__, str(root), str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process, "folder server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def moto_s3():
+    """moto's S3 server on 127.0.0.1:<free port>; yields (boto3 client, environment for GDAL). The process is
+    killed on exit, and by ``timeout`` after :data:`LIFETIME` seconds in any case."""
+    import boto3
+
+    port = free_port()
+    command = ["timeout", str(int(LIFETIME)), sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process, "moto server")
+        env = {"AWS_S3_ENDPOINT": f"127.0.0.1:{port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
+               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
+        yield client, env
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+
+if __name__ == "__main__":  # folder_server's subprocess: python loopback.py ROOT PORT
+    served = RangeServer(Path(sys.argv[1]), int(sys.argv[2])).start()
+    served._thread.join()

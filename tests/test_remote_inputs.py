@@ -1,0 +1,412 @@
+"""Remote scenes, STAC inputs and --aoi (issue 19, inputs): real servers on loopback only (tests/loopback.py),
+started and stopped here; the null model (a per-pixel function, no weights) keeps every run fast, and its masks
+can be compared pixel for pixel between a local file, its URL, its STAC item and its AOI window."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from front_helpers import run_cli
+from rasterio.transform import from_origin
+
+from loopback import RangeServer, folder_server, moto_s3
+from rrsis_cli.errors import UsageError
+from rrsis_cli.predict import PredictOptions, predict
+from rrsis_cli.remote import RemotePath, gdal_name, redact
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZE = 1024  # pixels: 3 MiB of noise, tiles of 256 px
+ORIGIN = (500000.0, 4001024.0)  # EPSG:32618, 1 m pixels
+PROMPT = "the red roofs"
+OPTIONS = {"vectors": False, "read_workers": 1}
+
+
+def write_cog(path: Path, data: np.ndarray) -> Path:
+    """A Cloud-Optimised GeoTIFF (tiles of 256, overviews) of ``data`` (C, H, W) uint8."""
+    from rasterio.io import MemoryFile
+    from rasterio.shutil import copy
+
+    count, height, width = data.shape
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": "uint8",
+               "crs": "EPSG:32618", "transform": from_origin(*ORIGIN, 1, 1)}
+    with MemoryFile() as memory:
+        with memory.open(**profile) as dst:
+            dst.write(data)
+        with memory.open() as src:
+            copy(src, path, driver="COG", BLOCKSIZE=256, COMPRESS="DEFLATE")
+    return path
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A folder with a 3-band COG (noise: compression cannot hide what is read), its three bands as single-band
+    COGs, served by a Range-capable loopback server."""
+    root = tmp_path_factory.mktemp("site")
+    data = np.random.default_rng(7).integers(0, 256, size=(3, SIZE, SIZE), dtype=np.uint8)
+    write_cog(root / "scene.tif", data)
+    (root / "corner.tif").write_bytes((root / "scene.tif").read_bytes())  # read by the AOI test only: GDAL's
+    # /vsicurl/ cache lives as long as the process, so a URL read before would be counted short
+    for index, name in enumerate(("B04", "B03", "B02")):  # red, green, blue
+        write_cog(root / f"{name}.tif", data[index:index + 1])
+    server = RangeServer(root).start()
+    yield server, root
+    server.stop()
+
+
+def run(inputs, out: Path, **options):
+    stac = options.pop("stac", None)
+    return predict([str(i) for i in inputs], "null", [PROMPT], out, PredictOptions(**{**OPTIONS, **options}),
+                   stac=stac)
+
+
+def only_mask(out: Path) -> Path:
+    masks = sorted(out.rglob("mask.tif"))
+    assert len(masks) == 1, masks
+    return masks[0]
+
+
+def pixels(path: Path):
+    with rasterio.open(path) as ds:
+        return ds.read(), ds.transform, ds.crs, ds.profile["blockxsize"], ds.profile["compress"]
+
+
+@pytest.fixture(scope="module")
+def local_mask(site, tmp_path_factory):
+    """The mask of the COG read from the local disk: what every remote read must reproduce."""
+    _, root = site
+    out = tmp_path_factory.mktemp("local")
+    assert run([root / "scene.tif"], out).exit_code == 0
+    return pixels(only_mask(out))
+
+
+def same_pixels(got, want) -> None:
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1:] == want[1:]
+
+
+# ------------------------------------------------------------------------------------------------- names
+def test_urls_map_to_gdal_file_systems_and_never_collapse():
+    assert gdal_name("https://host/a//b.tif") == "/vsicurl/https://host/a//b.tif"
+    assert gdal_name("s3://bucket/key/x.tif") == "/vsis3/bucket/key/x.tif"
+    assert gdal_name("gs://bucket/x.tif") == "/vsigs/bucket/x.tif"
+    assert gdal_name("az://container/x.tif") == "/vsiaz/container/x.tif"
+    assert gdal_name("/vsizip//data/a.zip/x.tif") == "/vsizip//data/a.zip/x.tif"
+    path = RemotePath("https://host/dir/x.tif?X-Amz-Signature=abc&X-Amz-Credential=key")
+    assert (path.name, path.stem, path.suffix) == ("x.tif", "x", ".tif")
+    assert "abc" not in str(path) and "key" not in str(path) and str(path).startswith("https://host/dir/x.tif?")
+    with pytest.raises(UsageError, match="ftp"):
+        gdal_name("ftp://host/x.tif")
+
+
+def test_redact_hides_credentials_and_query_values():
+    text = redact("HTTP 403 on https://user:pw@h/x.tif?sig=SECRET&se=2024 and s3://b/k")
+    assert "pw" not in text and "SECRET" not in text and "2024" not in text
+    assert "https://***@h/x.tif?sig=***&se=***" in text and "s3://b/k" in text
+
+
+# ------------------------------------------------------------------------------------------------- http
+def test_url_gives_the_mask_of_the_local_file(site, local_mask, tmp_path, capsys):
+    server, _ = site
+    code, _, err = run_cli(capsys, "predict", f"{server.url}/scene.tif", "--model", "null", "--prompt", PROMPT,
+                           "--out", tmp_path, "--no-vectors", "--read-workers", "1")
+    assert code == 0, err
+    same_pixels(pixels(only_mask(tmp_path)), local_mask)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["inputs"][0]["path"] == f"{server.url}/scene.tif"
+    assert manifest["inputs"][0]["size"] == (Path(site[1]) / "scene.tif").stat().st_size  # from the server
+
+
+def test_transient_errors_are_retried(site, local_mask, tmp_path, monkeypatch):
+    server, root = site
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.1")
+    server.reset_counts()
+    server.failures["/scene.tif"] = 2  # the fingerprint's request, then GDAL's first one
+    manifest = run([f"{server.url}/scene.tif"], tmp_path)
+    assert manifest.exit_code == 0 and server.failures["/scene.tif"] == 0
+    assert manifest.inputs[0]["size"] == (root / "scene.tif").stat().st_size  # the key did not change
+    same_pixels(pixels(only_mask(tmp_path)), local_mask)
+
+
+def test_aoi_on_a_corner_fetches_a_small_part_and_is_georeferenced(site, local_mask, tmp_path):
+    server, root = site
+    server.reset_counts()
+    aoi = f"{ORIGIN[0]},{ORIGIN[1] - 200},{ORIGIN[0] + 200},{ORIGIN[1]},EPSG:32618"  # top-left 200 x 200 m
+    manifest = run([f"{server.url}/corner.tif"], tmp_path, aoi=aoi)
+    assert manifest.exit_code == 0
+    file_size = (root / "corner.tif").stat().st_size
+    assert server.bytes_sent < file_size / 8, (server.bytes_sent, file_size)
+    data, transform, crs, *_ = pixels(only_mask(tmp_path))
+    assert data.shape == (1, 200, 200) and transform == from_origin(*ORIGIN, 1, 1) and crs == "EPSG:32618"
+    np.testing.assert_array_equal(data, local_mask[0][:, :200, :200])  # per-pixel model: the crop of the scene
+    assert manifest.inputs[0]["aoi_window"]["width"] == 200
+
+
+def test_aoi_in_lon_lat_from_a_geojson_file_and_scenes_it_misses(site, tmp_path):
+    from rasterio.warp import transform as move
+
+    _, root = site
+    (lon0, lon1), (lat0, lat1) = move("EPSG:32618", "EPSG:4326", [ORIGIN[0] + 500, ORIGIN[0] + 600],
+                                      [ORIGIN[1] - 600, ORIGIN[1] - 500])
+    box = [[lon0, lat0], [lon1, lat0], [lon1, lat1], [lon0, lat1], [lon0, lat0]]
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [box]}}]}))
+    far = tmp_path / "far.tif"
+    with rasterio.open(root / "scene.tif") as src:
+        profile = {**src.profile, "driver": "GTiff", "transform": from_origin(600000, 4001024, 1, 1)}
+        profile.pop("blockxsize"), profile.pop("blockysize"), profile.pop("tiled")
+        with rasterio.open(far, "w", **profile) as dst:
+            dst.write(src.read())
+    manifest = run([root / "scene.tif", far], tmp_path / "out", aoi=str(aoi))
+    status = {Path(r.scene).name: r.status for r in manifest.results}
+    assert status == {"scene.tif": "done", "far.tif": "skipped-aoi"} and manifest.exit_code == 0
+    window = manifest.inputs[0]["aoi_window"]
+    assert 95 <= window["width"] <= 110 and 495 <= window["col_off"] <= 500, window  # the box, bent by UTM
+    plan = run([root / "scene.tif", far], tmp_path / "plan", aoi=str(aoi), dry_run=True)
+    assert [r.status for r in plan.results] == ["dry-run", "skipped-aoi"]
+    assert plan.inputs[0]["processed_width"] == window["width"] and plan.inputs[0]["tiles"] == 1
+
+
+def test_missing_and_forbidden_urls_fail_those_scenes_only_and_hide_secrets(site, tmp_path):
+    server, root = site
+    listing = tmp_path / "scenes.txt"
+    secret = f"http://user:hunter2@127.0.0.1:{server.url.rsplit(':', 1)[1]}/missing.tif?sig=TOPSECRET"
+    server.forbidden.add("/private.tif")
+    listing.write_text(f"# one good, one missing, one forbidden\n{server.url}/scene.tif\n{secret}\n"
+                       f"{server.url}/private.tif\n")
+    manifest = run([listing], tmp_path / "out")
+    assert manifest.exit_code == 3
+    failed = {Path(r.scene.split("?")[0]).name: r.error for r in manifest.results if r.status == "failed"}
+    assert sorted(failed) == ["missing.tif", "private.tif"]
+    assert "404" in failed["missing.tif"] and "403" in failed["private.tif"]
+    assert all("\n" not in error for error in failed.values())
+    text = (tmp_path / "out" / "manifest.json").read_text()
+    assert "hunter2" not in text and "TOPSECRET" not in text
+    assert sum(r.status == "done" for r in manifest.results) == 1
+
+
+def test_http_folder_is_listed_like_a_folder(tmp_path):
+    from rrsis_cli.inputs import find_scenes
+
+    for name in ("d/a.tif", "d/sub/b.vrt", "d/notes.txt", "d/sub/c.TIFF"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+    with folder_server(tmp_path) as url:
+        found = find_scenes([f"{url}/d/"])
+    assert [str(s.path) for s in found] == [f"{url}/d/a.tif", f"{url}/d/sub/b.vrt", f"{url}/d/sub/c.TIFF"]
+    assert [s.key.rsplit("-", 1)[0] for s in found] == ["a", "sub/b", "sub/c"]
+    assert [s.size for s in found] == [len(b"d/a.tif"), len(b"d/sub/b.vrt"), len(b"d/sub/c.TIFF")]
+
+
+# --------------------------------------------------------------------------------------------------- s3
+def test_s3_prefix_listing_and_a_missing_key(site, local_mask, tmp_path, monkeypatch):
+    _, root = site
+    with moto_s3() as (client, env):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        client.create_bucket(Bucket="scenes")
+        client.upload_file(str(root / "scene.tif"), "scenes", "in/a.tif")
+        client.upload_file(str(root / "scene.tif"), "scenes", "in/sub/b.TIF")
+        client.put_object(Bucket="scenes", Key="in/readme.txt", Body=b"not a raster")
+        manifest = run(["s3://scenes/in/"], tmp_path / "prefix")
+        assert manifest.exit_code == 0
+        keys = sorted(i["key"].rsplit("-", 1)[0] for i in manifest.inputs)
+        assert keys == ["a", "sub/b"]
+        for mask in (tmp_path / "prefix").rglob("mask.tif"):
+            same_pixels(pixels(mask), local_mask)
+        again = run(["s3://scenes/in/"], tmp_path / "prefix")
+        assert [r.status for r in again.results] == ["skipped-existing"] * 2
+        listing = tmp_path / "list.txt"
+        listing.write_text("s3://scenes/in/a.tif\ns3://scenes/in/nope.tif\n")
+        manifest = run([listing], tmp_path / "missing")
+        assert manifest.exit_code == 3
+        status = {r.scene: r.status for r in manifest.results}
+        assert status == {"s3://scenes/in/a.tif": "done", "s3://scenes/in/nope.tif": "failed"}
+
+
+def test_s3_prefix_with_glob_and_an_empty_prefix(site, tmp_path, monkeypatch):
+    from rrsis_cli.errors import InputError
+    from rrsis_cli.inputs import find_scenes
+
+    _, root = site
+    with moto_s3() as (client, env):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        client.create_bucket(Bucket="more")
+        for key in ("x/one.tif", "x/two.tif", "x/deep/three.vrt"):
+            client.upload_file(str(root / "B02.tif"), "more", key)
+        found = find_scenes(["s3://more/x/"], glob="t*")
+        assert [str(s.path) for s in found] == ["s3://more/x/deep/three.vrt", "s3://more/x/two.tif"]
+        assert [s.key.rsplit("-", 1)[0] for s in found] == ["deep/three", "two"]
+        with pytest.raises(InputError, match="s3://more/empty/"):
+            find_scenes(["s3://more/empty/"])
+
+
+# ------------------------------------------------------------------------------------------------- STAC
+def stac_item(server: RangeServer, item_id: str, collection: str | None = None):
+    """A STAC Item with a visual asset and three single-band assets (listed blue, green, red) on the server."""
+    import datetime
+
+    import pystac
+    from pystac.extensions.eo import Band, EOExtension
+
+    item = pystac.Item(item_id, {"type": "Point", "coordinates": [-75.0, 36.1]}, [-75.0, 36.1, -74.9, 36.2],
+                       datetime.datetime(2024, 6, 1, tzinfo=datetime.timezone.utc), {}, collection=collection)
+    item.add_asset("visual", pystac.Asset(f"{server.url}/scene.tif", media_type=pystac.MediaType.COG))
+    for key, name in (("B02", "blue"), ("B03", "green"), ("B04", "red")):
+        asset = pystac.Asset(f"{server.url}/{key}.tif", media_type=pystac.MediaType.COG)
+        item.add_asset(key, asset)
+        EOExtension.ext(asset, add_if_missing=True).bands = [Band.create(name=key, common_name=name)]
+    return item
+
+
+def test_stac_item_asset_and_bands_stacked_by_common_name(site, local_mask, tmp_path):
+    from rrsis_cli.stac_inputs import StacOptions
+
+    server, _ = site
+    item = stac_item(server, "S2-tile/2024 06 01")
+    path = tmp_path / "item.json"
+    item.set_self_href(str(path))
+    item.save_object(include_self_link=True)
+    visual = run([path], tmp_path / "visual")
+    assert visual.exit_code == 0 and visual.inputs[0]["key"].startswith("S2-tile-2024-06-01-")
+    assert visual.inputs[0]["stac_item"] == str(path) and visual.inputs[0]["stac_assets"] == ["visual"]
+    same_pixels(pixels(only_mask(tmp_path / "visual")), local_mask)
+    stacked = run([path], tmp_path / "bands", stac=StacOptions(bands=["red", "green", "blue"]))
+    assert stacked.exit_code == 0 and stacked.inputs[0]["stac_assets"] == ["B04", "B03", "B02"]
+    assert stacked.inputs[0]["path"] == "S2-tile/2024 06 01[red,green,blue]"
+    same_pixels(pixels(only_mask(tmp_path / "bands")), local_mask)  # same pixels, bands in red, green, blue order
+    with pytest.raises(UsageError, match="no asset 'thumbnail'"):
+        run([path], tmp_path / "x", stac=StacOptions(asset="thumbnail"))
+    with pytest.raises(UsageError, match="common name 'nir'"):
+        run([path], tmp_path / "x", stac=StacOptions(bands=["nir"]))
+
+
+def test_stac_catalog_item_collection_and_item_url(site, tmp_path):
+    import pystac
+
+    server, root = site
+    catalog = pystac.Catalog("cat", "two scenes")
+    sub = pystac.Catalog("sub", "one level down")
+    catalog.add_child(sub)
+    catalog.add_item(stac_item(server, "first"))
+    sub.add_item(stac_item(server, "second"))
+    catalog.normalize_hrefs(str(tmp_path / "catalog"))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    options = PredictOptions(**OPTIONS, dry_run=True)
+    manifest = predict([str(tmp_path / "catalog" / "catalog.json")], "null", [PROMPT], tmp_path / "o", options)
+    assert sorted(i["stac_item_id"] for i in manifest.inputs) == ["first", "second"]
+    collection = pystac.ItemCollection([stac_item(server, "third"), stac_item(server, "fourth")])
+    collection.save_object(str(tmp_path / "items.json"))
+    manifest = predict([str(tmp_path / "items.json")], "null", [PROMPT], tmp_path / "o", options)
+    assert [i["stac_item_id"] for i in manifest.inputs] == ["third", "fourth"]
+    assert all(r.status == "dry-run" for r in manifest.results)
+    served = stac_item(server, "served")
+    served.set_self_href(f"{server.url}/served.json")
+    (root / "served.json").write_text(json.dumps(served.to_dict()))
+    manifest = predict([f"{server.url}/served.json"], "null", [PROMPT], tmp_path / "o", options)
+    assert manifest.inputs[0]["stac_item"] == f"{server.url}/served.json"
+    assert manifest.inputs[0]["width"] == SIZE
+
+
+def test_stac_api_search_sends_the_filters(site, tmp_path, capsys):
+    from rrsis_cli.stac_inputs import StacOptions
+
+    server, _ = site
+    api = f"{server.url}/api"
+    found = stac_item(server, "found", collection="s2")
+    landing = {"type": "Catalog", "id": "api", "description": "loopback", "stac_version": "1.0.0",
+               "conformsTo": ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search"],
+               "links": [{"rel": "self", "href": api}, {"rel": "root", "href": api},
+                         {"rel": "search", "href": f"{api}/search", "type": "application/geo+json",
+                          "method": "GET"},
+                         {"rel": "search", "href": f"{api}/search", "type": "application/geo+json",
+                          "method": "POST"}]}
+    server.routes["/api"] = lambda query, body: landing
+    server.routes["/api/search"] = lambda query, body: {"type": "FeatureCollection",
+                                                           "features": [found.to_dict()], "links": []}
+    server.reset_counts()
+    code, _, err = run_cli(capsys, "predict", "--stac-search", api, "--collections", "s2", "--bbox",
+                           "-75.1,36,-74.8,36.3", "--datetime", "2024-06-01/2024-06-30", "--model", "null",
+                           "--prompt", PROMPT, "--out", tmp_path, "--no-vectors", "--dry-run")
+    assert code == 0, err
+    searches = [(query, body) for method, path, query, body in server.requests if path == "/api/search"]
+    assert len(searches) == 1
+    query, body = searches[0]
+    sent = body or {k: v[0] for k, v in query.items()}
+    assert "s2" in str(sent["collections"]) and "2024-06-01" in str(sent["datetime"])
+    assert [float(v) for v in (sent["bbox"] if isinstance(sent["bbox"], list) else sent["bbox"].split(","))] \
+        == [-75.1, 36.0, -74.8, 36.3]
+    with pytest.raises(UsageError, match="INPUT not found"):
+        run([tmp_path / "no-such-item.json"], tmp_path)
+    with pytest.raises(UsageError, match="filter a --stac-search"):
+        run([], tmp_path, stac=StacOptions(collections=["s2"]))
+
+
+# -------------------------------------------------------------------------------------------------- aoi
+def test_aoi_parsing():
+    from rrsis_cli.aoi import parse_aoi
+
+    box = parse_aoi("10,20,11,21")
+    assert box.crs == "EPSG:4326" and json.loads(box.geometry)["type"] == "Polygon"
+    assert parse_aoi("500000,4000000,500100,4000100,EPSG:32618").crs == "EPSG:32618"
+    for bad in ("1,2,3", "3,2,1,4", "a,b,c,d", "0,0,1,1,EPSG:999999"):
+        with pytest.raises(UsageError):
+            parse_aoi(bad)
+
+
+def test_a_search_without_bbox_takes_the_aoi_box():
+    from rrsis_cli.cli.predict import stac_options
+
+    utm = f"{ORIGIN[0]},{ORIGIN[1] - 1000},{ORIGIN[0] + 1000},{ORIGIN[1]},EPSG:32618"
+    bbox = stac_options({"stac_search": "http://127.0.0.1:9/api", "aoi": utm}).bbox
+    assert bbox[0] == pytest.approx(-75.0, abs=1e-3) and bbox[2] - bbox[0] == pytest.approx(0.0111, abs=1e-3)
+    assert stac_options({"stac_search": "http://127.0.0.1:9/api", "aoi": utm, "bbox": "1,2,3,4"}).bbox == [1, 2, 3, 4]
+    assert stac_options({"aoi": utm}).bbox is None
+
+
+@pytest.mark.parametrize("mask", ["nodata", "internal"])
+def test_aoi_window_keeps_values_and_valid_mask(tmp_path, mask):
+    """The AOI's window of a scene holds the scene's own pixels and validity (nodata value, or an internal
+    mask carried through the crop as alpha)."""
+    from rrsis_cli.aoi import parse_aoi
+    from rrsis_cli.scene import SceneReader
+
+    path = tmp_path / "scene.tif"
+    data = np.random.default_rng(1).integers(1, 255, size=(3, 96, 96), dtype=np.uint8)
+    data[:, 20:40, 30:70] = 0
+    profile = {"driver": "GTiff", "width": 96, "height": 96, "count": 3, "dtype": "uint8", "crs": "EPSG:32618",
+               "transform": from_origin(*ORIGIN, 1, 1), "nodata": 0 if mask == "nodata" else None}
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if mask == "internal":
+            dst.write_mask(np.where(data[0] == 0, 0, 255).astype(np.uint8))
+    whole = SceneReader(path, None)
+    expected_values, expected_valid = whole.read(10, 25, 32)
+    whole.close()
+    aoi = parse_aoi(f"{ORIGIN[0] + 25},{ORIGIN[1] - 42},{ORIGIN[0] + 57},{ORIGIN[1] - 10},EPSG:32618")
+    reader = SceneReader(path, None, aoi=aoi)
+    assert (reader.ds.width, reader.ds.height) == (32, 32)
+    assert reader.ds.transform == from_origin(ORIGIN[0] + 25, ORIGIN[1] - 10, 1, 1)
+    values, valid = reader.read(0, 0, 32)
+    reader.close()
+    assert not expected_valid.all() and expected_valid.any()
+    np.testing.assert_array_equal(valid, expected_valid)
+    np.testing.assert_array_equal(values, expected_values)
+
+
+def test_raw_vsi_paths_pass_unchanged(site, local_mask, tmp_path):
+    import zipfile
+
+    _, root = site
+    archive = tmp_path / "scenes.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.write(root / "scene.tif", "inner/scene.tif")
+    manifest = run([f"/vsizip/{archive}/inner/scene.tif"], tmp_path / "out")
+    assert manifest.exit_code == 0 and manifest.inputs[0]["key"].startswith("scene-")
+    same_pixels(pixels(only_mask(tmp_path / "out")), local_mask)
