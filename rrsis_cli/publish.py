@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape
 
-from rrsis_cli import __version__, console
+from rrsis_cli import console
 from rrsis_cli.errors import OutputError, UsageError
 from rrsis_cli.outputs import VECTOR_DRIVERS, VECTOR_LAYER
 
@@ -93,6 +93,23 @@ class PublishReport:
     mosaics: list[str] = field(default_factory=list)
     merged_vectors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)  # relative to OUT, in writing order (the catalog last)
+
+
+class LocalFiles:
+    """File tests of publishing on local paths (:class:`rrsis_cli.store.RemoteOutput` has the same two methods
+    on ``/vsis3/`` names)."""
+
+    @staticmethod
+    def exists(path: str) -> bool:
+        return Path(path).is_file()
+
+    @staticmethod
+    def modified(path: str) -> datetime | None:
+        try:
+            return datetime.fromtimestamp(os.stat(path).st_mtime, tz=timezone.utc)
+        except OSError:
+            return None
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -127,7 +144,7 @@ def pairs_of(manifest: dict[str, Any]) -> list[Pair]:
     return pairs
 
 
-def mask_info(path: str) -> MaskInfo | None:
+def mask_info(path: str, files) -> MaskInfo | None:
     """Grid, CRS, tags and modification time of a mask; None when it cannot be opened (not written)."""
     import rasterio
 
@@ -137,8 +154,7 @@ def mask_info(path: str) -> MaskInfo | None:
                             tuple(ds.block_shapes[0]), None)
     except rasterio.errors.RasterioIOError:
         return None
-    if not path.startswith("/vsi"):
-        info.written = datetime.fromtimestamp(os.stat(path).st_mtime, tz=timezone.utc)
+    info.written = files.modified(path)
     return info
 
 
@@ -149,10 +165,6 @@ def vector_file(root: str, output_dir: str, exists) -> str | None:
         if exists(candidate):
             return candidate
     return None
-
-
-def local_exists(path: str) -> bool:
-    return Path(path).is_file()
 
 
 # ------------------------------------------------------------------------------------------------ STAC
@@ -390,34 +402,36 @@ def merge_vectors(sources: list[tuple[Pair, str]], path: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ publish
-def publish(out: str | Path, source: str | None = None, exists=None) -> PublishReport:
+def publish(out: str | Path, source: str | None = None, files=None) -> PublishReport:
     """Write the STAC Items, the Catalog, the mosaics and the merged vectors of the output folder ``out``
     (module docstring). ``source`` is where the pair files are read (default: ``out``; a ``/vsis3/...`` prefix
-    when they were uploaded to an object store, ``exists`` then tells whether a file is there)."""
+    when they were uploaded to an object store, ``files`` then tests and dates files there)."""
     out = Path(out)
     manifest = read_manifest(out)
     root = str(out) if source is None else source
-    exists = exists or local_exists
+    files = files or LocalFiles()
+    exists = files.exists
     report = PublishReport()
     item_hrefs: list[str] = []
     by_prompt: dict[str, list[tuple[Pair, MaskInfo, str | None]]] = {}
     for pair in pairs_of(manifest):
-        info = mask_info(join(root, f"{pair.output_dir}/mask.tif"))
+        info = mask_info(join(root, f"{pair.output_dir}/mask.tif"), files)
         if info is None:
             report.notes.append(f"{pair.output_dir}/mask.tif is missing; no Item")
             continue
-        files = {"mask": "mask.tif"}
+        assets = {"mask": "mask.tif"}
         for key, name in (("prob", "prob.tif"), ("coarse", "coarse.tif")):
             if exists(join(root, f"{pair.output_dir}/{name}")):
-                files[key] = name
+                assets[key] = name
         vectors = vector_file(root, pair.output_dir, exists)
         if vectors is not None:
-            files["vectors"] = posixpath.basename(vectors)
+            assets["vectors"] = posixpath.basename(vectors)
         href = f"{pair.output_dir}/{ITEM}"
         catalog_href = posixpath.relpath(CATALOG, pair.output_dir)
-        item = build_item(pair, info, files, catalog_href)
+        item = build_item(pair, info, assets, catalog_href)
         write_json(out / href, item.to_dict(include_self_link=False, transform_hrefs=False))
         item_hrefs.append(href)
+        report.written.append(href)
         by_prompt.setdefault(pair.output_dir.rsplit("/", 1)[1], []).append((pair, info, vectors))
     for prompt_dir, entries in by_prompt.items():
         write_mosaics(out, prompt_dir, [(pair, info) for pair, info, _ in entries], report)
@@ -426,6 +440,7 @@ def publish(out: str | Path, source: str | None = None, exists=None) -> PublishR
         if with_vectors:
             merge_vectors(with_vectors, merged)
             report.merged_vectors.append(merged.relative_to(out).as_posix())
+    report.written += report.mosaics + report.merged_vectors + [CATALOG]
     catalog = build_catalog(manifest, item_hrefs)
     try:
         write_json(out / CATALOG, catalog.to_dict(include_self_link=False, transform_hrefs=False))
@@ -437,3 +452,29 @@ def publish(out: str | Path, source: str | None = None, exists=None) -> PublishR
     console.info(f"published {report.items} STAC item(s) in {out / CATALOG}; {len(report.mosaics)} mosaic(s), "
                  f"{len(report.merged_vectors)} merged vector file(s) under {out / MOSAIC_DIR}")
     return report
+
+
+def publish_output(out: Path, remote=None) -> PublishReport:
+    """:func:`publish` of a local output folder, or of an object-store output (``remote``, a
+    :class:`rrsis_cli.store.RemoteOutput`): read from the store, written in the staging folder ``out``, then
+    uploaded in writing order (the catalog last) and removed from the staging folder."""
+    if remote is None:
+        return publish(out)
+    with remote.gdal_env():
+        report = publish(out, source=remote.vsi(), files=remote)
+    remote.upload_files(out, report.written)
+    return report
+
+
+def publish_folder(out: str) -> PublishReport:
+    """``rrsis publish OUT``: a local output folder, or an object-store output whose ``manifest.json`` is first
+    downloaded into its staging folder (:mod:`rrsis_cli.store`)."""
+    from rrsis_cli.store import RemoteOutput, is_remote_output
+
+    if not is_remote_output(out):
+        if not Path(out).is_dir():
+            raise UsageError("no such output folder", out)
+        return publish_output(Path(out))
+    remote = RemoteOutput.parse(out)
+    remote.download("manifest.json", remote.staging / "manifest.json")
+    return publish_output(remote.staging, remote)

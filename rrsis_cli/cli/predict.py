@@ -54,8 +54,9 @@ def predict(
                                                         "lists.", show_default=False)] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model directory, bundled model (demo) or zoo "
                                               "card with weights (see `rrsis models list`).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory: OUT/<scene key>/<prompt key>/ per pair "
-                                              "(the manifest maps each pair to its folder).")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output directory: OUT/<scene key>/<prompt key>/ per pair "
+                                             "(the manifest maps each pair to its folder), or s3://bucket/prefix/ "
+                                             "(staged locally, uploaded pair by pair, mask last).")] = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Referring expression (repeatable; "
                                                      "quote it).")] = None,
     prompts_file: Annotated[Path | None, typer.Option(help="File with one prompt per line (blank lines and # "
@@ -106,6 +107,9 @@ def predict(
                                             rich_help_panel="Output")] = PREDICT_DEFAULTS.min_area,
     simplify: Annotated[float, typer.Option(help="Simplify polygons with this tolerance (m).",
                                             rich_help_panel="Output")] = PREDICT_DEFAULTS.simplify,
+    publish: Annotated[bool, typer.Option("--publish", help="At the end, write a STAC catalog (OUT/catalog.json, an "
+                                          "item.json per pair), per-prompt VRT mosaics and merged vectors "
+                                          "(OUT/mosaic/).", rich_help_panel="Output")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute outputs that exist.",
                                             rich_help_panel="Output")] = PREDICT_DEFAULTS.overwrite,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (scenes, sizes, tiles, nodata, outputs "
@@ -183,11 +187,13 @@ def predict(
     from rrsis_cli.signals import stop_on_signals
 
     with stop_on_signals():  # SIGTERM/SIGHUP: manifest written, lock released, exit 143/129 (see main)
-        manifest = run_predict(inputs_list, opts["model"], prompts, Path(opts["out"]), options,
+        out_dir = str(opts["out"]) if str(opts["out"]).startswith(("s3://", "gs://", "az://")) else Path(opts["out"])
+        manifest = run_predict(inputs_list, opts["model"], prompts, out_dir, options,
                                glob=opts.get("glob"), cluster=opts.get("cluster"), scheduler=opts.get("scheduler"),
                                shard=opts.get("shard"),
                                lock_wait=float(opts.get("lock_wait", PREDICT_RUN_DEFAULTS["lock_wait"])),
-                               retries=int(opts.get("retries", PREDICT_RUN_DEFAULTS["retries"])), slurm=slurm)
+                               retries=int(opts.get("retries", PREDICT_RUN_DEFAULTS["retries"])), slurm=slurm,
+                               publish=bool(opts.get("publish")))
     counts: dict[str, int] = {}
     for result in manifest.results:
         counts[result.status] = counts.get(result.status, 0) + 1
