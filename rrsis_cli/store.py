@@ -198,6 +198,7 @@ class RemoteOutput:
         self.upload(mask, f"{rel}/mask.tif")  # last: the completion marker
         result.outputs["mask"] = self.uri(f"{rel}/mask.tif")
         shutil.rmtree(out / rel, ignore_errors=True)
+        _prune_empty(out, (out / rel).parent)
 
     def upload_results(self, out: Path, results) -> None:
         """Upload every pair of ``results`` that this run wrote; a failed upload fails that pair only (its mask
@@ -219,6 +220,7 @@ class RemoteOutput:
             self.upload(out / relative, relative)
         for relative in relatives if remove else []:
             (out / relative).unlink(missing_ok=True)
+            _prune_empty(out, (out / relative).parent)
 
     def download(self, relative: str, local: Path) -> None:
         """The object at ``relative`` into ``local`` (atomically); OutputError naming it when it is missing."""
@@ -232,6 +234,16 @@ class RemoteOutput:
             tmp.unlink(missing_ok=True)
             raise OutputError(f"cannot download ({_reason(exc)})", self.uri(relative)) from None
         os.replace(tmp, local)
+
+
+def _prune_empty(root: Path, folder: Path) -> None:
+    """Remove ``folder`` and its parents up to ``root`` (excluded) while they are empty."""
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
 
 
 def _tags_of(path: Path) -> dict[str, str]:
