@@ -21,11 +21,11 @@ import rasterio
 from front_helpers import run_cli, write_scene
 from rasterio.transform import from_origin
 from rasterio.windows import from_bounds
-from stub_models import PointwiseModel, use_model
 
 from rrsis_cli.distributed import merge_manifests
 from rrsis_cli.predict import PredictOptions, predict
 from rrsis_cli.publish import MEDIA_TYPES, publish
+from stub_models import PointwiseModel, use_model
 
 SCHEMAS = Path(__file__).parent / "data" / "stac-schemas"
 STAC = "https://schemas.stacspec.org/v1.1.0/"
