@@ -926,7 +926,10 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
             order_by_scene(manifest, scenes)
             finish_manifest(manifest, out, clock.started, clock.km2, distributed.manifest_name(part), code)
             if remote is not None:
-                remote.upload_files(out, [distributed.manifest_name(part)], remove=False)
+                try:
+                    remote.upload_files(out, [distributed.manifest_name(part)], remove=False)
+                except OutputError as upload_error:
+                    console.warn(upload_error.one_line())
             done = sum(r.status == "done" for r in manifest.results)
             console.warn(f"{'interrupted' if code == EXIT_INTERRUPTED else exc} after {done} pair(s) done; "
                          f"{sum(r.status == 'interrupted' for r in manifest.results)} interrupted pair(s) resume "

@@ -364,10 +364,11 @@ def write_mosaics(out: Path, prompt_dir: str, masks: list[tuple[Pair, MaskInfo]]
 
 
 # ------------------------------------------------------------------------------------------------ vectors
-def merge_vectors(sources: list[tuple[Pair, str]], path: Path) -> int:
+def merge_vectors(sources: list[tuple[Pair, str]], path: Path, notes: list[str] | None = None) -> int:
     """The polygons of ``sources`` (pair, vector file) appended scene by scene to one GeoPackage layer
     :data:`~rrsis_cli.outputs.VECTOR_LAYER` in EPSG:4326, with columns ``scene`` (scene key) and ``scene_path``;
-    written under a temporary name and renamed. Returns the number of features."""
+    written under a temporary name and renamed. Vectors without a CRS (pixel space) are left out, with a note.
+    Returns the number of features."""
     import geopandas as gpd
     import pyogrio
 
@@ -379,9 +380,11 @@ def merge_vectors(sources: list[tuple[Pair, str]], path: Path) -> int:
     try:
         for pair, source in sources:
             frame = pyogrio.read_dataframe(source)
-            if frame.crs is not None and len(frame):
-                frame = frame.to_crs("EPSG:4326")
-            frame = frame.set_crs("EPSG:4326", allow_override=True)
+            if frame.crs is None:
+                if notes is not None and len(frame):
+                    notes.append(f"{source}: polygons without CRS (pixel space); left out of the merged vectors")
+                continue
+            frame = frame.to_crs("EPSG:4326")
             frame.insert(0, "scene_path", pair.scene)
             frame.insert(0, "scene", pair.scene_key)
             frame = frame[[c for c in columns if c in frame.columns] + ["geometry"]]
@@ -438,7 +441,7 @@ def publish(out: str | Path, source: str | None = None, files=None) -> PublishRe
         merged = out / MOSAIC_DIR / prompt_dir / MERGED_VECTORS
         with_vectors = [(pair, vectors) for pair, _, vectors in entries if vectors is not None]
         if with_vectors:
-            merge_vectors(with_vectors, merged)
+            merge_vectors(with_vectors, merged, report.notes)
             report.merged_vectors.append(merged.relative_to(out).as_posix())
     report.written += report.mosaics + report.merged_vectors + [CATALOG]
     catalog = build_catalog(manifest, item_hrefs)

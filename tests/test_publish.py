@@ -168,6 +168,34 @@ def test_items_catalog_mosaics_and_merged_vectors(tmp_path, stub):
         assert set(merged["scene"]) <= {r.output_dir.split("/")[0] for r in results}
 
 
+def test_merged_vectors_are_streamed_scene_by_scene(tmp_path, monkeypatch):
+    """Each scene's polygons are appended before the next scene is read: memory holds one scene at a time."""
+    import pyogrio
+    from shapely.geometry import box
+
+    from rrsis_cli.publish import Pair, merge_vectors
+
+    sources = []
+    for k, crs in enumerate(["EPSG:32618", "EPSG:32617", "EPSG:32618"]):
+        frame = gpd.GeoDataFrame({"prompt": ["water"] * (k + 1), "score": [0.9] * (k + 1),
+                                  "pixels": [4] * (k + 1), "area_m2": [100.0] * (k + 1)},
+                                 geometry=[box(500000 + 20 * i, 4000000, 500010 + 20 * i, 4000010)
+                                           for i in range(k + 1)], crs=crs)
+        path = tmp_path / f"s{k}.gpkg"
+        frame.to_file(path, layer="mask", engine="pyogrio")
+        sources.append((Pair(f"/data/s{k}.tif", f"s{k}-0000000{k}", "water", f"s{k}-0000000{k}/water-x"), str(path)))
+    calls = []
+    read, write = pyogrio.read_dataframe, pyogrio.write_dataframe
+    monkeypatch.setattr(pyogrio, "read_dataframe", lambda *a, **k: calls.append("read") or read(*a, **k))
+    monkeypatch.setattr(pyogrio, "write_dataframe", lambda *a, **k: calls.append("write") or write(*a, **k))
+    assert merge_vectors(sources, tmp_path / "merged.gpkg") == 6
+    assert calls == ["read", "write"] * 3
+    merged = gpd.read_file(tmp_path / "merged.gpkg", layer="mask")
+    assert merged.crs.to_epsg() == 4326 and merged.groupby("scene").size().to_dict() == {
+        "s0-00000000": 1, "s1-00000001": 2, "s2-00000002": 3}
+    assert -82 < merged.total_bounds[0] < merged.total_bounds[2] < -74
+
+
 def test_source_item_gives_datetime_and_derived_from(tmp_path, stub):
     """A scene read from a STAC item (input record field ``source_item``): the Item's datetime is the source's
     and a ``derived_from`` link points at it."""
@@ -274,6 +302,8 @@ def test_s3_output_uploads_publishes_and_rerun_skips(tmp_path, stub, s3):
             assert f"runs/one/{result.output_dir}/{name}" in stored
         assert result.outputs["mask"] == f"s3://bucket/runs/one/{result.output_dir}/mask.tif"
     assert {"runs/one/manifest.json", "runs/one/catalog.json"} <= stored
+    prompt_dir = first.results[0].output_dir.split("/")[1]
+    assert f"runs/one/mosaic/{prompt_dir}/vectors.gpkg" in stored
     from rrsis_cli.store import staging_dir
 
     staging = staging_dir(url)
