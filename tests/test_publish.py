@@ -291,7 +291,7 @@ def keys(client, prefix: str = "") -> set[str]:
     return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
 
 
-def test_s3_output_uploads_publishes_and_rerun_skips(tmp_path, stub, s3):
+def test_s3_output_uploads_publishes_and_rerun_skips(tmp_path, stub, s3, capsys):
     inputs = scenes(tmp_path / "in")[:2]
     url = "s3://bucket/runs/one/"
     first = predict(inputs, "m", ["water"], url, PredictOptions(**OPTIONS), publish=True)
@@ -315,8 +315,12 @@ def test_s3_output_uploads_publishes_and_rerun_skips(tmp_path, stub, s3):
         assert np.array_equal(mosaic.read(1, window=window, out_shape=(mask.height, mask.width)), mask.read(1))
     catalog = json.loads(s3.get_object(Bucket="bucket", Key="runs/one/catalog.json")["Body"].read())
     assert len([link for link in catalog["links"] if link["rel"] == "item"]) == 2
-    second = predict(inputs, "m", ["water"], url, PredictOptions(**OPTIONS))
-    assert {r.status for r in second.results} == {"skipped-existing"}
+    # the command line keeps the URL whole (no Path() collapsing s3:// to s3:/)
+    code, _, _ = run_cli(capsys, "predict", *inputs, "-m", "m", "-p", "water", "--out", url, "--tile-size", "64",
+                         "--device", "cpu", "--save-prob")
+    assert code == 0
+    second = json.loads(s3.get_object(Bucket="bucket", Key="runs/one/manifest.json")["Body"].read())
+    assert {r["status"] for r in second["results"]} == {"skipped-existing"}
 
 
 def test_s3_killed_upload_leaves_no_mask(tmp_path, stub, s3, monkeypatch):

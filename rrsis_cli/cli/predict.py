@@ -109,7 +109,8 @@ def predict(
                                             rich_help_panel="Output")] = PREDICT_DEFAULTS.simplify,
     publish: Annotated[bool, typer.Option("--publish", help="At the end, write a STAC catalog (OUT/catalog.json, an "
                                           "item.json per pair), per-prompt VRT mosaics and merged vectors "
-                                          "(OUT/mosaic/).", rich_help_panel="Output")] = False,
+                                          "(OUT/mosaic/).", rich_help_panel="Output")
+                         ] = PREDICT_RUN_DEFAULTS["publish"],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute outputs that exist.",
                                             rich_help_panel="Output")] = PREDICT_DEFAULTS.overwrite,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (scenes, sizes, tiles, nodata, outputs "
