@@ -20,6 +20,7 @@ Decisions:
 * **Endpoint**: boto3 reads ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; otherwise GDAL's
   ``AWS_S3_ENDPOINT`` (host[:port]), ``AWS_HTTPS`` and ``AWS_VIRTUAL_HOSTING`` are translated, so one set of
   variables serves reads and writes. Credentials come from the usual AWS chain; none is ever printed.
+* Errors name the ``s3://`` URL in the message (a ``Path`` would fold its ``//``), never credentials.
 * Only ``s3://`` so far (AWS and S3-compatible stores: MinIO, Ceph, R2, GCS's S3 interoperability); ``gs://``
   and ``az://`` outputs are refused with a usage error.
 """
@@ -119,13 +120,17 @@ class RemoteOutput:
 
     # -------------------------------------------------------------------------------------------- reads
     def check_writable(self) -> None:
-        """OutputError naming the URL when the bucket cannot be reached (before any model loads)."""
+        """OutputError naming the URL when the bucket does not exist or the endpoint cannot be reached (before any
+        model loads). A 403 passes: a key limited to its prefix may not list the bucket yet may write there."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.s3().head_bucket(Bucket=self.bucket)
-        except (ClientError, BotoCoreError) as exc:
-            raise OutputError(f"the output bucket cannot be reached ({_reason(exc)})", self.url) from None
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("403", "AccessDenied", "Forbidden"):
+                raise OutputError(f"{self.url}: the output bucket cannot be reached ({_reason(exc)})") from None
+        except BotoCoreError as exc:
+            raise OutputError(f"{self.url}: the output bucket cannot be reached ({_reason(exc)})") from None
 
     def _head(self, relative: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
@@ -168,7 +173,7 @@ class RemoteOutput:
             self.s3().upload_file(str(local), self.bucket, self.key(relative),
                                   Config=TransferConfig(multipart_threshold=64 * 2**20))
         except (ClientError, BotoCoreError) as exc:
-            raise OutputError(f"upload failed ({_reason(exc)})", self.uri(relative)) from None
+            raise OutputError(f"{self.uri(relative)}: upload failed ({_reason(exc)})") from None
 
     def delete(self, relative: str) -> None:
         self.s3().delete_object(Bucket=self.bucket, Key=self.key(relative))
@@ -232,7 +237,7 @@ class RemoteOutput:
             self.s3().download_file(self.bucket, self.key(relative), str(tmp))
         except (ClientError, BotoCoreError) as exc:
             tmp.unlink(missing_ok=True)
-            raise OutputError(f"cannot download ({_reason(exc)})", self.uri(relative)) from None
+            raise OutputError(f"{self.uri(relative)}: cannot download ({_reason(exc)})") from None
         os.replace(tmp, local)
 
 

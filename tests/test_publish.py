@@ -351,6 +351,16 @@ def test_s3_killed_upload_leaves_no_mask(tmp_path, stub, s3, monkeypatch):
     assert f"killed/{rerun.results[0].output_dir}/mask.tif" in keys(s3, "killed/")
 
 
+def test_s3_missing_bucket_is_one_line_error(tmp_path, stub, s3, capsys):
+    """A bucket that does not exist: exit 1 before any model loads, the URL named, nothing else written."""
+    scene = write_scene(tmp_path / "s.tif")
+    code, _, err = run_cli(capsys, "predict", scene, "-m", "m", "-p", "water", "--out", "s3://nobucket/x/",
+                           "--tile-size", "64", "--device", "cpu")
+    assert code == 1 and "s3://nobucket/x/" in err and "cannot be reached" in err
+    assert "testing" not in err  # no credentials in the message
+    assert keys(s3) == set()
+
+
 def test_s3_output_refuses_a_cluster_and_other_stores(tmp_path, stub):
     from rrsis_cli.errors import UsageError
 
