@@ -235,6 +235,15 @@ def test_publish_after_shard_merge(tmp_path, stub, capsys):
     assert len(merged["results"]) == 3
     code, _, _ = run_cli(capsys, "publish", out)
     assert code == 0 and json.loads((out / "catalog.json").read_text()) == catalog
+    moved = tmp_path / "elsewhere" / "out"  # relative hrefs: the folder moves as it is
+    moved.parent.mkdir()
+    out.rename(moved)
+    for vrt in (moved / "mosaic").rglob("*.vrt"):
+        with rasterio.open(vrt) as mosaic:
+            assert (mosaic.read(1) != 255).any()
+    for link in catalog["links"][1:]:
+        item = json.loads((moved / link["href"]).read_text())
+        assert all((moved / link["href"]).parent.joinpath(a["href"]).is_file() for a in item["assets"].values())
 
 
 def test_publish_needs_a_manifest(tmp_path, capsys):
