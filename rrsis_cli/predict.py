@@ -937,7 +937,7 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
                          status="interrupted", exit_code=code)
             raise
         finish_manifest(manifest, out, clock.started, clock.km2, distributed.manifest_name(part))
-        finish_output(out, remote, distributed.manifest_name(part), publish and part is None)
+        finish_output(manifest, out, remote, distributed.manifest_name(part), publish and part is None)
     if publish and part is not None:
         console.warn(f"--publish skipped for shard {part[0]}/{part[1]}: publish once every shard is done, with "
                      f"`rrsis manifest merge {out_dir} --publish`")
@@ -957,14 +957,25 @@ def open_output(out_dir: str | Path, cluster: str | None, scheduler: str | None)
     return RemoteOutput.parse(str(out_dir))
 
 
-def finish_output(out: Path, remote: RemoteOutput | None, manifest_name: str, publish: bool) -> None:
-    """After the manifest is written: upload it (object-store output), then publish when asked."""
-    if remote is not None:
-        remote.upload_files(out, [manifest_name], remove=False)  # kept: publishing reads it
+def finish_output(manifest: RunManifest, out: Path, remote: RemoteOutput | None, manifest_name: str,
+                  publish: bool) -> None:
+    """After the manifest is written: publish when asked, then upload the manifest (object-store output). A
+    failed publication loses no result (every mask is written): it is reported, the run exits 3 and
+    ``rrsis publish OUT`` retries it."""
     if publish:
         from rrsis_cli.publish import publish_output
 
-        publish_output(out, remote)
+        try:
+            publish_output(out, remote)
+        except Exception as exc:  # noqa: BLE001 - the masks are written; publishing is derived from them
+            reason = exc.one_line() if isinstance(exc, RrsisError) else describe_error(exc)
+            console.error(f"publishing failed: {reason}; every mask is written, `rrsis publish "
+                          f"{remote.url if remote else out}` retries")
+            if manifest.exit_code == EXIT_OK:
+                manifest.exit_code = EXIT_PARTIAL
+                write_manifest(manifest, out / manifest_name)
+    if remote is not None:
+        remote.upload_files(out, [manifest_name], remove=False)  # kept: a later `rrsis publish` reads it
 
 
 def pair_finished(out: Path, scene: Scene, prompt: str, options: PredictOptions, model_sha: str | None,

@@ -4,8 +4,7 @@ A run works in a local *staging folder* exactly as in a local ``--out`` (journal
 then uploads each finished pair's files, ``mask.tif`` **last**: the mask is the completion marker, so a pair
 whose upload was cut has no mask in the store and is recomputed by the next run, and skip-existing reads the
 mask's tags (configuration hash, scene fingerprint, prompt) from the store through GDAL's ``/vsis3/``. The
-manifest is uploaded after the pairs, the published STAC files (``--publish``) after the manifest, the catalog
-last. A pair's staged files are removed once uploaded; the journals of unfinished pairs stay, so a killed run
+published STAC files (``--publish``; the catalog last of them) are uploaded after the pairs, the manifest last. A pair's staged files are removed once uploaded; the journals of unfinished pairs stay, so a killed run
 resumes on the same machine.
 
 Decisions:

@@ -246,6 +246,22 @@ def test_publish_after_shard_merge(tmp_path, stub, capsys):
         assert all((moved / link["href"]).parent.joinpath(a["href"]).is_file() for a in item["assets"].values())
 
 
+def test_failed_publication_keeps_the_masks_and_exits_3(tmp_path, stub, monkeypatch, capsys):
+    import rrsis_cli.publish
+
+    def broken(out, remote=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rrsis_cli.publish, "publish_output", broken)
+    scene = write_scene(tmp_path / "s.tif")
+    code, _, err = run_cli(capsys, "predict", scene, "-m", "m", "-p", "water", "--out", tmp_path / "out",
+                           "--tile-size", "64", "--device", "cpu", "--publish")
+    assert code == 3 and "publishing failed" in err and "rrsis publish" in err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["exit_code"] == 3 and [r["status"] for r in manifest["results"]] == ["done"]
+    assert (tmp_path / "out" / manifest["results"][0]["output_dir"] / "mask.tif").is_file()
+
+
 def test_publish_needs_a_manifest(tmp_path, capsys):
     code, _, err = run_cli(capsys, "publish", tmp_path)
     assert code == 2 and "manifest.json" in err
