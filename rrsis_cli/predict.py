@@ -30,6 +30,8 @@ import numpy as np
 from rrsis_cli import __version__, console
 from rrsis_cli.errors import (
     EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
     ModelError,
     OutputError,
     OutsideAoi,
@@ -50,6 +52,7 @@ if TYPE_CHECKING:  # torch is imported where a model runs: deciding, validating 
     import torch
 
     from rrsis_cli.preflight import SceneHeader
+    from rrsis_cli.store import RemoteOutput
 
 __all__ = ["PredictOptions", "RunManifest", "SceneResult", "blend_weights", "mask_from_probability", "pick_device",
            "predict", "quantise", "tile_origins"]
@@ -206,7 +209,12 @@ def is_finished(mask_path: Path, scene: Scene, prompt: str, chash: str) -> bool:
             tags = ds.tags()
     except rasterio.errors.RasterioIOError:
         return False
-    return (tags.get("rrsis_config_hash") == chash and tags.get("prompt") == prompt
+    return tags_prove_finished(tags, scene, prompt, chash)
+
+
+def tags_prove_finished(tags: dict[str, str] | None, scene: Scene, prompt: str, chash: str) -> bool:
+    """The rule of :func:`is_finished` on a mask's tags (read locally or from an object store)."""
+    return (tags is not None and tags.get("rrsis_config_hash") == chash and tags.get("prompt") == prompt
             and tags.get("rrsis_scene_fingerprint") == scene.fingerprint)
 
 
@@ -720,10 +728,12 @@ class SceneRunner:
     """Everything needed to process scenes with one loaded model; used in-process and by dask workers (one per
     worker process, so the model is loaded once per worker)."""
 
-    def __init__(self, model_spec: str, prompts: list[str], out: Path, options: PredictOptions):
+    def __init__(self, model_spec: str, prompts: list[str], out: Path, options: PredictOptions,
+                 remote: RemoteOutput | None = None):
         from rrsis_cli.models import load_model, random_model, require_weights
 
         self.options = options
+        self.remote = remote  # an object-store output: finished pairs are looked up there
         self.prompts = list(prompts)
         self.out = Path(out)
         self.device = pick_device(options.device)
@@ -845,7 +855,8 @@ class SceneRunner:
             result.tiles = len(TileGrid.for_scene(ds.height, ds.width, tile, options.overlap))
             result.status = "dry-run"
             return None
-        if not options.overwrite and pair_finished(self.out, scene, prompt, options, self.model.sha256, tile):
+        if not options.overwrite and pair_finished(self.out, scene, prompt, options, self.model.sha256, tile,
+                                                   self.remote):
             result.status = "skipped-existing"
             log_skipped(result, scene)
             return None
@@ -911,7 +922,7 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
             options: PredictOptions | None = None, glob: str | None = None, cluster: str | None = None,
             scheduler: str | None = None, shard: str | None = None, lock_wait: float = 0.0, retries: int = 2,
             slurm: dict[str, Any] | None = None, split_tiles: int = 512, in_flight: int | None = None,
-            stac=None) -> RunManifest:
+            stac=None, publish: bool = False) -> RunManifest:
     """Run every (scene, prompt); returns the manifest (also written to ``OUT/manifest.json``, or
     ``OUT/manifest-shard-I-of-N.json`` for a shard).
 
@@ -929,7 +940,11 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
     (:func:`plan_dry_run`) and nothing is written, not even ``OUT``.
 
     ``inputs`` may hold URLs, object-store names and prefixes and STAC files (:func:`rrsis_cli.inputs.find_scenes`);
-    ``stac`` (:class:`rrsis_cli.stac_inputs.StacOptions`) chooses the STAC assets and adds a STAC API search."""
+    ``stac`` (:class:`rrsis_cli.stac_inputs.StacOptions`) chooses the STAC assets and adds a STAC API search.
+
+    ``out_dir`` may be an object store (``s3://bucket/prefix/``, :mod:`rrsis_cli.store`): the run stages locally
+    and uploads each pair as it finishes, the mask last. ``publish`` writes the STAC Items, Catalog, mosaics and
+    merged vectors at the end (:mod:`rrsis_cli.publish`; not for a shard: ``rrsis manifest merge --publish``)."""
     from rrsis_cli import distributed, preflight
     from rrsis_cli.models import describe_model, require_weights
 
@@ -949,7 +964,8 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
     tile = None if info is None else tile_size_for(options, info.image_size, info.input_multiple, info.name)
     headers = preflight.scan_scenes(scenes, options.bands, options.gsd, options.stretch, nodata=options.dry_run,
                                     aoi=scene_aoi(options))
-    out = Path(out_dir)
+    remote = open_output(out_dir, cluster, scheduler)
+    out = remote.staging if remote is not None else Path(out_dir)
     manifest = RunManifest(__version__, str(model_spec), None, list(prompts), asdict(options),
                            shard=None if part is None else f"{part[0]}/{part[1]}", duplicates=duplicates)
     if info is not None:
@@ -960,13 +976,15 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
     if options.dry_run:
         if info is None or tile is None:
             raise ModelError(f"{model_spec!r} is neither a model directory nor a zoo card or architecture")
-        return plan_dry_run(manifest, headers, prompts, out, options, info, tile)
+        return plan_dry_run(manifest, headers, prompts, out, options, info, tile, remote)
     check_output_dir(out)
+    if remote is not None:
+        remote.check_writable()
     clock = RunClock()
     with distributed.output_lock(out, part, lock_wait):
         try:
             finished = set() if info is None or tile is None or options.overwrite else \
-                finished_pairs(scenes, prompts, out, options, info.sha256, tile)
+                finished_pairs(scenes, prompts, out, options, info.sha256, tile, remote)
             todo = [s for s in scenes if any((s.path, p) not in finished for p in prompts)]
             running = {s.path for s in todo}
             console.debug(f"{len(finished)} of {len(scenes) * len(prompts)} (scene, prompt) pair(s) already finished; "
@@ -983,7 +1001,8 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
                     from rrsis_cli.models.io import tokenizer_for
 
                     warn_about_prompts(prompts, tokenizer_for(info.model_dir), info.max_tokens)
-                if cluster is None and scheduler is None and len(todo) > 1 and options.device == "auto":
+                if cluster is None and scheduler is None and len(todo) > 1 and options.device == "auto" and \
+                        remote is None:
                     import torch
 
                     if torch.cuda.is_available() and torch.cuda.device_count() > 1:
@@ -992,38 +1011,87 @@ def predict(inputs: list[str | Path], model_spec: str, prompts: list[str], out_d
                     _predict_with_dask(manifest, clock, todo, model_spec, prompts, out, options, cluster,
                                        scheduler, retries, slurm, split_tiles, tile, headers, in_flight)
                 else:
-                    _predict_here(manifest, clock, todo, model_spec, prompts, out, options)
+                    _predict_here(manifest, clock, todo, model_spec, prompts, out, options, remote)
                 order_by_scene(manifest, scenes)
         except (KeyboardInterrupt, Stopped) as exc:
             code = exc.exit_code if isinstance(exc, Stopped) else EXIT_INTERRUPTED
             mark_interrupted(manifest, scenes, prompts)
             order_by_scene(manifest, scenes)
             finish_manifest(manifest, out, clock.started, clock.km2, manifest_name(part), code)
+            if remote is not None:
+                try:
+                    remote.upload_files(out, [manifest_name(part)], remove=False)
+                except OutputError as upload_error:
+                    console.warn(upload_error.one_line())
             done = sum(r.status == "done" for r in manifest.results)
             console.warn(f"{'interrupted' if code == EXIT_INTERRUPTED else exc} after {done} pair(s) done; "
                          f"{sum(r.status == 'interrupted' for r in manifest.results)} interrupted pair(s) resume "
                          f"on the next run; manifest in {out / manifest_name(part)}",
                          status="interrupted", exit_code=code)
             raise
-        return finish_manifest(manifest, out, clock.started, clock.km2, manifest_name(part))
+        finish_manifest(manifest, out, clock.started, clock.km2, manifest_name(part))
+        finish_output(manifest, out, remote, manifest_name(part), publish and part is None)
+    if publish and part is not None:
+        console.warn(f"--publish skipped for shard {part[0]}/{part[1]}: publish once every shard is done, with "
+                     f"`rrsis manifest merge {out_dir} --publish`")
+    return manifest
+
+
+def open_output(out_dir: str | Path, cluster: str | None, scheduler: str | None) -> RemoteOutput | None:
+    """The object-store output of ``--out s3://...`` (None for a local folder). Such a run stays in this process:
+    dask workers on other hosts would stage in folders this process cannot upload from."""
+    from rrsis_cli.store import RemoteOutput, is_remote_output
+
+    if not is_remote_output(out_dir):
+        return None
+    if cluster or scheduler:
+        raise UsageError(f"--out {out_dir}: object-store outputs run in this process; drop --cluster/--scheduler "
+                         "(or write to a shared folder and copy)")
+    return RemoteOutput.parse(str(out_dir))
+
+
+def finish_output(manifest: RunManifest, out: Path, remote: RemoteOutput | None, name: str,
+                  publish: bool) -> None:
+    """After the manifest is written: publish when asked, then upload the manifest (object-store output). A
+    failed publication loses no result (every mask is written): it is reported, the run exits 3 and
+    ``rrsis publish OUT`` retries it."""
+    if publish:
+        from rrsis_cli.publish import publish_output
+
+        try:
+            publish_output(out, remote)
+        except Exception as exc:  # noqa: BLE001 - the masks are written; publishing is derived from them
+            reason = exc.one_line() if isinstance(exc, RrsisError) else describe_error(exc)
+            console.error(f"publishing failed: {reason}; every mask is written, `rrsis publish "
+                          f"{remote.url if remote else out}` retries")
+            if manifest.exit_code == EXIT_OK:
+                manifest.exit_code = EXIT_PARTIAL
+                write_manifest(manifest, out / name)
+    if remote is not None:
+        remote.upload_files(out, [name], remove=False)  # kept: a later `rrsis publish` reads it
 
 
 def pair_finished(out: Path, scene: Scene, prompt: str, options: PredictOptions, model_sha: str | None,
-                  tile: int) -> bool:
+                  tile: int, remote: RemoteOutput | None = None) -> bool:
     """True when the pair's ``mask.tif`` proves it is finished with this model and configuration
-    (:func:`is_finished`) and its vectors are there (unless ``--no-vectors``; missing vectors are rebuilt)."""
+    (:func:`is_finished`) and its vectors are there (unless ``--no-vectors``; missing vectors are rebuilt).
+    With an object-store output (``remote``) both are looked up in the store."""
     target = output_dir(out, scene, prompt)
     vectors = target / f"mask.{VECTOR_DRIVERS[options.vector_format][1]}"
-    return is_finished(target / "mask.tif", scene, prompt, config_hash(model_sha, scene, prompt, options, tile)) \
-        and (vectors.is_file() or not options.vectors)
+    chash = config_hash(model_sha, scene, prompt, options, tile)
+    if remote is not None:
+        rel = relative_output_dir(scene, prompt)
+        return tags_prove_finished(remote.tags(f"{rel}/mask.tif"), scene, prompt, chash) and \
+            (not options.vectors or remote.has(f"{rel}/{vectors.name}"))
+    return is_finished(target / "mask.tif", scene, prompt, chash) and (vectors.is_file() or not options.vectors)
 
 
 def finished_pairs(scenes: list[Scene], prompts: list[str], out: Path, options: PredictOptions, model_sha: str,
-                   tile: int) -> set[tuple[Path, str]]:
+                   tile: int, remote: RemoteOutput | None = None) -> set[tuple[Path, str]]:
     """(scene path, prompt) of every finished pair (:func:`pair_finished`): the decision :class:`SceneRunner`
     takes, made from the model's hash alone, before the model is loaded."""
     return {(scene.path, prompt) for scene in scenes for prompt in prompts
-            if pair_finished(out, scene, prompt, options, model_sha, tile)}
+            if pair_finished(out, scene, prompt, options, model_sha, tile, remote)}
 
 
 def log_skipped(result: SceneResult, scene: Scene) -> None:
@@ -1049,7 +1117,8 @@ def order_by_scene(manifest: RunManifest, scenes: list[Scene]) -> None:
 
 
 def plan_dry_run(manifest: RunManifest, headers: list[SceneHeader], prompts: list[str], out: Path,
-                 options: PredictOptions, info: ModelInfo, tile: int) -> RunManifest:
+                 options: PredictOptions, info: ModelInfo, tile: int, remote: RemoteOutput | None = None
+                 ) -> RunManifest:
     """The manifest a run would start from, without loading the model or writing anything: per scene (in
     ``inputs``) its size, bands, dtype, CRS, tiles, batch, nodata fraction, finished prompts and a disk estimate
     (:func:`rrsis_cli.preflight.disk_estimate`); per pair (in ``results``) ``dry-run`` or ``skipped-existing``."""
@@ -1057,7 +1126,7 @@ def plan_dry_run(manifest: RunManifest, headers: list[SceneHeader], prompts: lis
     from rrsis_cli.preflight import disk_estimate
 
     finished = set() if options.overwrite else \
-        finished_pairs([h.scene for h in headers], prompts, out, options, info.sha256, tile)
+        finished_pairs([h.scene for h in headers], prompts, out, options, info.sha256, tile, remote)
     most_tiles = 0
     for header in headers:
         scene = header.scene
@@ -1114,10 +1183,12 @@ def mark_interrupted(manifest: RunManifest, scenes: list[Scene], prompts: list[s
 
 
 def _predict_here(manifest: RunManifest, clock: RunClock, scenes: list[Scene], model_spec: str,
-                  prompts: list[str], out: Path, options: PredictOptions) -> None:
+                  prompts: list[str], out: Path, options: PredictOptions, remote: RemoteOutput | None = None
+                  ) -> None:
     """An in-process run, filling ``manifest`` as pairs start and finish (so an interrupted run can write what
-    it has); ``clock`` starts once the model is loaded. :func:`finish_manifest` completes the timings."""
-    runner = SceneRunner(model_spec, prompts, out, options)
+    it has); ``clock`` starts once the model is loaded. :func:`finish_manifest` completes the timings. With an
+    object-store output each scene's finished pairs are uploaded as the scene ends."""
+    runner = SceneRunner(model_spec, prompts, out, options, remote)
     manifest.model, manifest.model_sha256 = str(runner.model.config.get("name")), runner.model.sha256
     manifest.options["tile_size"] = runner.tile
     clock.started = time.perf_counter()
@@ -1125,6 +1196,8 @@ def _predict_here(manifest: RunManifest, clock: RunClock, scenes: list[Scene], m
         with console.progress_bar(len(scenes), "scenes", unit="scene") as bar:
             for scene in scenes:
                 record, _, km2 = runner.run(scene, manifest.results)
+                if remote is not None:
+                    remote.upload_results(out, [r for r in manifest.results if r.scene == str(scene.path)])
                 manifest.inputs.append(record)
                 clock.km2 += km2
                 bar.update(1)

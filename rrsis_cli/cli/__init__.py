@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from rrsis_cli import __version__, console
-from rrsis_cli.cli import bench, convert, data, evaluate, manifest, models, overlay, predict, train
+from rrsis_cli.cli import bench, convert, data, evaluate, manifest, models, overlay, predict, publish, train
 from rrsis_cli.cli.base import (
     EXIT_CODES_HELP,
     HELPERS_PANEL,
@@ -66,6 +66,7 @@ app.command(epilog=evaluate.EPILOG)(evaluate.evaluate)
 app.command(epilog=train.EPILOG)(train.train)
 app.command(rich_help_panel=HELPERS_PANEL)(overlay.overlay)
 app.add_typer(manifest.app, name="manifest", rich_help_panel=HELPERS_PANEL)
+app.command(rich_help_panel=HELPERS_PANEL)(publish.publish)
 app.add_typer(models.app, name="models", rich_help_panel=HELPERS_PANEL)
 app.command(rich_help_panel=HELPERS_PANEL)(convert.convert)
 app.add_typer(data.app, name="data", rich_help_panel=HELPERS_PANEL)

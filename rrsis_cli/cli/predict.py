@@ -57,8 +57,9 @@ def predict(
         show_default=False)] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model directory, bundled model (demo) or zoo "
                                               "card with weights (see `rrsis models list`).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory: OUT/<scene key>/<prompt key>/ per pair "
-                                              "(the manifest maps each pair to its folder).")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output directory: OUT/<scene key>/<prompt key>/ per pair "
+                                             "(the manifest maps each pair to its folder), or s3://bucket/prefix/ "
+                                             "(staged locally, uploaded pair by pair, mask last).")] = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Referring expression (repeatable; "
                                                      "quote it).")] = None,
     prompts_file: Annotated[Path | None, typer.Option(help="File with one prompt per line (blank lines and # "
@@ -131,6 +132,10 @@ def predict(
                                             rich_help_panel="Output")] = PREDICT_DEFAULTS.min_area,
     simplify: Annotated[float, typer.Option(help="Simplify polygons with this tolerance (m).",
                                             rich_help_panel="Output")] = PREDICT_DEFAULTS.simplify,
+    publish: Annotated[bool, typer.Option("--publish", help="At the end, write a STAC catalog (OUT/catalog.json, an "
+                                          "item.json per pair), per-prompt VRT mosaics and merged vectors "
+                                          "(OUT/mosaic/).", rich_help_panel="Output")
+                         ] = PREDICT_RUN_DEFAULTS["publish"],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute outputs that exist.",
                                             rich_help_panel="Output")] = PREDICT_DEFAULTS.overwrite,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (scenes, sizes, tiles, nodata, outputs "
@@ -215,13 +220,14 @@ def predict(
     from rrsis_cli.signals import stop_on_signals
 
     with stop_on_signals():  # SIGTERM/SIGHUP: manifest written, lock released, exit 143/129 (see main)
-        manifest = run_predict(inputs_list, opts["model"], prompts, Path(opts["out"]), options,
+        out_dir = str(opts["out"]) if str(opts["out"]).startswith(("s3://", "gs://", "az://")) else Path(opts["out"])
+        manifest = run_predict(inputs_list, opts["model"], prompts, out_dir, options,
                                glob=opts.get("glob"), cluster=opts.get("cluster"), scheduler=opts.get("scheduler"),
                                shard=opts.get("shard"),
                                lock_wait=float(opts.get("lock_wait", PREDICT_RUN_DEFAULTS["lock_wait"])),
                                retries=int(opts.get("retries", PREDICT_RUN_DEFAULTS["retries"])), slurm=slurm,
                                split_tiles=int(opts.get("split_tiles", PREDICT_RUN_DEFAULTS["split_tiles"])),
-                               stac=stac)
+                               stac=stac, publish=bool(opts.get("publish")))
     counts: dict[str, int] = {}
     for result in manifest.results:
         counts[result.status] = counts.get(result.status, 0) + 1
