@@ -110,17 +110,14 @@ class RangeServer:
                 links = "".join(f'<a href="{name}">{name}</a>\n' for name in names)
                 payload = (f"<html><head><title>Index of {self.path}</title></head><body><h1>Index of "
                            f"{self.path}</h1><pre>\n{links}</pre></body></html>").encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                if send_body:
-                    self.wfile.write(payload)
+                self._send(payload, "text/html", send_body)
 
             def _json(self, answer: Any, send_body: bool):
-                payload = json.dumps(answer).encode()
+                self._send(json.dumps(answer).encode(), "application/json", send_body)
+
+            def _send(self, payload: bytes, content_type: str, send_body: bool):
                 self.send_response(200)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 if send_body:

@@ -8,10 +8,7 @@ structurally (``check_projection``, ``check_raster``)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -271,47 +268,24 @@ def test_publish_needs_a_manifest(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ S3 (moto)
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture()
 def s3(monkeypatch, tmp_path):
-    """moto's S3 server on 127.0.0.1 (a free port) in its own process (GDAL holds the GIL while it reads, so a
-    server thread in this process would deadlock), a bucket, the environment GDAL and boto3 read; the staging
-    folder under the test's tmp_path. Stopped at the end."""
+    """moto's S3 server (:func:`loopback.moto_s3`: 127.0.0.1, a free port, its own process, since GDAL holds the
+    GIL while it reads), a bucket, the environment GDAL and boto3 read; the staging folder under the test's
+    tmp_path. Stopped at the end."""
     import tempfile
 
-    boto3 = pytest.importorskip("boto3")
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "moto server did not start"
-                time.sleep(0.2)
+    from loopback import moto_s3
+
+    with moto_s3() as (client, env):
         for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
             monkeypatch.delenv(name, raising=False)
-        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-               "AWS_S3_ENDPOINT": f"127.0.0.1:{port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
-               "AWS_EC2_METADATA_DISABLED": "true", "GDAL_HTTP_TIMEOUT": "20"}
-        for key, value in env.items():
+        for key, value in {**env, "AWS_EC2_METADATA_DISABLED": "true", "GDAL_HTTP_TIMEOUT": "20"}.items():
             monkeypatch.setenv(key, value)
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
         (tmp_path / "tmp").mkdir()
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
         client.create_bucket(Bucket="bucket")
         yield client
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def keys(client, prefix: str = "") -> set[str]:
