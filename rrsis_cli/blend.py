@@ -59,6 +59,7 @@ class RowBlender:
         self.psum = np.zeros((grid.tile, grid.width), np.float32)
         self.wsum = np.zeros((grid.tile, grid.width), np.float32)
         self.top = 0  # scene row of psum[0]
+        self.scratch = np.empty((grid.tile, grid.tile), np.float32)  # prob × weights of one tile, reused
 
     def _move_to(self, top: int) -> None:
         shift = top - self.top
@@ -79,7 +80,8 @@ class RowBlender:
         self._move_to(y)
         h, w = min(tile, grid.height - y), min(tile, grid.width - x)
         weights = self.weights[:h, :w]
-        self.psum[:h, x:x + w] += prob[:h, :w] * weights
+        weighted = np.multiply(prob[:h, :w], weights, out=self.scratch[:h, :w])
+        self.psum[:h, x:x + w] += weighted
         self.wsum[:h, x:x + w] += weights
 
     def finish(self, r: int) -> tuple[int, int, np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ journaled bands → the mask and probability rasters.
 
 from __future__ import annotations
 
+import queue
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -87,38 +88,80 @@ class PipelineStats:
     tiles_total: int = 0
 
 
-class ReadPool:
-    """Threads reading tiles, one :class:`~rrsis_cli.scene.SceneReader` clone each (made up front, in the
-    calling thread)."""
+@dataclass
+class Batch:
+    """One batch as read: its tile indices, the raw values (scene dtype) of those with data, in order, in rows
+    ``0..len(with_data)`` of a reused buffer, and those without data."""
 
-    def __init__(self, reader, workers: int):
+    indices: list[int]
+    data: np.ndarray
+    with_data: list[int]
+    nodata: list[int]
+    buffer: np.ndarray
+    seconds: float = 0.0
+
+    def rows_of(self, indices: list[int]) -> np.ndarray:
+        """The raw values of ``indices`` (tiles with data of this batch, in order): a view when they are all of
+        them, else a copy."""
+        if indices == self.with_data:
+            return self.data
+        position = {index: k for k, index in enumerate(self.with_data)}
+        return self.data[[position[i] for i in indices]]
+
+
+class ReadPool:
+    """Threads reading batches of tiles in the scene's own dtype, one :class:`~rrsis_cli.scene.SceneReader`
+    clone each (made up front, in the calling thread), into a fixed set of reused batch buffers (pinned memory
+    for CUDA): ``buffers`` batches at most are read or in use, and no tile is allocated or converted on the
+    host. The consumer hands a buffer back with :meth:`release` once every pair has run the batch."""
+
+    def __init__(self, reader, workers: int, shape: tuple[int, int, int, int], buffers: int, pinned: bool = False):
         self.workers = max(1, int(workers))
         self.readers = [reader.clone() for _ in range(self.workers)]  # the caller keeps ``reader`` for itself
         self.free: deque = deque(self.readers)
+        self.buffers: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(buffers):
+            self.buffers.put(batch_buffer(shape, reader.raw_dtype, pinned))
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rrsis-read")
 
-    def _read_batch(self, grid: TileGrid, indices: list[int]):
+    def _read_batch(self, grid: TileGrid, indices: list[int]) -> Batch:
         reader = self.free.popleft()  # each worker thread takes a handle no other thread holds
+        buffer = self.buffers.get()
         try:
             started = time.perf_counter()
-            tiles, nodata = {}, []
+            with_data, nodata = [], []
             for index in indices:
-                data, valid = reader.read(*grid.origin(index), grid.tile)
-                if valid.any():
-                    tiles[index] = data
+                if reader.read_raw(*grid.origin(index), grid.tile, buffer[len(with_data)]):
+                    with_data.append(index)
                 else:
                     nodata.append(index)
-            return tiles, nodata, time.perf_counter() - started
+            return Batch(indices, buffer[:len(with_data)], with_data, nodata, buffer, time.perf_counter() - started)
+        except BaseException:
+            self.buffers.put(buffer)
+            raise
         finally:
             self.free.append(reader)
 
     def submit(self, grid: TileGrid, indices: list[int]):
         return self.pool.submit(self._read_batch, grid, indices)
 
+    def release(self, batch: Batch) -> None:
+        """Hand the batch's buffer back for the next read."""
+        self.buffers.put(batch.buffer)
+
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         for reader in self.readers:
             reader.close()
+
+
+def batch_buffer(shape: tuple[int, int, int, int], dtype: np.dtype, pinned: bool) -> np.ndarray:
+    """A (batch, C, tile, tile) array of ``dtype``, in page-locked memory for fast copies to CUDA when asked."""
+    if not pinned:
+        return np.empty(shape, dtype)
+    import torch
+
+    return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True).numpy()
 
 
 def batches_for(grid: TileGrid, batch_size: int, pairs: list[Pair]) -> list[list[int]]:
@@ -155,37 +198,47 @@ def close_rows(pair: Pair, reader, upto_index: int, stats: PipelineStats) -> Non
 def run_pairs(reader, model, grid: TileGrid, pairs: list[Pair], batch_size: int, device, precision: str,
               read_workers: int = 2, read_ahead: int = 4, label: str = "tiles") -> PipelineStats:
     """Run the tiles every pair still needs, reading each batch once for all of them, and journal their bands.
-    Pairs whose journal is complete are left as they are."""
+    Pairs whose journal is complete are left as they are.
+
+    Per batch the host reads the raw tiles into a reused buffer (:class:`ReadPool`) and blends what comes back;
+    the normalisation (:class:`~rrsis_cli.inference.BatchNormaliser`) runs once per batch on the device, shared
+    by every pair that runs the whole batch."""
+    from rrsis_cli.inference import BatchNormaliser
+
     stats = PipelineStats(tiles_total=len(grid))
     pairs = [p for p in pairs if not p.journal.done]
     if not pairs:
         return stats
     batches = batches_for(grid, batch_size, pairs)
-    pool = ReadPool(reader, read_workers)
+    channels = len(reader.bands)
+    shape = (min(batch_size, max(len(b) for b in batches)) if batches else 1, channels, grid.tile, grid.tile)
+    pool = ReadPool(reader, read_workers, shape, read_ahead + 1, pinned=device.type == "cuda")
+    normalise = BatchNormaliser(reader.lo, reader.hi, reader.raw_dtype, model.config, device)
     pending: deque = deque()
-    queue = iter(batches)
+    queue_ = iter(batches)
     done_tiles = min(p.tiles_resumed for p in pairs)
     span = max(p.end_tile - p.journal.first * len(grid.cols) for p in pairs)  # the grid, or a window's rows
     try:
         with console.progress_bar(span, label, unit="tile", initial=done_tiles) as bar:
-            for batch in queue:
-                pending.append((batch, pool.submit(grid, batch)))
+            for batch in queue_:
+                pending.append(pool.submit(grid, batch))
                 if len(pending) >= read_ahead:
                     break
             while pending:
-                batch, future = pending.popleft()
                 started = time.perf_counter()
-                tiles, nodata, read_seconds = future.result()
+                batch = pending.popleft().result()
                 stats.seconds["read_wait"] += time.perf_counter() - started
-                stats.seconds["read"] += read_seconds
-                stats.tiles_read += len(batch)
-                following = next(queue, None)
+                stats.seconds["read"] += batch.seconds
+                stats.tiles_read += len(batch.indices)
+                following = next(queue_, None)
                 if following is not None:
-                    pending.append((following, pool.submit(grid, following)))
+                    pending.append(pool.submit(grid, following))
+                inputs = BatchInputs(batch, normalise)
                 for pair in pairs:
-                    _run_batch(pair, reader, batch, tiles, nodata, model, device, precision, stats)
-                    close_rows(pair, reader, batch[-1], stats)
-                bar.update(len(batch))
+                    _run_batch(pair, reader, batch, inputs, model, device, precision, stats)
+                    close_rows(pair, reader, batch.indices[-1], stats)
+                pool.release(batch)
+                bar.update(len(batch.indices))
         for pair in pairs:
             close_rows(pair, reader, len(grid), stats)  # rows after the last batch (no tile needed them)
     finally:
@@ -193,18 +246,35 @@ def run_pairs(reader, model, grid: TileGrid, pairs: list[Pair], batch_size: int,
     return stats
 
 
-def _run_batch(pair: Pair, reader, batch: list[int], tiles: dict[int, np.ndarray], nodata: list[int], model,
-               device, precision: str, stats: PipelineStats) -> None:
-    wanted = [i for i in batch if pair.needs(i)]
+class BatchInputs:
+    """The model input of a batch's tiles with data, normalised once and shared by the pairs that run all of
+    them; a pair that runs a subset (scene grounding) gets its own."""
+
+    def __init__(self, batch: Batch, normalise):
+        self.batch = batch
+        self.normalise = normalise
+        self.whole = None
+
+    def of(self, indices: list[int]):
+        if indices != self.batch.with_data:
+            return self.normalise(self.batch.rows_of(indices))
+        if self.whole is None:
+            self.whole = self.normalise(self.batch.data)
+        return self.whole
+
+
+def _run_batch(pair: Pair, reader, batch: Batch, inputs: BatchInputs, model, device, precision: str,
+               stats: PipelineStats) -> None:
+    wanted = [i for i in batch.indices if pair.needs(i)]
     if not wanted:
         return
     # a batch is run whole (its tiles that hold data, with or without this pair's use of them), as in every run
     # of the same configuration: the forward sees the same batch, so resumed results are the same to the bit
-    indices = [i for i in batch if i in tiles and (pair.active is None or i in pair.active)]
-    from rrsis_cli.inference import foreground_probability
+    indices = [i for i in batch.with_data if pair.active is None or i in pair.active]
+    from rrsis_cli import inference
 
     started = time.perf_counter()
-    probs = foreground_probability(model, pair.text, [tiles[i] for i in indices], device, precision) \
+    probs = inference.forward_probability(model, pair.text, inputs.of(indices), device, precision) \
         if indices else []
     stats.seconds["infer"] += time.perf_counter() - started
     ncols = len(pair.journal.grid.cols)
@@ -215,8 +285,9 @@ def _run_batch(pair: Pair, reader, batch: list[int], tiles: dict[int, np.ndarray
             pair.blender.add(index // ncols, index % ncols, prob)
             stats.seconds["blend"] += time.perf_counter() - started
     counted = [i for i in wanted if i >= pair.start_tile]
-    pair.tiles += sum(i in tiles for i in counted)
-    pair.nodata_tiles += sum(i in nodata for i in counted)
+    with_data = set(batch.with_data)
+    pair.tiles += sum(i in with_data for i in counted)
+    pair.nodata_tiles += sum(i not in with_data for i in counted)
 
 
 def new_pair(work: Path, grid: TileGrid, job: dict, prompt: str, text, coarse=None, active=None,

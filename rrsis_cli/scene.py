@@ -472,6 +472,7 @@ class SceneReader:
             self.ds = crop_to_window(self.ds, self.window)
             self._opened.append(self.ds)
         self.mask_kind = mask_kind(self.ds, self.bands)
+        self.nodata_values = self._integer_nodata()  # set: tiles with data are found from their values alone
         if stretch is not None:
             lo, hi = (np.asarray(v, np.float32) for v in stretch)
             if lo.shape != (len(self.bands),) or hi.shape != lo.shape or np.any(hi <= lo):
@@ -533,6 +534,67 @@ class SceneReader:
         self.seconds["read"] += read_done - started
         self.seconds["normalise"] += time.perf_counter() - read_done
         return data, valid
+
+    @property
+    def raw_dtype(self) -> np.dtype:
+        """The dtype of :meth:`read_raw`'s values: the scene's own (the selected bands')."""
+        return np.dtype(self.ds.dtypes[self.bands[0] - 1])
+
+    def read_raw(self, row: int, col: int, tile: int, out: np.ndarray) -> bool:
+        """Read the (C, tile, tile) window at (``row``, ``col``) in the scene's own dtype into ``out`` (no
+        normalisation: :class:`rrsis_cli.inference.BatchNormaliser` does it for a whole batch on the device);
+        outside the scene is 0, as in :meth:`read`. Returns whether the window holds any valid pixel
+        (:func:`valid_mask`), decided from the values alone where GDAL's masks are plain nodata values of an
+        integer raster (the common case), so no mask is read."""
+        from rasterio.windows import Window
+
+        started = time.perf_counter()
+        window = Window(col, row, tile, tile)
+        inside = row >= 0 and col >= 0 and row + tile <= self.ds.height and col + tile <= self.ds.width
+        with read_errors(self.path, "read", window, self.ds):
+            if inside:
+                self.ds.read(self.bands, window=window, out=out)
+                part, inner = out, window
+            else:
+                out[:] = 0
+                r0, c0 = max(row, 0), max(col, 0)
+                r1, c1 = min(row + tile, self.ds.height), min(col + tile, self.ds.width)
+                if r1 <= r0 or c1 <= c0:
+                    self.seconds["read"] += time.perf_counter() - started
+                    return False
+                inner = Window(c0, r0, c1 - c0, r1 - r0)
+                part = self.ds.read(self.bands, window=inner)
+                out[:, r0 - row:r1 - row, c0 - col:c1 - col] = part
+            has_data = self._has_data(part, inner)
+        self.seconds["read"] += time.perf_counter() - started
+        return has_data
+
+    def _has_data(self, raw: np.ndarray, window) -> bool:
+        """Whether ``raw`` (the values of ``window``) holds a valid pixel: a pixel is valid where any selected
+        band is not its nodata value (integer rasters whose only masks are nodata values, and rasters without
+        any mask), else as :func:`valid_mask` says."""
+        if raw.dtype.kind in "ui":
+            if self.mask_kind == "all_valid":
+                return True
+            if self.nodata_values is not None:
+                return any(bool((band != nodata).any()) for band, nodata in zip(raw, self.nodata_values, strict=True))
+        return bool(self.valid(window, data=raw).any())
+
+    def _integer_nodata(self) -> list[int] | None:
+        """The selected bands' nodata values when every band's mask is its nodata value alone (GDAL's
+        GMF_NODATA) and each is an integer of the band's dtype; else None."""
+        from rasterio.enums import MaskFlags
+
+        if self.dtype.kind not in "ui":
+            return None
+        flags = [self.ds.mask_flag_enums[b - 1] for b in self.bands]
+        values = [self.ds.nodatavals[b - 1] for b in self.bands]
+        if not all(f == [MaskFlags.nodata] for f in flags) or any(v is None for v in values):
+            return None
+        info = np.iinfo(self.raw_dtype)
+        if not all(float(v).is_integer() and info.min <= v <= info.max for v in values):
+            return None
+        return [int(v) for v in values]
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
         """(C, h, w) raw values -> (3, h, w) float in [0, 1] with the scene-level range (one band is repeated).

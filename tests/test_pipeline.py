@@ -42,7 +42,7 @@ def test_pairs_resume_from_different_points(tmp_path, monkeypatch):
     straight = predict([SCENE], "null", PROMPTS, tmp_path / "straight", PredictOptions(**OPTIONS))
     expected = _masks(tmp_path / "straight", straight)
 
-    real = rrsis_cli.inference.foreground_probability
+    real = rrsis_cli.inference.forward_probability
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -51,11 +51,11 @@ def test_pairs_resume_from_different_points(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rrsis_cli.inference, "foreground_probability", interrupted)
+    monkeypatch.setattr(rrsis_cli.inference, "forward_probability", interrupted)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         predict([SCENE], "null", PROMPTS[:1], out, PredictOptions(**OPTIONS))
-    monkeypatch.setattr(rrsis_cli.inference, "foreground_probability", real)
+    monkeypatch.setattr(rrsis_cli.inference, "forward_probability", real)
     journal = next((out / ".rrsis-work").rglob("journal.txt"))
     assert 0 < len(journal.read_text().splitlines()) < 15
     resumed = predict([SCENE], "null", PROMPTS, out, PredictOptions(**OPTIONS))
