@@ -15,8 +15,9 @@ killed mid-scene resumes after the last journaled band; the rows a later band st
 (the overlap carried in the blender) are rebuilt by recomputing those few tile rows (:meth:`TileGrid`-order
 batches, so the sums are the same as in an uninterrupted run).
 
-Memory: 8 bytes × tile × scene width per (scene, prompt) in flight (two float32 sums), plus the tiles of the
-batches in flight; independent of the scene's height and of the number of polygons found.
+Memory: 4 bytes × tile × scene width per (scene, prompt) in flight (the float32 probability sums; weight sums are
+rebuilt per band), 2 bytes × band × width for the finished band, plus the batches in flight; independent of the
+scene's height and of the number of polygons found.
 """
 
 from __future__ import annotations
@@ -49,29 +50,43 @@ def carry_rows(grid: TileGrid, finished: int) -> list[int]:
     return [k for k in range(finished + 1) if grid.rows[k] + grid.tile > end]
 
 
+def quantise(prob: np.ndarray) -> np.ndarray:
+    """The uint8 probability of ``prob.tif``: round(probability × 254), 0–254 (255 is nodata)."""
+    return np.clip(np.round(prob * 254), 0, 254).astype(np.uint8)
+
+
 class RowBlender:
-    """Weighted sums of the tiles of the current tile row and the overlap it carries: (tile, width) float32
-    each. :meth:`add` tiles of tile row ``r`` (in column order, rows in order), then :meth:`finish` ``r``."""
+    """Weighted probability sums of the tiles of the current tile row and the overlap it carries: (tile, width)
+    float32. :meth:`add` tiles of tile row ``r`` (in column order, rows in order), then :meth:`finish` or
+    :meth:`finish_band` ``r``.
+
+    The weight sums are not stored: a band's are rebuilt when it is finished, from the tiles added over it, in the
+    order they were added, so every pixel's sum is the same float32 additions in the same order as a stored sum
+    (the same to the bit) at a quarter of the memory. Bands are finished :data:`CHUNK` columns at a time, so the
+    temporaries of the division and quantisation do not grow with the scene's width either."""
+
+    CHUNK = 1024
 
     def __init__(self, grid: TileGrid, weights: np.ndarray):
         self.grid = grid
         self.weights = weights
         self.psum = np.zeros((grid.tile, grid.width), np.float32)
-        self.wsum = np.zeros((grid.tile, grid.width), np.float32)
         self.top = 0  # scene row of psum[0]
         self.scratch = np.empty((grid.tile, grid.tile), np.float32)  # prob × weights of one tile, reused
+        self.added: list[tuple[int, int, int, int]] = []  # (y, x, h, w) of the tiles added that reach below top
 
     def _move_to(self, top: int) -> None:
         shift = top - self.top
         if shift <= 0:
             return
-        for acc in (self.psum, self.wsum):
-            if shift < acc.shape[0]:
-                acc[:-shift] = acc[shift:]
-                acc[-shift:] = 0
-            else:
-                acc[:] = 0
+        acc = self.psum
+        if shift < acc.shape[0]:
+            acc[:-shift] = acc[shift:]
+            acc[-shift:] = 0
+        else:
+            acc[:] = 0
         self.top = top
+        self.added = [t for t in self.added if t[0] + t[2] > top]
 
     def add(self, r: int, c: int, prob: np.ndarray) -> None:
         """Add the (tile, tile) probability of tile (row ``r``, column ``c``) of the grid."""
@@ -79,20 +94,55 @@ class RowBlender:
         y, x = grid.rows[r], grid.cols[c]
         self._move_to(y)
         h, w = min(tile, grid.height - y), min(tile, grid.width - x)
-        weights = self.weights[:h, :w]
-        weighted = np.multiply(prob[:h, :w], weights, out=self.scratch[:h, :w])
+        weighted = np.multiply(prob[:h, :w], self.weights[:h, :w], out=self.scratch[:h, :w])
         self.psum[:h, x:x + w] += weighted
-        self.wsum[:h, x:x + w] += weights
+        self.added.append((y, x, h, w))
 
-    def finish(self, r: int) -> tuple[int, int, np.ndarray, np.ndarray]:
-        """(row0, row1, probability, covered) of the band tile row ``r`` finished: the weighted mean (0 where no
-        tile ran) and the pixels some tile covered."""
+    def _weight_sums(self, y0: int, y1: int, c0: int, c1: int) -> np.ndarray:
+        """The weight sums of scene rows [y0, y1) × columns [c0, c1), added tile by tile in the order the tiles
+        were added (as a stored sum would have been)."""
+        wsum = np.zeros((y1 - y0, c1 - c0), np.float32)
+        for y, x, h, w in self.added:
+            a, b = max(y, y0), min(y + h, y1)
+            left, right = max(x, c0), min(x + w, c1)
+            if a < b and left < right:
+                wsum[a - y0:b - y0, left - c0:right - c0] += self.weights[a - y:b - y, left - x:right - x]
+        return wsum
+
+    def _chunks(self, r: int):
+        """(row0, row1, col0, col1, probability, covered) of the band tile row ``r`` finished, column chunk by
+        column chunk: the weighted mean (0 where no tile ran) and the pixels some tile covered."""
         y0, y1 = band_rows(self.grid, r)
         self._move_to(self.grid.rows[r])
         a, b = y0 - self.top, y1 - self.top
-        psum, wsum = self.psum[a:b], self.wsum[a:b]
-        prob = np.where(wsum > 0, psum / np.maximum(wsum, 1e-12), 0.0).astype(np.float32)
-        return y0, y1, prob, wsum > 0
+        for c0 in range(0, self.grid.width, self.CHUNK):
+            c1 = min(c0 + self.CHUNK, self.grid.width)
+            psum, wsum = self.psum[a:b, c0:c1], self._weight_sums(y0, y1, c0, c1)
+            prob = np.where(wsum > 0, psum / np.maximum(wsum, 1e-12), 0.0).astype(np.float32)
+            yield y0, y1, c0, c1, prob, wsum > 0
+
+    def finish(self, r: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """(row0, row1, probability, covered) of the band tile row ``r`` finished, as float32."""
+        y0, y1 = band_rows(self.grid, r)
+        prob = np.zeros((y1 - y0, self.grid.width), np.float32)
+        covered = np.zeros((y1 - y0, self.grid.width), bool)
+        for _, _, c0, c1, part, cover in self._chunks(r):
+            prob[:, c0:c1], covered[:, c0:c1] = part, cover
+        return y0, y1, prob, covered
+
+    def finish_band(self, r: int, valid=None) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """(row0, row1, p8, covered) of the band tile row ``r`` finished: the probability quantised
+        (:func:`quantise`) and 255 where ``valid(row0, row1, col0, col1)`` (a bool block) is False. Memory: the
+        uint8 band and its bool coverage, plus one chunk's float32 temporaries."""
+        y0, y1 = band_rows(self.grid, r)
+        p8 = np.empty((y1 - y0, self.grid.width), np.uint8)
+        covered = np.empty((y1 - y0, self.grid.width), bool)
+        for _, _, c0, c1, prob, cover in self._chunks(r):
+            block = quantise(prob)
+            if valid is not None:
+                block[~valid(y0, y1, c0, c1)] = 255
+            p8[:, c0:c1], covered[:, c0:c1] = block, cover
+        return y0, y1, p8, covered
 
 
 class RowFile:

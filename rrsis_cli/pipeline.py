@@ -28,13 +28,8 @@ from typing import Any
 import numpy as np
 
 from rrsis_cli import console
-from rrsis_cli.blend import BandJournal, RowBlender, band_rows, carry_rows
+from rrsis_cli.blend import BandJournal, RowBlender, band_rows, carry_rows, quantise
 from rrsis_cli.tiling import TileGrid, blend_weights
-
-
-def quantise(prob: np.ndarray) -> np.ndarray:
-    """The uint8 probability of ``prob.tif``: round(probability × 254), 0–254 (255 is nodata)."""
-    return np.clip(np.round(prob * 254), 0, 254).astype(np.uint8)
 
 
 def mask_from_probability(p8: np.ndarray, threshold: float) -> np.ndarray:
@@ -184,9 +179,8 @@ def close_rows(pair: Pair, reader, upto_index: int, stats: PipelineStats) -> Non
         if r <= pair.journal.finished:
             continue
         started = time.perf_counter()
-        y0, y1, prob, covered = pair.blender.finish(r)
-        p8 = quantise(prob)
-        p8[~reader.valid(Window(0, y0, grid.width, y1 - y0))] = 255
+        _, _, p8, covered = pair.blender.finish_band(
+            r, lambda y0, y1, c0, c1: reader.valid(Window(c0, y0, c1 - c0, y1 - y0)))
         stats.seconds["blend"] += time.perf_counter() - started
         started = time.perf_counter()
         # with scene grounding the fusion with the coarse levels happens when the rasters are assembled; the band
@@ -300,24 +294,29 @@ def new_pair(work: Path, grid: TileGrid, job: dict, prompt: str, text, coarse=No
                 None if active is None else set(active), coarse, coarse_weight, coarse_support)
 
 
-def assemble(reader, journal: BandJournal, threshold: float, mask_raw: Path, prob_raw: Path, profile: dict,
+def assemble(reader, journal: BandJournal, threshold: float, mask_raw: Path, prob_raw: Path | None, profile: dict,
              block: int = 1024, fuse=None) -> None:
-    """The mask (:func:`mask_from_probability`) and the uint8 probability as tiled GeoTIFFs in the work
-    directory, from the journal's bands, block row by block row. With scene grounding, ``fuse(fine, covered,
-    row0, row1, col0, col1) -> (probability, keep)`` combines each block's fine probability (the journal's,
-    p8 / 254) with the coarse levels, block by block, and ``keep`` is the mask."""
+    """The mask (:func:`mask_from_probability`) and the uint8 probability (unless ``prob_raw`` is None: nothing
+    reads it) as tiled GeoTIFFs in the work directory, from the journal's bands. Without fusion the rasters are
+    written one internal block at a time (a row of blocks read from the journal), so neither this process nor
+    GDAL holds more than a row of blocks. With scene grounding, ``fuse(fine, covered, row0, row1, col0, col1) ->
+    (probability, keep)`` combines each ``block``² block's fine probability (the journal's, p8 / 254) with the
+    coarse levels, and ``keep`` is the mask."""
+    import contextlib
+
     import rasterio
-    from rasterio.windows import Window
 
     height, width = journal.grid.height, journal.grid.width
-    with rasterio.open(mask_raw, "w", **profile) as mask_dst, rasterio.open(prob_raw, "w", **profile) as prob_dst:
-        for r in range(0, height, block):
-            r1 = min(r + block, height)
+    rows, cols = (block, block) if fuse is not None else (profile["blockysize"], profile["blockxsize"])
+    with contextlib.ExitStack() as files:
+        mask_dst = files.enter_context(rasterio.open(mask_raw, "w", **profile))
+        prob_dst = None if prob_raw is None else files.enter_context(rasterio.open(prob_raw, "w", **profile))
+        for r in range(0, height, rows):
+            r1 = min(r + rows, height)
             p8_rows = journal.prob.read(r, r1)
             covered_rows = None if fuse is None else journal.support.read(r, r1)
-            for c in range(0, width, block if fuse is not None else width):
-                c1 = min(c + (block if fuse is not None else width), width)
-                window = Window(c, r, c1 - c, r1 - r)
+            for c in range(0, width, cols):
+                c1 = min(c + cols, width)
                 p8 = p8_rows[:, c:c1]
                 if fuse is None:
                     mask = mask_from_probability(p8, threshold)
@@ -328,8 +327,15 @@ def assemble(reader, journal: BandJournal, threshold: float, mask_raw: Path, pro
                     p8 = quantise(prob)
                     mask = keep.astype(np.uint8)
                     p8[nodata], mask[nodata] = 255, 255
-                mask_dst.write(mask, 1, window=window)
-                prob_dst.write(p8, 1, window=window)
+                _write_block(mask_dst, mask, r, c)
+                if prob_dst is not None:
+                    _write_block(prob_dst, p8, r, c)
+
+
+def _write_block(dst, values: np.ndarray, row: int, col: int) -> None:
+    from rasterio.windows import Window
+
+    dst.write(values, 1, window=Window(col, row, values.shape[1], values.shape[0]))
 
 
 __all__ = ["Pair", "PipelineStats", "ReadPool", "assemble", "band_rows", "mask_from_probability", "new_pair",

@@ -403,8 +403,9 @@ def write_pair(reader: SceneReader, model, scene: Scene, job: PairJob, pair, opt
     grid = pair.journal.grid
     mask_raw, prob_raw = job.work / "mask_raw.tif", job.work / "prob_raw.tif"
     journal = pair.journal
-    try:
-        assemble(reader, journal, options.threshold, mask_raw, prob_raw, mask_profile(reader), options.block_size,
+    try:  # the probability raster is only read for prob.tif and for the vectors' scores
+        assemble(reader, journal, options.threshold, mask_raw, prob_raw if options.save_prob or options.vectors
+                 else None, mask_profile(reader), options.block_size,
                  None if pair.coarse is None else coarse_fusion(pair.coarse, options))
         job.result.work_bytes_per_pixel = journal.disk_bytes() / max(1, grid.height * grid.width)
     finally:

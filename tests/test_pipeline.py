@@ -110,3 +110,28 @@ def test_read_workers_give_the_same_mask(tmp_path):
     with rasterio.open(tmp_path / "1" / one.results[0].output_dir / "mask.tif") as a, \
             rasterio.open(tmp_path / "4" / four.results[0].output_dir / "mask.tif") as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_finished_bands_are_quantised_chunk_by_chunk_as_the_float_band(monkeypatch):
+    """finish_band (column chunks, weight sums rebuilt per band) = quantise(finish), 255 where invalid."""
+    from rrsis_cli.blend import quantise
+
+    monkeypatch.setattr(RowBlender, "CHUNK", 100)  # several chunks across the 410 columns
+    rng = np.random.default_rng(1)
+    grid = TileGrid.for_scene(300, 410, 64, 0.5)
+    weights = blend_weights(64)
+    probs = rng.random((len(grid), 64, 64), dtype=np.float32)
+    a, b = RowBlender(grid, weights), RowBlender(grid, weights)
+    ncols = len(grid.cols)
+    for r in range(len(grid.rows)):
+        for c in range(ncols):
+            if r * ncols + c != 5:
+                a.add(r, c, probs[r * ncols + c])
+                b.add(r, c, probs[r * ncols + c])
+        y0, y1, prob, covered = a.finish(r)
+        want = quantise(prob)
+        want[:, :7] = 255
+        _, _, p8, got_covered = b.finish_band(r, lambda y0, y1, c0, c1: np.arange(c0, c1)[None].repeat(y1 - y0, 0)
+                                              >= 7)
+        np.testing.assert_array_equal(p8, want)
+        np.testing.assert_array_equal(got_covered, covered)
