@@ -154,10 +154,10 @@ class RowFile:
         self.fd = os.open(path, os.O_RDWR)
 
     def write(self, row: int, rows: np.ndarray) -> None:
-        data = np.ascontiguousarray(rows, dtype=np.uint8).tobytes()
-        written = os.pwrite(self.fd, data, row * self.width)
-        if written != len(data):
-            raise OSError(f"short write to the work journal ({written} of {len(data)} bytes)")
+        data = np.ascontiguousarray(rows, dtype=np.uint8)
+        written = os.pwrite(self.fd, memoryview(data.reshape(-1)), row * self.width)  # no copy of the band
+        if written != data.nbytes:
+            raise OSError(f"short write to the work journal ({written} of {data.nbytes} bytes)")
         os.fsync(self.fd)
 
     def read(self, row0: int, row1: int) -> np.ndarray:

@@ -159,6 +159,30 @@ def batch_buffer(shape: tuple[int, int, int, int], dtype: np.dtype, pinned: bool
     return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True).numpy()
 
 
+HEAP_MMAP_THRESHOLD = 4 << 20
+
+
+def bound_heap(threshold: int = HEAP_MMAP_THRESHOLD) -> bool:
+    """Make glibc's malloc serve every allocation above ``threshold`` bytes by a mapping of its own, returned to
+    the system when freed (``mallopt(M_MMAP_THRESHOLD)``). By default the threshold follows the largest block
+    freed so far, so the band-sized arrays of a wide scene (a few MB each, allocated in several threads) end up
+    in heaps that fragment and stay resident: measured, ~120 MB more peak RSS on a 20000² scene than on a 2000²
+    one, against ~50 MB with the fixed threshold. The per-tile path allocates nothing that large (reused
+    buffers, chunked bands), so it pays no page faults for it. Not applied when ``MALLOC_MMAP_THRESHOLD_`` is
+    set (the user's choice) or the C library is not glibc; returns whether it was applied."""
+    import ctypes
+    import os
+
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3
+    return bool(mallopt(m_mmap_threshold, int(threshold)))
+
+
 def batches_for(grid: TileGrid, batch_size: int, pairs: list[Pair]) -> list[list[int]]:
     """The fixed batches (of all tiles, or of the union of the pairs' active tiles) that some pair still needs."""
     active = None

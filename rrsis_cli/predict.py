@@ -732,7 +732,9 @@ class SceneRunner:
     def __init__(self, model_spec: str, prompts: list[str], out: Path, options: PredictOptions,
                  remote: RemoteOutput | None = None):
         from rrsis_cli.models import load_model, random_model, require_weights
+        from rrsis_cli.pipeline import bound_heap
 
+        bound_heap()  # memory does not grow with the scene's width through heap fragmentation
         self.options = options
         self.remote = remote  # an object-store output: finished pairs are looked up there
         self.prompts = list(prompts)

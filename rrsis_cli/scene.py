@@ -54,8 +54,10 @@ from rrsis_cli.errors import InputError, UsageError
 from rrsis_cli.remote import RemotePath, redact, remote_open_options
 
 # GDAL's block cache defaults to 5 % of RAM and fills up on large scenes; a fixed bound keeps predict's memory
-# independent of the scene size. Set GDAL_CACHEMAX yourself (MB) to override.
-os.environ.setdefault("GDAL_CACHEMAX", "128")
+# independent of the scene size (32 MB: a row of 512² blocks of a 20000-wide RGB uint8 scene; a wider compressed
+# scene may decode some blocks twice). Set GDAL_CACHEMAX yourself (MB) to override.
+GDAL_CACHE_MB = "32"
+os.environ.setdefault("GDAL_CACHEMAX", GDAL_CACHE_MB)
 
 
 def default_bands(count: int) -> list[int]:
