@@ -18,6 +18,7 @@ journaled bands → the mask and probability rasters.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -196,7 +197,7 @@ def close_rows(pair: Pair, reader, upto_index: int, stats: PipelineStats) -> Non
     (carried for a resume) are skipped, the others are blended, quantised and journaled."""
     from rasterio.windows import Window
 
-    grid, ncols = pair.journal.grid, len(pair.journal.grid.cols)
+    ncols = len(pair.journal.grid.cols)
     while pair.next_row <= pair.journal.last and (pair.next_row + 1) * ncols - 1 <= upto_index:
         r = pair.next_row
         pair.next_row += 1
@@ -362,5 +363,72 @@ def _write_block(dst, values: np.ndarray, row: int, col: int) -> None:
     dst.write(values, 1, window=Window(col, row, values.shape[1], values.shape[0]))
 
 
-__all__ = ["Pair", "PipelineStats", "ReadPool", "assemble", "band_rows", "mask_from_probability", "new_pair",
+class BackgroundWriter:
+    """One thread that runs the output steps of (scene, prompt) pairs (assembling the rasters, COG and overview
+    writing, vectors) in submission order, while the caller runs the tiles of the next scene.
+
+    * **Bounded**: :meth:`submit` waits while ``depth`` steps are queued, so finished pairs do not pile up.
+    * **Errors**: each step records its own failure on its pair (``run_for_pair``); an exception a step lets
+      escape is raised by :meth:`submit` or :meth:`close` in the caller's thread, and the remaining steps other
+      than clean-ups are dropped.
+    * **Stopping** (``close(stop=True)``, e.g. on SIGTERM): the step being run finishes (an output is never left
+      half-moved), queued steps are dropped (their pairs stay unfinished: ``interrupted`` in the manifest, and
+      their complete journals make the next run write them without running tiles), clean-up steps (closing a
+      scene) still run, in order."""
+
+    def __init__(self, depth: int):
+        self.depth = max(1, int(depth))
+        self.steps: deque = deque()
+        self.cond = threading.Condition()
+        self.closed = False
+        self.stopping = False
+        self.error: BaseException | None = None
+        self.km2 = 0.0  # area of the pairs the steps finished (added by the scenes' clean-up steps)
+        self.thread = threading.Thread(target=self._work, name="rrsis-write", daemon=True)
+        self.thread.start()
+
+    def submit(self, step, cleanup: bool = False) -> None:
+        """Queue ``step()`` (waiting while ``depth`` steps are queued; a clean-up step never waits)."""
+        with self.cond:
+            while not cleanup and len(self.steps) >= self.depth and self.error is None:
+                self.cond.wait()
+            if self.error is not None and not cleanup:
+                raise self.error
+            self.steps.append((step, cleanup))
+            self.cond.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while not self.steps and not self.closed:
+                    self.cond.wait()
+                if not self.steps:
+                    return
+                step, cleanup = self.steps.popleft()
+                skip = self.stopping and not cleanup
+                self.cond.notify_all()
+            if skip:
+                continue
+            try:
+                step()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                with self.cond:
+                    self.error = self.error or exc
+                    self.stopping = True
+                    self.cond.notify_all()
+
+    def close(self, stop: bool = False) -> None:
+        """Wait for the queued steps (``stop``: only the one being run and the clean-ups), end the thread, and
+        raise an error a step let escape (not when stopping: the caller is already handling one)."""
+        with self.cond:
+            self.closed = True
+            self.stopping = self.stopping or stop
+            self.cond.notify_all()
+        self.thread.join()
+        if self.error is not None and not stop:
+            raise self.error
+
+
+__all__ = ["BackgroundWriter", "Pair", "PipelineStats", "ReadPool", "assemble", "band_rows", "bound_heap",
+           "mask_from_probability", "new_pair",
            "quantise", "run_pairs"]

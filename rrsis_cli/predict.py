@@ -43,7 +43,14 @@ from rrsis_cli.inputs import WORK_DIR, Scene, find_scenes, output_dir, relative_
 from rrsis_cli.manifest import exit_code_for, manifest_name
 from rrsis_cli.models.info import INPUT_MULTIPLE, ModelInfo
 from rrsis_cli.outputs import mask_profile, to_cog
-from rrsis_cli.pipeline import assemble, mask_from_probability, new_pair, quantise, run_pairs
+from rrsis_cli.pipeline import (
+    BackgroundWriter,
+    assemble,
+    mask_from_probability,
+    new_pair,
+    quantise,
+    run_pairs,
+)
 from rrsis_cli.scene import SceneReader, describe_error
 from rrsis_cli.tiling import TileGrid, blend_weights, tile_origins, window_rows
 from rrsis_cli.vectors import VECTOR_DRIVERS, check_vector_format, vectorise
@@ -336,15 +343,21 @@ class PairJob:
     work: Path
 
 
+def run_now(step, cleanup: bool = False) -> None:
+    """``submit`` for steps run at once, in the calling thread."""
+    step()
+
+
 def compute_pairs(reader: SceneReader, model, texts: TextCache, scene: Scene, jobs: list[PairJob],
-                  options: PredictOptions, tile: int, device: torch.device) -> None:
-    """Run the tiles of one or more (scene, prompt) pairs together (:func:`run_tiles`), then write each pair's
-    outputs. A pair whose outputs fail is marked failed on its own; an error in the shared tile loop fails every
-    pair of it."""
+                  options: PredictOptions, tile: int, device: torch.device, submit=run_now) -> None:
+    """Run the tiles of one or more (scene, prompt) pairs together (:func:`run_tiles`), then hand each pair's
+    output step to ``submit`` (at once by default; a :class:`~rrsis_cli.pipeline.BackgroundWriter`'s ``submit``
+    writes them while the next scene's tiles run). A pair whose outputs fail is marked failed on its own; an error
+    in the shared tile loop fails every pair of it."""
     pairs = run_tiles(reader, model, texts, scene, jobs, options, tile, device)
     for job, pair in zip(jobs, pairs, strict=True):
-        run_for_pair(job, scene, lambda job=job, pair=pair: write_pair(reader, model, scene, job, pair, options,
-                                                                        tile))
+        submit(lambda job=job, pair=pair: run_for_pair(
+            job, scene, lambda: write_pair(reader, model, scene, job, pair, options, tile)))
 
 
 def run_tiles(reader: SceneReader, model, texts: TextCache, scene: Scene, jobs: list[PairJob],
@@ -389,6 +402,7 @@ def run_tiles(reader: SceneReader, model, texts: TextCache, scene: Scene, jobs: 
             result.tiles_skipped_nodata = pair.nodata_tiles
             result.reads_per_tile = stats.tiles_read / max(1, len(grid))
             result.seconds.update(stats.seconds)  # shared by the pairs run together
+            pair.blender = None  # the bands are journaled: writing needs only the journal
     except BaseException:
         for pair in pairs:
             pair.journal.close()
@@ -752,10 +766,15 @@ class SceneRunner:
                                   int(config.get("input_multiple", INPUT_MULTIPLE)), str(config.get("name")))
         self.texts = TextCache(self.model)
 
-    def run(self, scene: Scene, results: list[SceneResult] | None = None
+    def run(self, scene: Scene, results: list[SceneResult] | None = None, writer=None
             ) -> tuple[dict[str, Any], list[SceneResult], float]:
         """(input record for the manifest, one result per prompt, km² processed) for one scene. Results are
-        appended to ``results`` as each prompt starts, so an interrupted run still knows the pair in flight."""
+        appended to ``results`` as each prompt starts, so an interrupted run still knows the pair in flight.
+
+        With ``writer`` (a :class:`~rrsis_cli.pipeline.BackgroundWriter`) the pairs' outputs are written by its
+        thread while the caller goes on with the next scene: the results' statuses are final once the writer is
+        closed, the scene is closed by the writer after its pairs, and the km² is added to ``writer.km2``
+        (0.0 is returned)."""
         options, prompts = self.options, self.prompts
         results = [] if results is None else results
         try:
@@ -784,7 +803,21 @@ class SceneRunner:
             w = reader.window
             record["aoi_window"] = {"col_off": int(w.col_off), "row_off": int(w.row_off), "width": int(w.width),
                                     "height": int(w.height), "transform": list(ds.transform)[:6]}
-        area_km2 = 0.0
+        first = len(results)
+        area = [0.0]
+
+        def finish_scene() -> None:  # after the scene's pairs are written: its area, and the scene is closed
+            try:
+                if reader.crs is not None and not reader.crs.is_geographic:
+                    pixel_km2 = abs(ds.transform.a * ds.transform.e) * ds.width * ds.height / 1e6
+                    mine = results[first:first + len(prompts)]
+                    area[0] = pixel_km2 * sum(r.status in ("done", "partial") for r in mine)
+                    if writer is not None:
+                        writer.km2 += area[0]
+            finally:
+                reader.close()
+
+        submit = run_now if writer is None else writer.submit
         try:
             jobs = []
             for prompt in prompts:
@@ -794,13 +827,10 @@ class SceneRunner:
                 if job is not None:
                     jobs.append(job)
             if jobs:
-                self._compute(reader, scene, jobs)
-            pixel_km2 = abs(ds.transform.a * ds.transform.e) * ds.width * ds.height / 1e6
-            if reader.crs is not None and not reader.crs.is_geographic:
-                area_km2 = pixel_km2 * sum(r.status in ("done", "partial") for r in results[-len(prompts):])
+                self._compute(reader, scene, jobs, submit)
         finally:
-            reader.close()
-        return record, results, area_km2
+            submit(finish_scene, cleanup=True)
+        return record, results, area[0] if writer is None else 0.0
 
     def run_window(self, scene: Scene, tile_rows: tuple[int, int]) -> dict[str, Any]:
         """A window task: the bands of tile rows ``tile_rows = (first, last)`` of every pair of the scene that
@@ -873,13 +903,14 @@ class SceneRunner:
             return None
         return job
 
-    def _compute(self, reader: SceneReader, scene: Scene, jobs: list[PairJob]) -> None:
+    def _compute(self, reader: SceneReader, scene: Scene, jobs: list[PairJob], submit=run_now) -> None:
         """The pairs' tiles, read once for all prompts (each prompt alone with scene grounding: each has its own
         tiles); an error in the tile loop fails the pairs it served."""
         groups = [jobs] if self.options.grounding == "tiles" else [[job] for job in jobs]
         for group in groups:
             try:
-                compute_pairs(reader, self.model, self.texts, scene, group, self.options, self.tile, self.device)
+                compute_pairs(reader, self.model, self.texts, scene, group, self.options, self.tile, self.device,
+                              submit)
             except Exception as exc:  # noqa: BLE001 - one scene never stops the others
                 error = exc.one_line() if isinstance(exc, RrsisError) else f"{scene.path}: {describe_error(exc)}"
                 console.error(error)
@@ -1195,16 +1226,26 @@ def _predict_here(manifest: RunManifest, clock: RunClock, scenes: list[Scene], m
     manifest.model, manifest.model_sha256 = str(runner.model.config.get("name")), runner.model.sha256
     manifest.options["tile_size"] = runner.tile
     clock.started = time.perf_counter()
+    # one scene's outputs are written (COG, overviews, vectors) while the next scene's tiles run; with an
+    # object-store output each scene is written inline, so that its finished pairs are uploaded as it ends
+    writer = BackgroundWriter(depth=len(prompts) + 1) if remote is None else None
+    stopped = True
     try:
         with console.progress_bar(len(scenes), "scenes", unit="scene") as bar:
             for scene in scenes:
-                record, _, km2 = runner.run(scene, manifest.results)
-                if remote is not None:
+                record, _, km2 = runner.run(scene, manifest.results, writer)
+                if remote is not None:  # written inline (no writer): the scene's pairs are final here
                     remote.upload_results(out, [r for r in manifest.results if r.scene == str(scene.path)])
                 manifest.inputs.append(record)
                 clock.km2 += km2
                 bar.update(1)
+        if writer is not None:
+            writer.close()
+        stopped = False
     finally:
+        if writer is not None and stopped:  # interrupted or failed: the pair being written finishes, the queued
+            writer.close(stop=True)         # ones are dropped
+        clock.km2 += 0.0 if writer is None else writer.km2
         manifest.encoder_calls = runner.texts.calls
 
 
