@@ -1,18 +1,27 @@
 """The tile pipeline of one scene: parallel reads → batched inference for every prompt → streaming blend →
-journaled bands → the mask and probability rasters.
+journaled bands → the mask and probability rasters; and the background writer that overlaps a scene's output
+writing with the next scene's tiles.
 
 * **Reads**: a pool of ``read_workers`` threads, each with its own handle on the scene (GDAL releases the GIL
-  while it decodes), reads and normalises the tiles of the batches ahead of the model; at most ``read_ahead``
-  batches wait, so memory stays bounded.
+  while it decodes), reads the raw tiles (the scene's dtype, no host normalisation) of the batches ahead of the
+  model into a fixed set of reused batch buffers (pinned on CUDA); at most ``read_ahead`` batches wait. Whether
+  a tile holds data is decided from its values where the scene's masks are plain nodata values.
 * **One read per tile for all prompts**: each batch is read once and run for every (scene, prompt) pair that
-  still needs it; the manifest counts reads per tile.
+  still needs it; the manifest counts reads per tile. The batch is normalised once, on the device
+  (:class:`~rrsis_cli.inference.BatchNormaliser`, the same float32 operations as the host normalisation).
 * **Batches** are fixed chunks of the grid's tiles in row-major order (of the active tiles with scene grounding),
   so a resumed run recomputes exactly the batches of an uninterrupted one.
 * **Blend**: each pair's :class:`~rrsis_cli.blend.RowBlender` turns finished tile rows into bands, quantised and
   journaled by its :class:`~rrsis_cli.blend.BandJournal` (1 byte per pixel, a handful of files); a killed run
   resumes after the last journaled band.
-* :func:`assemble` writes the mask and ``prob`` GeoTIFFs (tiled, in the work directory) from the journal,
-  block by block, for the COG and vector writers.
+* :func:`assemble` writes the mask and (when something reads it) ``prob`` GeoTIFFs (tiled, in the work
+  directory) from the journal, one internal block at a time, for the COG and vector writers.
+* :class:`BackgroundWriter` runs those output steps in one thread, in order, with a bounded queue.
+
+Memory, per (scene, prompt) run together: 4 B × tile × width (probability sums) + 2 B × band × width; plus
+(read_ahead + 1) batch buffers of batch × bands × tile² in the scene's dtype, the float32 model input of one
+batch, GDAL's block cache (:data:`rrsis_cli.scene.GDAL_CACHE_MB`) and the model: independent of the scene's
+height; :func:`bound_heap` keeps freed band-sized arrays from staying resident.
 """
 
 from __future__ import annotations
