@@ -410,6 +410,13 @@ def run_tiles(reader: SceneReader, model, texts: TextCache, scene: Scene, jobs: 
     return pairs
 
 
+def work_profile(reader: SceneReader) -> dict[str, Any]:
+    """The profile of the mask and probability rasters in the work directory: the output profile with DEFLATE's
+    fastest level (they are read once or twice, by the COG and vector writers, and deleted: level 6 cost 3x the
+    time for little less scratch disk). The COGs are compressed as before: their bytes do not depend on it."""
+    return {**mask_profile(reader), "zlevel": 1}
+
+
 def write_pair(reader: SceneReader, model, scene: Scene, job: PairJob, pair, options: PredictOptions,
                tile: int) -> None:
     """The mask and probability rasters of a pair from its journal, then its outputs (COGs, vectors)."""
@@ -419,7 +426,7 @@ def write_pair(reader: SceneReader, model, scene: Scene, job: PairJob, pair, opt
     journal = pair.journal
     try:  # the probability raster is only read for prob.tif and for the vectors' scores
         assemble(reader, journal, options.threshold, mask_raw, prob_raw if options.save_prob or options.vectors
-                 else None, mask_profile(reader), options.block_size,
+                 else None, work_profile(reader), options.block_size,
                  None if pair.coarse is None else coarse_fusion(pair.coarse, options))
         job.result.work_bytes_per_pixel = journal.disk_bytes() / max(1, grid.height * grid.width)
     finally:
