@@ -12,8 +12,11 @@ Both stop themselves after :data:`LIFETIME` seconds whatever happens to the test
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -154,6 +157,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(command: list[str]) -> subprocess.Popen:
+    """``command`` under ``timeout LIFETIME``, in a process group of its own so that :func:`stop_server` ends the
+    server itself, not only the ``timeout`` wrapper (a SIGKILLed wrapper would leave its child running)."""
+    return subprocess.Popen(["timeout", str(int(LIFETIME)), *command], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
 def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
     deadline = time.monotonic() + 30
     while True:
@@ -171,14 +187,12 @@ def folder_server(root: Path):
     """A :class:`RangeServer` of ``root`` in a subprocess on 127.0.0.1:<free port>; yields its URL. Killed on exit,
     and by ``timeout`` after :data:`LIFETIME` seconds in any case."""
     port = free_port()
-    command = ["timeout", str(int(LIFETIME)), sys.executable, __file__, str(root), str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_server([sys.executable, __file__, str(root), str(port)])
     try:
         wait_for_port(port, process, "folder server")
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.kill()
-        process.wait(timeout=10)
+        stop_server(process)
 
 
 @contextmanager
@@ -188,8 +202,7 @@ def moto_s3():
     import boto3
 
     port = free_port()
-    command = ["timeout", str(int(LIFETIME)), sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
     try:
         wait_for_port(port, process, "moto server")
         env = {"AWS_S3_ENDPOINT": f"127.0.0.1:{port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
@@ -199,8 +212,7 @@ def moto_s3():
                               aws_secret_access_key="testing", region_name="us-east-1")
         yield client, env
     finally:
-        process.kill()
-        process.wait(timeout=10)
+        stop_server(process)
 
 
 

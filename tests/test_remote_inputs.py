@@ -410,3 +410,17 @@ def test_raw_vsi_paths_pass_unchanged(site, local_mask, tmp_path):
     manifest = run([f"/vsizip/{archive}/inner/scene.tif"], tmp_path / "out")
     assert manifest.exit_code == 0 and manifest.inputs[0]["key"].startswith("scene-")
     same_pixels(pixels(only_mask(tmp_path / "out")), local_mask)
+
+
+def test_loopback_servers_stop_with_their_tests(tmp_path):
+    """The servers run under ``timeout`` in a process group of their own: leaving the context ends the server
+    itself (killing only the wrapper once left moto running after the suite)."""
+    import socket
+
+    with moto_s3() as (_, env):
+        moto_port = int(env["AWS_S3_ENDPOINT"].rsplit(":", 1)[1])
+    with folder_server(tmp_path) as url:
+        folder_port = int(url.rsplit(":", 1)[1])
+    for port in (moto_port, folder_port):
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
