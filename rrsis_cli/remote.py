@@ -15,9 +15,12 @@ reading them, the listing of object-store prefixes, cheap fingerprints, and secr
   ``GDAL_HTTP_*``), with no second configuration to keep in step as fsspec/s3fs or obstore would need.
 * **Fingerprints** (:func:`remote_fingerprint`): for ``http(s)`` a one-byte ranged GET (what the server says:
   size, ``ETag``, ``Last-Modified``; a ranged GET rather than a HEAD so that pre-signed GET URLs work), never the
-  content. GDAL's ``VSIStatL`` is not reachable from Python without the ``osgeo`` bindings, so for object stores
-  (``/vsis3/``, ``/vsigs/``, ``/vsiaz/``) and other ``/vsi`` paths the fingerprint is a hash of the name alone: a
-  changed object under the same name is then not noticed by skip-existing (use ``--overwrite``).
+  content. For S3 (``/vsis3/``) a ``HeadObject`` through boto3 (same endpoint and credentials variables as GDAL,
+  :func:`s3_client`) gives size, ETag and LastModified, so an object replaced under the same key is computed
+  again, not skipped. GDAL's ``VSIStatL`` is not reachable from Python without the ``osgeo`` bindings, so for
+  ``/vsigs/``, ``/vsiaz/``, other ``/vsi`` paths and an S3 object whose metadata cannot be read the fingerprint is
+  a hash of the name alone: a changed object under the same name is then not noticed by skip-existing (use
+  ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -241,12 +244,59 @@ def server_stat(url: str, timeout: float = FINGERPRINT_TIMEOUT) -> dict[str, Any
     return {"size": size, "etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified")}
 
 
+TRUE_VALUES = ("YES", "TRUE", "ON", "1")
+
+
+def s3_client(timeout: float | None = None):
+    """A boto3 S3 client configured from the variables GDAL's ``/vsis3/`` reads: endpoint (``AWS_ENDPOINT_URL[_S3]``,
+    or ``AWS_S3_ENDPOINT`` with ``AWS_HTTPS``), addressing (``AWS_VIRTUAL_HOSTING``), region, and
+    ``AWS_NO_SIGN_REQUEST`` for public buckets. ``timeout`` bounds connecting and reading (seconds)."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint and os.environ.get("AWS_S3_ENDPOINT"):
+        secure = os.environ.get("AWS_HTTPS", "YES").upper() not in ("NO", "FALSE", "OFF", "0")
+        endpoint = f"{'https' if secure else 'http'}://{os.environ['AWS_S3_ENDPOINT']}"
+    path_style = os.environ.get("AWS_VIRTUAL_HOSTING", "TRUE").upper() in ("NO", "FALSE", "OFF", "0")
+    settings: dict[str, Any] = {"s3": {"addressing_style": "path" if path_style else "auto"},
+                                "retries": {"max_attempts": 5, "mode": "standard"}}
+    if timeout is not None:
+        settings.update(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 3, "mode": "standard"})
+    if os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in TRUE_VALUES:
+        settings["signature_version"] = UNSIGNED
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return boto3.client("s3", endpoint_url=endpoint, config=Config(**settings), region_name=region)
+
+
+def s3_stat(gdal: str, timeout: float = FINGERPRINT_TIMEOUT) -> dict[str, Any] | None:
+    """Size, ETag and LastModified of the S3 object behind a ``/vsis3/bucket/key`` name (``HeadObject``), or None
+    when they cannot be read (no credentials, no such key: the scene then fails when GDAL opens it, with its own
+    message)."""
+    bucket, _, key = gdal[len("/vsis3/"):].partition("/")
+    if not bucket or not key:
+        return None
+    try:
+        head = s3_client(timeout).head_object(Bucket=bucket, Key=key)
+    except Exception:  # noqa: BLE001 - botocore's errors (credentials, 403/404, endpoint): fall back to the name
+        return None
+    modified = head.get("LastModified")
+    return {"size": head.get("ContentLength"), "etag": head.get("ETag"),
+            "last_modified": modified.isoformat() if modified is not None else None}
+
+
 def remote_fingerprint(path: RemotePath) -> tuple[str, int | None]:
-    """(sha256 hex, size or None) of a remote object from what its server says cheaply (:func:`server_stat`);
-    a hash of the name when nothing can be asked (object stores, see the module's notes). The name's query string
-    is left out, so a re-signed URL of the same object keeps its fingerprint."""
+    """(sha256 hex, size or None) of a remote object from what its server says cheaply (:func:`server_stat`,
+    :func:`s3_stat`); a hash of the name when nothing can be asked (see the module's notes). The name's query
+    string is left out, so a re-signed URL of the same object keeps its fingerprint."""
     url = http_url(path)
-    stat = server_stat(url) if url else None
+    if url:
+        stat = server_stat(url)
+    elif path.gdal.startswith("/vsis3/"):
+        stat = s3_stat(path.gdal)
+    else:
+        stat = None
     name = re.split(r"[?#]", path.gdal, maxsplit=1)[0]
     if stat is None or (stat["size"] is None and not stat["etag"] and not stat["last_modified"]):
         return hashlib.sha256(f"remote:{name}".encode()).hexdigest(), None

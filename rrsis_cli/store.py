@@ -53,21 +53,14 @@ def staging_dir(url: str) -> Path:
 
 
 def s3_client():
-    """A boto3 S3 client; endpoint and addressing style from the environment (module docstring)."""
+    """A boto3 S3 client for the uploads (:func:`rrsis_cli.remote.s3_client`: the variables GDAL reads)."""
     try:
-        import boto3
-        from botocore.config import Config
+        import boto3  # noqa: F401 - a clear error before anything is staged
     except ImportError as exc:
         raise UsageError("--out s3://... needs boto3: pip install boto3") from exc
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if not endpoint and os.environ.get("AWS_S3_ENDPOINT"):
-        secure = os.environ.get("AWS_HTTPS", "YES").upper() not in ("NO", "FALSE", "OFF", "0")
-        endpoint = f"{'https' if secure else 'http'}://{os.environ['AWS_S3_ENDPOINT']}"
-    path_style = os.environ.get("AWS_VIRTUAL_HOSTING", "TRUE").upper() in ("NO", "FALSE", "OFF", "0")
-    config = Config(s3={"addressing_style": "path" if path_style else "auto"},
-                    retries={"max_attempts": 5, "mode": "standard"})
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.client("s3", endpoint_url=endpoint, config=config, region_name=region)
+    from rrsis_cli.remote import s3_client as client
+
+    return client()
 
 
 @dataclass

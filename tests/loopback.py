@@ -164,10 +164,19 @@ def start_server(command: list[str]) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def stop_server(process: subprocess.Popen) -> None:
+def stop_server(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGKILL the server's process group and wait until no member is left (the server, a grandchild, exits
+    after its ``timeout`` parent, and closes its socket only then)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
+    process.wait(timeout=grace)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:

@@ -5,6 +5,9 @@ can be compared pixel for pixel between a local file, its URL, its STAC item and
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +230,22 @@ def test_s3_prefix_listing_and_a_missing_key(site, local_mask, tmp_path, monkeyp
         assert manifest.exit_code == 3
         status = {r.scene: r.status for r in manifest.results}
         assert status == {"s3://scenes/in/a.tif": "done", "s3://scenes/in/nope.tif": "failed"}
+        # an object replaced under the same key (HeadObject: another ETag and size) is computed again, not skipped
+        with rasterio.open(root / "scene.tif") as src:
+            profile, data = src.profile, src.read()
+        with rasterio.open(tmp_path / "flipped.tif", "w", **profile) as dst:
+            dst.write(data[:, ::-1, :])
+        client.upload_file(str(tmp_path / "flipped.tif"), "scenes", "in/a.tif")
+        # the next run is a new process, as from cron (GDAL's /vsis3/ cache in this process still holds the old
+        # object's size and blocks, and rasterio does not expose VSICurlClearCache)
+        rerun = subprocess.run([sys.executable, "-m", "rrsis_cli", "--quiet", "predict", "s3://scenes/in/", "--model",
+                                "null", "--prompt", PROMPT, "--out", str(tmp_path / "prefix"), "--no-vectors",
+                                "--read-workers", "1"],
+                               capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+        assert rerun.returncode == 0, rerun.stderr
+        replaced = json.loads((tmp_path / "prefix" / "manifest.json").read_text())
+        status = {r["scene"]: r["status"] for r in replaced["results"]}
+        assert status == {"s3://scenes/in/a.tif": "done", "s3://scenes/in/sub/b.TIF": "skipped-existing"}, status
 
 
 def test_s3_prefix_with_glob_and_an_empty_prefix(site, tmp_path, monkeypatch):
@@ -422,5 +441,6 @@ def test_loopback_servers_stop_with_their_tests(tmp_path):
     with folder_server(tmp_path) as url:
         folder_port = int(url.rsplit(":", 1)[1])
     for port in (moto_port, folder_port):
-        with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        with socket.socket() as probe:  # binding succeeds only once no server listens there (TIME_WAIT is fine)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
