@@ -169,13 +169,6 @@ class TextCache:
         return self.cache[prompt]
 
 
-def infer(model, text, tiles: list[np.ndarray], device: torch.device, precision: str) -> np.ndarray:
-    """Foreground probability (B, tile, tile) for tiles in [0, 1] (:func:`rrsis_cli.inference.infer`)."""
-    from rrsis_cli.inference import infer as run
-
-    return run(model, text, tiles, device, precision)
-
-
 # ------------------------------------------------------------------------------------------------ hashes
 def config_hash(model_sha: str | None, scene: Scene, prompt: str, options: PredictOptions, tile: int,
                 threshold: bool = True) -> str:
