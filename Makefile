@@ -32,8 +32,11 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gdal-bin python3-gdal >/dev/null; \
 	else echo "gdal-bin missing: install it (apt-get install gdal-bin python3-gdal) for the COG validation tests"; exit 1; fi
 
+# One pytest worker per core, a test file per worker (--dist loadfile keeps module fixtures to one process), one
+# torch thread per worker (more would oversubscribe the cores).
+PYTEST_ARGS ?= -n auto --dist loadfile
 test: install-test system-deps
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q --durations=15
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 lint: install-test
 	$(PY) -m ruff check rrsis_cli tests benchmarks

@@ -39,6 +39,12 @@ stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def table_console() -> Console:
+    """Where to print a table: the terminal's console, or for a pipe or file a 200-column one, so that rows are
+    not folded at 80 columns (``rrsis models list | grep …`` keeps one line per row)."""
+    return stdout if stdout.is_terminal else Console(highlight=False, width=200)
+
+
 def configure(quiet: bool | None = False, debug: bool | None = False, log_format: str | None = "text",
               verbose: bool | None = False) -> None:
     """Set the output settings; ``None`` keeps a setting as it is."""

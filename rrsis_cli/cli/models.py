@@ -29,7 +29,7 @@ def models_list() -> None:
         table.add_row(card["name"], card["arch"], model_source(card["name"]).describe(),
                       str(card.get("description", "")), str(prov.get("paper", prov.get("code", ""))),
                       str(card.get("license", "")))
-    console.stdout.print(table)
+    console.table_console().print(table)
 
 
 @app.command("show")

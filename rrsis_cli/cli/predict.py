@@ -303,9 +303,7 @@ def print_plan(manifest: RunManifest, as_json: bool) -> None:
                       crs_cell(r), str(r["tiles"]), nodata,
                       f"{len(r['prompts_finished'])}/{len(manifest.prompts)}",
                       human_bytes(r["disk_bytes"]["total"]))
-    from rich.console import Console
-
-    out = console.stdout if console.stdout.is_terminal else Console(highlight=False, width=200)  # a file: no folds
+    out = console.table_console()
     out.print(table)
     out.print(f"disk: up to {human_bytes(totals['outputs'])} of rasters (before compression; vectors not "
                          f"counted) + {human_bytes(totals['journal'])} of tile journal while a pair runs",
