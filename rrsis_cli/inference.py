@@ -77,6 +77,20 @@ def normalise_on_device(tiles: torch.Tensor, config: dict) -> torch.Tensor:
     return (tiles - mean) / std
 
 
+# torch's uint16/uint32 are "shell" dtypes with few kernels on accelerators: they travel as the signed type of the
+# same width (a free view) and are widened on the device, where the mask restores the unsigned value exactly.
+WIDER = {torch.uint16: (torch.int16, torch.int32, 0xFFFF), torch.uint32: (torch.int32, torch.int64, 0xFFFFFFFF)}
+
+
+def unsigned_to_float(x: torch.Tensor, raw_dtype: torch.dtype) -> torch.Tensor:
+    """``x`` (on any device; for uint16/uint32 tiles the signed view of the raw values) as float32 values of the
+    raw dtype: a uint16 65535 that travelled as int16 -1 is 65535.0 again."""
+    if raw_dtype not in WIDER:
+        return x.float()
+    _, wide, mask = WIDER[raw_dtype]
+    return x.to(wide).bitwise_and_(mask).float()
+
+
 class BatchNormaliser:
     """Raw tiles -> the model's input, for a whole batch in one pass on the device.
 
@@ -112,7 +126,8 @@ class BatchNormaliser:
 
     def _float(self, raw: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cpu":
-            return raw.to(self.device, non_blocking=True).float()
+            return unsigned_to_float(raw.to(self.device, non_blocking=True) if raw.dtype not in WIDER else
+                                     raw.view(WIDER[raw.dtype][0]).to(self.device, non_blocking=True), raw.dtype)
         if self._buffer is None or self._buffer.shape != raw.shape:
             self._buffer = torch.empty(raw.shape, dtype=torch.float32)
         return self._buffer.copy_(raw)

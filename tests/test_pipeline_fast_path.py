@@ -13,7 +13,7 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from rrsis_cli.inference import BatchNormaliser, normalise_on_device
+from rrsis_cli.inference import BatchNormaliser, normalise_on_device, unsigned_to_float
 from rrsis_cli.scene import SceneReader
 
 CPU = torch.device("cpu")
@@ -88,3 +88,16 @@ def test_read_raw_finds_tiles_with_data_as_the_valid_mask_does(tmp_path):
         assert not reader.read_raw(100, 120, 64, np.empty((3, 64, 64), np.uint16))
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("dtype, signed", [(np.uint16, torch.int16), (np.uint32, torch.int32)])
+def test_unsigned_tiles_travel_as_signed_views_and_come_back_exact(dtype, signed):
+    """The accelerator path of uint16/uint32 tiles (their signed view is copied, then widened and masked on the
+    device), run here on the CPU: every value, the top of the range included, becomes the same float32."""
+    top = np.iinfo(dtype).max
+    raw = torch.as_tensor(np.array([0, 1, 255, 32767, 32768, 40000, top - 1, top], dtype=dtype))
+    view = raw.view(signed)
+    assert int(view[-1]) == -1  # what a plain signed copy would give
+    got = unsigned_to_float(view, raw.dtype)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, torch.from_numpy(raw.numpy().astype(np.float32)))
