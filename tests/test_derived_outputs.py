@@ -45,7 +45,7 @@ def test_failed_vectors_keep_the_mask_and_a_rerun_rederives_them(model, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("Unable to determine UTM CRS")
 
-    monkeypatch.setattr("rrsis_cli.predict.vectorise", broken)
+    monkeypatch.setattr("rrsis_cli.predict.write.vectorise", broken)
     out = tmp_path / "out"
     manifest = predict([scene], "m", ["water"], out, PredictOptions(**OPTIONS))
     result = manifest.results[0]

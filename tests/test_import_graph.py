@@ -1,6 +1,7 @@
 """Dependencies point one way: cli -> pipelines (predict, evaluate, train) -> stages -> models / data, and no
-module of rrsis_cli imports itself back through others. The graph is read from the source (every import
-statement, at module level or inside a function, under TYPE_CHECKING too), not from what a run happens to import.
+module of rrsis_cli imports itself back through others; inside the predict package, imports follow its flow
+(options -> records -> ... -> driver). The graph is read from the source (every import statement, at module level
+or inside a function, under TYPE_CHECKING too), not from what a run happens to import.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ STAGES = ("rrsis_cli.inference", "rrsis_cli.scene", "rrsis_cli.tiling", "rrsis_c
 # Cycles that a change under way removes, with the reason they are still here. The test fails on any other
 # cycle, and on a listed one that is gone, so that the list only shrinks.
 KNOWN_CYCLES: dict[frozenset[str], str] = {}
+# The modules of the predict package in the order of its flow: each imports only modules before it, never the
+# package itself (whose __init__ imports them all).
+PREDICT = "rrsis_cli.predict"
+PREDICT_ORDER = ("options", "records", "finished", "coarse", "tiles", "write", "runner", "plan", "local", "tasks",
+                 "driver")
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -117,3 +123,41 @@ def test_dependencies_point_one_way():
                     target.split(".")[1] != module.split(".")[1]:
                 wrong.append(f"{module} -> {target} (one pipeline does not borrow from another)")
     assert not wrong, "\n".join(sorted(wrong))
+
+
+def predict_order_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports inside the predict package that go against :data:`PREDICT_ORDER`, and its modules not listed."""
+    wrong = [f"{m} is not in PREDICT_ORDER" for m in sorted(graph)
+             if m.startswith(PREDICT + ".") and m.removeprefix(PREDICT + ".") not in PREDICT_ORDER]
+    for position, name in enumerate(PREDICT_ORDER):
+        module = f"{PREDICT}.{name}"
+        for target in sorted(graph.get(module, ())):
+            if target == PREDICT:
+                wrong.append(f"{module} -> {target} (a module of the package imports the package)")
+            elif within(target, (PREDICT,)) and target.removeprefix(PREDICT + ".") not in PREDICT_ORDER[:position]:
+                wrong.append(f"{module} -> {target} (against the flow of PREDICT_ORDER)")
+    return wrong
+
+
+def test_the_order_check_sees_imports_against_the_flow():
+    graph = {PREDICT: {f"{PREDICT}.driver"}, f"{PREDICT}.options": {f"{PREDICT}.records"},
+             f"{PREDICT}.records": {PREDICT}, f"{PREDICT}.tasks": {f"{PREDICT}.runner"}, f"{PREDICT}.extra": set()}
+    assert predict_order_violations(graph) == [
+        f"{PREDICT}.extra is not in PREDICT_ORDER",
+        f"{PREDICT}.options -> {PREDICT}.records (against the flow of PREDICT_ORDER)",
+        f"{PREDICT}.records -> {PREDICT} (a module of the package imports the package)"]
+
+
+def test_the_predict_package_flows_one_way():
+    graph = import_graph()
+    assert {m for m in graph if m.startswith(PREDICT + ".")} == {f"{PREDICT}.{name}" for name in PREDICT_ORDER}
+    wrong = predict_order_violations(graph)
+    assert not wrong, "\n".join(wrong)
+
+
+def test_distributed_and_grounding_do_not_import_predict():
+    """predict hands its task functions to distributed and calls grounding; neither imports it back."""
+    graph = import_graph()
+    wrong = [f"{module} -> {target}" for module in ("rrsis_cli.distributed", "rrsis_cli.grounding")
+             for target in sorted(graph[module]) if within(target, (PREDICT,))]
+    assert not wrong, "\n".join(wrong)

@@ -97,7 +97,7 @@ def test_seeded_random_weights_do_not_touch_the_callers_random_state():
 
 
 def test_the_option_travels_to_dask_workers_with_predict_options(tmp_path):
-    """Workers rebuild PredictOptions from its dict (rrsis_cli.predict.run_scene_task)."""
+    """Workers rebuild PredictOptions from its dict (rrsis_cli.predict.tasks.run_scene_task)."""
     from rrsis_cli.inputs import find_scenes
     from rrsis_cli.predict import PredictOptions, run_scene_task
 

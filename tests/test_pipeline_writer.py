@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from front_helpers import write_scene
 
-import rrsis_cli.predict
+import rrsis_cli.predict.runner
+import rrsis_cli.predict.tiles
+import rrsis_cli.predict.write
 from rrsis_cli.errors import Stopped
 from rrsis_cli.pipeline import BackgroundWriter
 from rrsis_cli.predict import PredictOptions, predict
@@ -36,7 +38,7 @@ def hold_first_write_until_second_scene(monkeypatch, then=None) -> dict:
     """The first write of scene s0 waits (10 s at most) until the tiles of s1 start; ``then`` runs when they do."""
     seen = {"overlapped": None}
     second_started = threading.Event()
-    real_write, real_run = rrsis_cli.predict.write_pair, rrsis_cli.predict.run_pairs
+    real_write, real_run = rrsis_cli.predict.runner.write_pair, rrsis_cli.predict.tiles.run_pairs
 
     def write_pair(reader, model, scene, job, *args, **kwargs):
         if scene.path.name == "s0.tif" and seen["overlapped"] is None:
@@ -50,8 +52,8 @@ def hold_first_write_until_second_scene(monkeypatch, then=None) -> dict:
                 then()
         return real_run(reader, *args, **kwargs)
 
-    monkeypatch.setattr(rrsis_cli.predict, "write_pair", write_pair)
-    monkeypatch.setattr(rrsis_cli.predict, "run_pairs", run_pairs)
+    monkeypatch.setattr(rrsis_cli.predict.runner, "write_pair", write_pair)  # looked up by compute_pairs
+    monkeypatch.setattr(rrsis_cli.predict.tiles, "run_pairs", run_pairs)  # looked up by run_tiles
     return seen
 
 
@@ -67,14 +69,14 @@ def test_the_next_scene_runs_while_the_previous_one_is_written(scenes, tmp_path,
 
 
 def test_a_write_error_fails_its_own_pair_only(scenes, tmp_path, monkeypatch):
-    real = rrsis_cli.predict.to_cog
+    real = rrsis_cli.predict.write.to_cog
 
     def to_cog(src, dst, tags):
         if tags.get("prompt") == "b" and tags["rrsis_scene"].endswith("s0.tif"):
             raise OSError("disk full (test)")
         return real(src, dst, tags)
 
-    monkeypatch.setattr(rrsis_cli.predict, "to_cog", to_cog)
+    monkeypatch.setattr(rrsis_cli.predict.write, "to_cog", to_cog)
     manifest = predict(scenes, "null", PROMPTS, tmp_path / "out", PredictOptions(**OPTIONS))
     statuses = [(Path(r.scene).name, r.prompt, r.status) for r in manifest.results]
     assert statuses == [("s0.tif", "a", "done"), ("s0.tif", "b", "failed"), ("s1.tif", "a", "done"),

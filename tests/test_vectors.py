@@ -99,16 +99,16 @@ def test_failed_vectors_keep_the_mask_without_temporary_files(pointwise, tmp_pat
 
 
 def test_a_failed_pair_leaves_nothing_at_its_final_paths(pointwise, tmp_path, monkeypatch):
-    import rrsis_cli.predict
+    import rrsis_cli.predict.write
 
-    real = rrsis_cli.predict.to_cog
+    real = rrsis_cli.predict.write.to_cog
 
     def broken(src, dst, tags):
         if Path(dst).name == "mask.tif":
             raise OSError("No space left on device")
         real(src, dst, tags)
 
-    monkeypatch.setattr("rrsis_cli.predict.to_cog", broken)
+    monkeypatch.setattr("rrsis_cli.predict.write.to_cog", broken)
     written, directory = _run(tmp_path, vector_format="gpkg", save_prob=True)
     assert written["exit_code"] == 1 and written["results"][0]["status"] == "failed"
     assert "No space left on device" in written["results"][0]["error"]
