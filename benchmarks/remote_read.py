@@ -2,13 +2,20 @@
 Range-capable server, tests/loopback.py), for the whole scene and for a corner ``--aoi``, against the same file
 read locally. The null model keeps the model's cost out: what is measured is reading.
 
-Usage: python benchmarks/remote_read.py [--size 4096] [--aoi-size 512] [--json benchmarks/results/remote_read.json]
+Usage: python benchmarks/remote_read.py [--size 4096] [--aoi-size 512] [--latency-ms 0] [--read-workers N]
+       [--json benchmarks/results/remote_read.json]
 
 The COG is ``--size`` px square, 3 bands of uint8 noise (compression cannot hide what is read), 256 px tiles,
 DEFLATE, with overviews. Each case runs in this process with a fresh URL (GDAL's /vsicurl/ cache lives as long as
 the process), ``--no-vectors``. Loopback has no latency: the times show GDAL's overhead, not a network's. The
-first case (local) also pays for the imports and the null model's set-up. Run it from the repository root with
-this checkout's code (``PYTHONPATH=$PWD`` when another checkout is installed in the venv).
+first case (local) also pays for the imports and the null model's set-up; ``--latency-ms`` makes the server wait
+that long before each answer, as a network's round trip would. Run it from the repository root with this
+checkout's code (``PYTHONPATH=$PWD`` when another checkout is installed in the venv).
+
+Bytes are counted by the server: ``fetched`` (everything sent), its share of the file, and ``x distinct``: fetched
+divided by the distinct bytes of the file that were sent at least once (1.00 = no byte fetched twice). A whole
+scene does not need the overviews of the COG (about a quarter of its bytes), so its distinct bytes are below the
+file size.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--aoi-size", type=int, default=512)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--read-workers", type=int, help="predict's read threads (default: from the core count)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -63,6 +72,7 @@ def main() -> None:
         top = 4000000 + args.size
         aoi = f"500000,{top - args.aoi_size},{500000 + args.aoi_size},{top},EPSG:32618"
         server = RangeServer(work / "site").start()
+        server.latency = args.latency_ms / 1000
         rows = []
         try:
             for case, source, extra in (("local, whole scene", str(cog), {}),
@@ -71,17 +81,21 @@ def main() -> None:
                 server.reset_counts()
                 started = time.perf_counter()
                 manifest = predict([source], "null", ["x"], work / case.replace(" ", "_").replace(",", ""),
-                                   PredictOptions(vectors=False, **extra))
+                                   PredictOptions(vectors=False, read_workers=args.read_workers, **extra))
                 seconds = time.perf_counter() - started
+                remote = source.startswith("http")
                 rows.append({"case": case, "exit_code": manifest.exit_code, "seconds": round(seconds, 3),
-                             "bytes_fetched": server.bytes_sent if source.startswith("http") else None,
-                             "requests": len(server.requests) if source.startswith("http") else None})
+                             "bytes_fetched": server.bytes_sent if remote else None,
+                             "distinct_bytes": server.distinct_bytes() if remote else None,
+                             "requests": len(server.requests) if remote else None})
         finally:
             server.stop()
-        result = {"size": args.size, "aoi_size": args.aoi_size, "file_bytes": cog.stat().st_size, "cases": rows}
+        result = {"size": args.size, "aoi_size": args.aoi_size, "latency_ms": args.latency_ms,
+                  "read_workers": args.read_workers, "file_bytes": cog.stat().st_size, "cases": rows}
         for row in rows:
             fetched = "-" if row["bytes_fetched"] is None else \
-                f"{row['bytes_fetched']} B ({100 * row['bytes_fetched'] / result['file_bytes']:.1f} % of the file)"
+                (f"{row['bytes_fetched']} B ({100 * row['bytes_fetched'] / result['file_bytes']:.1f} % of the file, "
+                 f"{row['bytes_fetched'] / max(1, row['distinct_bytes']):.3f} x distinct)")
             print(f"{row['case']:<22} exit {row['exit_code']}  {row['seconds']:8.2f} s  fetched {fetched}  "
                   f"requests {row['requests'] or '-'}")
         if args.json:

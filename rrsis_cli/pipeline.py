@@ -120,9 +120,12 @@ class ReadPool:
     for CUDA): ``buffers`` batches at most are read or in use, and no tile is allocated or converted on the
     host. The consumer hands a buffer back with :meth:`release` once every pair has run the batch."""
 
-    def __init__(self, reader, workers: int, shape: tuple[int, int, int, int], buffers: int, pinned: bool = False):
+    def __init__(self, reader, workers: int, shape: tuple[int, int, int, int], buffers: int, pinned: bool = False,
+                 whole_rows: bool = False):
         self.workers = max(1, int(workers))
-        self.readers = [reader.clone() for _ in range(self.workers)]  # the caller keeps ``reader`` for itself
+        # the caller keeps ``reader`` for itself; ``whole_rows`` (every tile of a row is read): a remote scene's
+        # threads share one reader that fetches each tile row once (rrsis_cli.scene.WholeRowReader)
+        self.readers = [reader.clone(whole_rows) for _ in range(self.workers)]
         self.free: deque = deque(self.readers)
         self.buffers: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(buffers):
@@ -240,7 +243,8 @@ def run_pairs(reader, model, grid: TileGrid, pairs: list[Pair], batch_size: int,
     batches = batches_for(grid, batch_size, pairs)
     channels = len(reader.bands)
     shape = (min(batch_size, max(len(b) for b in batches)) if batches else 1, channels, grid.tile, grid.tile)
-    pool = ReadPool(reader, read_workers, shape, read_ahead + 1, pinned=device.type == "cuda")
+    pool = ReadPool(reader, read_workers, shape, read_ahead + 1, pinned=device.type == "cuda",
+                    whole_rows=all(p.active is None for p in pairs))
     normalise = BatchNormaliser(reader.lo, reader.hi, reader.raw_dtype, model.config, device)
     pending: deque = deque()
     queue_ = iter(batches)

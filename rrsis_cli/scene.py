@@ -30,6 +30,13 @@ An area of interest (``aoi``, :mod:`rrsis_cli.aoi`) makes the reader a window of
 window (nearest-neighbour on the scene's own grid, so every pixel is a source pixel) and everything downstream
 (tiles, statistics, outputs) sees only it. The normalisation statistics come from the window: the result is what
 cropping the scene first would give, and a remote scene without overviews is not read whole for them.
+
+The read threads of a remote scene share one dataset handle (:class:`WholeRowReader`, from
+:meth:`SceneReader.clone` with ``whole_rows``): each tile row is fetched once, as one window of the scene's full width
+(GDAL asks for the row's blocks in a few large ranges), and its tiles are cut from it. Separate handles per thread
+each kept their own caches and raced for the blocks that overlapping tiles share: a whole 4096² COG was fetched
+1.22 times (1.56 times the bytes it needed), in 234 requests. Local scenes, and remote scenes warped or resampled on
+the fly (whose values depend on the window read), keep one handle per thread and per-tile reads.
 """
 
 from __future__ import annotations
@@ -37,11 +44,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -404,6 +412,7 @@ class SceneReader:
         self._args = (bands, gsd, stretch, rpc_height, rpc_dem, aoi)
         self.path = path
         self.window = None  # the AOI's window of the processed grid (rasterio Window), when there is an AOI
+        self._whole_rows: WholeRowReader | None = None  # the read threads' shared reader (remote scenes)
         remote = isinstance(path, RemotePath)
         if not remote and not path.exists():
             raise InputError("file not found", path)
@@ -571,16 +580,23 @@ class SceneReader:
         self.seconds["read"] += time.perf_counter() - started
         return has_data
 
-    def _has_data(self, raw: np.ndarray, window) -> bool:
+    @property
+    def values_decide_data(self) -> bool:
+        """Whether a window's values alone say if it holds valid pixels (integer rasters whose only masks are
+        nodata values, and integer rasters without any mask): no mask is read."""
+        return self.raw_dtype.kind in "ui" and (self.mask_kind == "all_valid" or self.nodata_values is not None)
+
+    def _has_data(self, raw: np.ndarray, window, valid: np.ndarray | None = None) -> bool:
         """Whether ``raw`` (the values of ``window``) holds a valid pixel: a pixel is valid where any selected
-        band is not its nodata value (integer rasters whose only masks are nodata values, and rasters without
-        any mask), else as :func:`valid_mask` says."""
-        if raw.dtype.kind in "ui":
+        band is not its nodata value (:attr:`values_decide_data`), else as :func:`valid_mask` says (``valid``:
+        that mask when the caller has it)."""
+        if self.values_decide_data:
             if self.mask_kind == "all_valid":
                 return True
-            if self.nodata_values is not None:
-                return any(bool((band != nodata).any()) for band, nodata in zip(raw, self.nodata_values, strict=True))
-        return bool(self.valid(window, data=raw).any())
+            return any(bool((band != nodata).any()) for band, nodata in zip(raw, self.nodata_values, strict=True))
+        if valid is None:
+            valid = self.valid(window, data=raw)
+        return bool(valid.any())
 
     def _integer_nodata(self) -> list[int] | None:
         """The selected bands' nodata values when every band's mask is its nodata value alone (GDAL's
@@ -617,21 +633,129 @@ class SceneReader:
         with read_errors(self.path, "reading the valid mask", window, self.ds):
             return valid_mask(self.ds, self.bands, window, boundless, out_shape, self.mask_kind, data)
 
-    def clone(self) -> SceneReader:
-        """Another reader of the same scene with its own dataset handles (GDAL handles are not shared between
-        threads), the same grid, bands and normalisation (the statistics are not recomputed), for parallel
-        reads. Its set-up messages are not repeated."""
+    @property
+    def fetches_whole_rows(self) -> bool:
+        """A remote scene processed on its own pixel grid (the source, or an AOI's window of it): a tile row read
+        whole gives the same values as its tiles read one by one, so its read threads share a
+        :class:`WholeRowReader`. Not for a grid warped (GCPs, RPCs) or resampled (``--gsd``) on the fly, where
+        GDAL's warper gives values that depend on the window read."""
+        _, gsd, _, _, _, _ = self._args
+        return isinstance(self.path, RemotePath) and not self.georeference.warped and gsd is None
+
+    def clone(self, whole_rows: bool = False) -> SceneReader | WholeRowReader:
+        """A reader for one read thread: another reader of the same scene with its own dataset handles (GDAL
+        handles are not shared between threads), the same grid, bands and normalisation (the statistics are not
+        recomputed). Its set-up messages are not repeated.
+
+        ``whole_rows`` (the caller reads every tile of each tile row it reads) and a remote scene on its own grid
+        (:attr:`fetches_whole_rows`): the one :class:`WholeRowReader` of this reader instead, shared by every
+        thread until it is closed, so that no byte is fetched twice."""
+        if whole_rows and self.fetches_whole_rows:
+            if self._whole_rows is None or self._whole_rows.closed:
+                self._whole_rows = WholeRowReader(self.clone())
+            return self._whole_rows
         bands, gsd, _, rpc_height, rpc_dem, aoi = self._args
         with console.silenced():
             return SceneReader(self.path, bands, gsd, (self.lo.tolist(), self.hi.tolist()), rpc_height, rpc_dem,
                                aoi)
 
     def close(self) -> None:
+        if self._whole_rows is not None:
+            self._whole_rows.close()
         for dataset in reversed(self._opened):
             dataset.close()
         self._source.close()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+class WholeRowReader:
+    """The tile reads of a remote scene, shared by every read thread (:meth:`SceneReader.clone` with
+    ``whole_rows``): the tiles of one tile row are cut from one read of the rows they span over the scene's whole
+    width, fetched once on this object's own dataset handle (its own :class:`SceneReader`), one GDAL read at a
+    time. GDAL then asks for those rows' blocks in a few large ranges, and the blocks that two tile rows share (the
+    overlap) are still in its block cache for the second: every byte of the scene's full resolution is fetched
+    once. Threads that need a row being fetched wait for it; a row already fetched is read without waiting.
+
+    Memory: the last :attr:`KEEP` rows fetched, ``tile x width x bands`` values each (plus a boolean mask of the
+    same size when the values alone do not say which pixels are valid), e.g. 2 x 15 MB for a 10000-px-wide RGB
+    uint8 scene with 512-px tiles. Values and validity are those of :meth:`SceneReader.read_raw` on the same
+    windows, bit for bit (the scene's own grid: no resampling)."""
+
+    KEEP = 2  # rows fetched and kept: the one being cut into tiles and the next
+
+    def __init__(self, reader: SceneReader):
+        self.reader = reader
+        self.closed = False
+        self._table = threading.Lock()  # guards ``_rows``
+        self._gdal = threading.Lock()  # one GDAL call at a time on the handle
+        self._rows: OrderedDict[tuple[int, int], Future] = OrderedDict()
+
+    @property
+    def raw_dtype(self) -> np.dtype:
+        return self.reader.raw_dtype
+
+    def read_raw(self, row: int, col: int, tile: int, out: np.ndarray) -> bool:
+        """As :meth:`SceneReader.read_raw`: the (C, tile, tile) window at (``row``, ``col``) into ``out`` (0
+        outside the scene); whether it holds a valid pixel."""
+        from rasterio.windows import Window
+
+        ds = self.reader.ds
+        r0, r1 = max(row, 0), min(row + tile, ds.height)
+        c0, c1 = max(col, 0), min(col + tile, ds.width)
+        if r1 <= r0 or c1 <= c0:
+            out[:] = 0
+            return False
+        raw, valid = self._row(r0, r1)
+        part = raw[:, :, c0:c1]
+        if (r0, r1, c0, c1) == (row, row + tile, col, col + tile):
+            out[:] = part
+        else:
+            out[:] = 0
+            out[:, r0 - row:r1 - row, c0 - col:c1 - col] = part
+        return self.reader._has_data(part, Window(c0, r0, c1 - c0, r1 - r0),
+                                     None if valid is None else valid[:, c0:c1])
+
+    def _row(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(values, valid mask or None) of rows ``r0..r1`` over the whole width: fetched by the first thread
+        that asks, awaited by the others; the :attr:`KEEP` latest are kept."""
+        key = (r0, r1)
+        with self._table:
+            entry = self._rows.get(key)
+            fetch = entry is None
+            if fetch:
+                entry = self._rows[key] = Future()
+                while len(self._rows) > self.KEEP:
+                    self._rows.popitem(last=False)
+        if fetch:
+            try:
+                entry.set_result(self._fetch(r0, r1))
+            except BaseException as exc:
+                with self._table:
+                    if self._rows.get(key) is entry:
+                        del self._rows[key]
+                entry.set_exception(exc)
+                raise
+        return entry.result()
+
+    def _fetch(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        from rasterio.windows import Window
+
+        reader = self.reader
+        window = Window(0, r0, reader.ds.width, r1 - r0)
+        with self._gdal, read_errors(reader.path, "read", window, reader.ds):
+            raw = reader.ds.read(reader.bands, window=window)
+            valid = None if reader.values_decide_data else reader.valid(window, data=raw)
+        return raw, valid
+
+    def close(self) -> None:
+        """Close the handle (once: every thread's clone is this object)."""
+        with self._table:
+            if self.closed:
+                return
+            self.closed = True
+            self._rows.clear()
+        self.reader.close()
 
 
 def prefetch(jobs: Iterable[Callable[[], Any]], depth: int = 2) -> Iterator[tuple[Any, float]]:

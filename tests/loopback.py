@@ -33,7 +33,8 @@ LIFETIME = 300.0  # seconds: a server left running by a crashed test stops itsel
 
 class RangeServer:
     """Serves ``root`` on 127.0.0.1 (``url``) with Range support; ``bytes_sent`` counts file bytes sent,
-    ``requests`` logs (method, path, query, body) of every request; ``routes`` maps a path to a function
+    ``ranges`` lists them (path, first byte, last byte), :meth:`distinct_bytes` counts those sent at least once;
+    ``requests`` logs (method, path, query, body) of every request; ``latency`` delays every answer; ``routes`` maps a path to a function
     (query dict, JSON body or None) -> JSON-able answer; ``failures`` makes the next requests of a path answer
     503, ``forbidden`` paths answer 403; a folder's URL ending in ``/`` answers an Apache-style index."""
 
@@ -41,9 +42,11 @@ class RangeServer:
         self.root = Path(root)
         self.bytes_sent = 0
         self.requests: list[tuple[str, str, dict[str, list[str]], Any]] = []
+        self.ranges: list[tuple[str, int, int]] = []  # (path, first byte, last byte) of every file content sent
         self.routes: dict[str, Any] = {}
         self.failures: dict[str, int] = {}  # path -> how many more requests answer 503 (a transient error)
         self.forbidden: set[str] = set()  # paths that answer 403
+        self.latency = 0.0  # seconds each request waits before its answer (a network's round trip)
         self._lock = threading.Lock()
         server = self
 
@@ -67,6 +70,8 @@ class RangeServer:
             def _answer(self, send_body: bool, body: Any = None):
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)
+                if server.latency:
+                    time.sleep(server.latency)
                 with server._lock:
                     server.requests.append((self.command, parts.path, query, body))
                 with server._lock:
@@ -87,25 +92,28 @@ class RangeServer:
                 if server.root.resolve() not in target.parents or not target.is_file():
                     self.send_error(404)
                     return
-                data = target.read_bytes()
-                start, end = 0, len(data) - 1
+                size = target.stat().st_size
+                start, end = 0, size - 1
                 match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
                 if match:
                     start = int(match.group(1))
-                    end = min(int(match.group(2)) if match.group(2) else end, len(data) - 1)
+                    end = min(int(match.group(2)) if match.group(2) else end, size - 1)
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 else:
                     self.send_response(200)
-                chunk = data[start:end + 1]
+                with target.open("rb") as file:  # the range only: a whole large file per request would cost more
+                    file.seek(start)
+                    chunk = file.read(max(0, end + 1 - start))
                 self.send_header("Content-Length", str(len(chunk)))
                 self.send_header("Accept-Ranges", "bytes")
-                self.send_header("ETag", f'"{target.stat().st_mtime_ns:x}-{len(data):x}"')
+                self.send_header("ETag", f'"{target.stat().st_mtime_ns:x}-{size:x}"')
                 self.end_headers()
                 if send_body:
                     self.wfile.write(chunk)
                     with server._lock:
                         server.bytes_sent += len(chunk)
+                        server.ranges.append((parts.path, start, start + len(chunk) - 1))
 
             def _index(self, folder: Path, send_body: bool):
                 """An Apache-style "Index of" page: what GDAL's /vsicurl/ parses to list a folder."""
@@ -145,10 +153,24 @@ class RangeServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def distinct_bytes(self) -> int:
+        """How many distinct bytes of the files were sent (a byte sent twice counts once)."""
+        with self._lock:
+            ranges = sorted(self.ranges)
+        total, last_path, end = 0, None, -1
+        for path, first, last in ranges:
+            if path != last_path:
+                last_path, end = path, -1
+            if last > end:
+                total += last - max(first, end + 1) + 1
+                end = last
+        return total
+
     def reset_counts(self) -> None:
         with self._lock:
             self.bytes_sent = 0
             self.requests.clear()
+            self.ranges.clear()
 
 
 def free_port() -> int:

@@ -52,8 +52,9 @@ def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
     data = np.random.default_rng(7).integers(0, 256, size=(3, SIZE, SIZE), dtype=np.uint8)
     write_cog(root / "scene.tif", data)
-    (root / "corner.tif").write_bytes((root / "scene.tif").read_bytes())  # read by the AOI test only: GDAL's
-    # /vsicurl/ cache lives as long as the process, so a URL read before would be counted short
+    for name in ("corner.tif", "whole.tif"):  # read by one byte-counting test each: GDAL's /vsicurl/ cache
+        # lives as long as the process, so a URL read before would be counted short
+        (root / name).write_bytes((root / "scene.tif").read_bytes())
     for index, name in enumerate(("B04", "B03", "B02")):  # red, green, blue
         write_cog(root / f"{name}.tif", data[index:index + 1])
     server = RangeServer(root).start()
@@ -147,6 +148,105 @@ def test_aoi_on_a_corner_fetches_a_small_part_and_is_georeferenced(site, local_m
     assert data.shape == (1, 200, 200) and transform == from_origin(*ORIGIN, 1, 1) and crs == "EPSG:32618"
     np.testing.assert_array_equal(data, local_mask[0][:, :200, :200])  # per-pixel model: the crop of the scene
     assert manifest.inputs[0]["aoi_window"]["width"] == 200
+
+
+def test_a_whole_remote_scene_is_fetched_once(site, local_mask, tmp_path):
+    """The read threads cut their tiles from tile rows fetched once, whole, on one shared handle: no byte is
+    fetched twice (a handle per thread fetched this scene 1.25 times: their caches are separate and overlapping
+    tiles share blocks), the overviews are not fetched, and the mask is the local file's."""
+    server, root = site
+    server.reset_counts()
+    manifest = run([f"{server.url}/whole.tif"], tmp_path, read_workers=2)
+    assert manifest.exit_code == 0
+    sent, distinct = server.bytes_sent, server.distinct_bytes()
+    assert sent <= 1.01 * distinct, (sent, distinct)
+    assert distinct < (root / "whole.tif").stat().st_size, distinct  # the overviews are not needed
+    same_pixels(pixels(only_mask(tmp_path)), local_mask)
+
+
+def write_scene(path: Path, data: np.ndarray, nodata=None, mask: np.ndarray | None = None) -> Path:
+    """A tiled GeoTIFF (128-px blocks) of ``data`` (C, H, W), with a nodata value or an internal mask."""
+    count, height, width = data.shape
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": data.dtype.name,
+               "crs": "EPSG:32618", "transform": from_origin(*ORIGIN, 1, 1), "nodata": nodata, "tiled": True,
+               "blockxsize": 128, "blockysize": 128}
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if mask is not None:
+            dst.write_mask(mask)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["uint8-nodata", "uint16-mask", "float-nan"])
+def test_whole_row_reads_equal_tile_reads(tmp_path, kind):
+    """:class:`WholeRowReader` (tiles cut from whole tile rows, threads sharing it) gives each tile's values and
+    whether it holds data exactly as the reader's own window reads, edge and empty tiles included."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rrsis_cli.scene import SceneReader, WholeRowReader
+    from rrsis_cli.tiling import TileGrid
+
+    rng = np.random.default_rng(3)
+    height, width, tile = 300, 410, 128
+    dtype = {"uint8-nodata": np.uint8, "uint16-mask": np.uint16, "float-nan": np.float32}[kind]
+    data = rng.integers(1, 200, size=(3, height, width)).astype(dtype)
+    data[:, :150, 250:] = 0  # tiles without data (nodata value, masked, NaN)
+    mask = None
+    if kind == "float-nan":
+        data[:, :150, 250:] = np.nan
+    if kind == "uint16-mask":
+        mask = np.full((height, width), 255, np.uint8)
+        mask[:150, 250:] = 0
+    path = write_scene(tmp_path / "scene.tif", data, nodata=0 if kind == "uint8-nodata" else None, mask=mask)
+    reader = SceneReader(path, None)
+    grid = TileGrid.for_scene(height, width, tile, 0.25)
+    origins = [grid.origin(i) for i in range(len(grid))] + [(-20, -30), (height - 40, width - 50), (height, 0)]
+    want = []
+    for row, col in origins:
+        out = np.empty((3, tile, tile), reader.raw_dtype)
+        want.append((out, reader.read_raw(row, col, tile, out)))
+    rows = WholeRowReader(reader.clone())
+
+    def read(origin):
+        out = np.empty((3, tile, tile), reader.raw_dtype)
+        return out, rows.read_raw(*origin, tile, out)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        got = list(pool.map(read, origins))
+    rows.close()
+    reader.close()
+    assert [has for _, has in want].count(False) >= 2  # empty tiles and the one outside the scene
+    for (want_values, want_has), (values, has) in zip(want, got, strict=True):
+        np.testing.assert_array_equal(values, want_values)
+        assert has == want_has
+
+
+def test_remote_scene_threads_share_one_reader_and_fail_as_one(site, tmp_path):
+    """A remote scene's clones for whole rows are one :class:`WholeRowReader`; a fetch that fails (here the
+    server starts refusing the file) raises the reader's one-line InputError in every thread that needed that
+    row, and is not kept: the next read asks again."""
+    from rrsis_cli.errors import InputError
+    from rrsis_cli.scene import SceneReader, WholeRowReader
+
+    server, root = site
+    (root / "refused.tif").write_bytes((root / "scene.tif").read_bytes())
+    reader = SceneReader(RemotePath(f"{server.url}/refused.tif"), None)
+    try:
+        rows = reader.clone(whole_rows=True)
+        assert isinstance(rows, WholeRowReader) and reader.clone(whole_rows=True) is rows
+        assert isinstance(reader.clone(), SceneReader)  # one handle per thread when not asked for whole rows
+        server.forbidden.add("/refused.tif")
+        out = np.empty((3, 256, 256), np.uint8)
+        for _ in range(2):
+            with pytest.raises(InputError, match=r"refused\.tif: read failed in rows 0-255, cols 0-1023"):
+                rows.read_raw(0, 0, 256, out)
+        server.forbidden.discard("/refused.tif")
+        assert rows.read_raw(0, 0, 256, out)
+        rows.close()
+        assert reader.clone(whole_rows=True) is not rows  # a closed one is replaced
+    finally:
+        server.forbidden.discard("/refused.tif")
+        reader.close()
 
 
 def test_aoi_in_lon_lat_from_a_geojson_file_and_scenes_it_misses(site, tmp_path):
