@@ -22,7 +22,8 @@ path, on the command line or in a ``.txt`` list, is a :class:`~rrsis_cli.remote.
 :class:`~pathlib.Path`); one that ends in ``/`` is a prefix, listed recursively with the rules of folders. Its
 fingerprint is what the server says cheaply (size, ETag, Last-Modified), never its content; its scene key is
 built as for a local file (relative folder under the prefix, stem, 8 hex). STAC inputs (``.json`` items,
-ItemCollections, catalogs, ``--stac-search``) become scenes in :mod:`rrsis_cli.stac_inputs`, keyed by item id.
+ItemCollections, catalogs, on the command line or in a ``.txt`` list, and ``--stac-search``) become scenes in
+:mod:`rrsis_cli.stac_inputs`, keyed by item id.
 """
 
 from __future__ import annotations
@@ -184,7 +185,10 @@ def read_prompts_file(path: str | Path) -> list[str]:
 
 def _candidates(inputs: list[str | Path], glob: str | None) -> list[tuple[Path | RemotePath, str]]:
     """(path, its folder relative to the folder or prefix it was found in, ``""`` for none) for every input
-    item, in the order given; ``.txt`` lists expanded (their prefixes listed too)."""
+    item, in the order given; ``.txt`` lists expanded (their prefixes listed too; their STAC entries left to
+    :func:`listed_stac_inputs`)."""
+    from rrsis_cli.stac_inputs import is_stac_input
+
     check_inputs_exist(inputs)
     found: list[tuple[Path | RemotePath, str]] = []
     for given in inputs:
@@ -198,12 +202,32 @@ def _candidates(inputs: list[str | Path], glob: str | None) -> list[tuple[Path |
             matches = sorted(p for p in item.rglob(glob or "*")
                              if p.is_file() and (glob or p.suffix.lower() in RASTER_SUFFIXES))
             found += [(p, p.parent.relative_to(item).as_posix()) for p in matches]
-        elif item.suffix.lower() == ".txt" and item.is_file():
+        elif is_list_file(item):
             for entry in read_list_file(item):
+                if is_stac_input(entry):
+                    continue  # read as STAC (listed_stac_inputs)
                 found += _candidates([entry], glob) if isinstance(entry, str) else [(entry, "")]
         else:
             found.append((item, ""))
     return found
+
+
+def is_list_file(item: Path | RemotePath) -> bool:
+    """A local ``.txt`` file: a list of inputs (:func:`read_list_file`)."""
+    return isinstance(item, Path) and item.suffix.lower() == ".txt" and item.is_file()
+
+
+def listed_stac_inputs(inputs: list) -> list[Path | RemotePath | str]:
+    """The STAC entries (names ending in ``.json``: files, URLs, ``s3://`` objects) of the ``.txt`` lists among
+    ``inputs``, in order: they are read as STAC inputs, not as rasters."""
+    from rrsis_cli.stac_inputs import is_stac_input
+
+    listed: list[Path | RemotePath | str] = []
+    for given in inputs:
+        item = dataset_path(given)
+        if not is_stac_input(item) and is_list_file(item):
+            listed += [entry for entry in read_list_file(item) if is_stac_input(entry)]
+    return listed
 
 
 def _file_identity(path: Path | RemotePath) -> tuple[int, int] | None:
@@ -243,7 +267,8 @@ def find_scenes(inputs: list[str | Path], glob: str | None = None,
     seen_keys: dict[str, Scene] = {}
     check_inputs_exist(inputs)  # local STAC files too: a missing INPUT is a usage error (exit 2)
     rasters = [item for item in inputs if not stac_inputs.is_stac_input(item)]
-    found = [(source.path, "", stac_scene(source)) for source in stac_inputs.find_stac_sources(inputs, stac)]
+    stac_given = [item for item in inputs if stac_inputs.is_stac_input(item)] + listed_stac_inputs(rasters)
+    found = [(source.path, "", stac_scene(source)) for source in stac_inputs.find_stac_sources(stac_given, stac)]
     found += [(path, folder, None) for path, folder in _candidates(rasters, glob)] if rasters else []
     for path, folder, stac_scene_ in found:
         identity = _file_identity(path)

@@ -1,9 +1,17 @@
 """STAC inputs: scenes from STAC Items, ItemCollections, Catalogs / Collections and STAC API searches.
 
-* An INPUT whose name ends in ``.json`` (a local file or a URL) is read with pystac: a ``Feature`` is one Item, a
+* An INPUT whose name ends in ``.json`` (a local file, an ``http(s)://`` URL or an ``s3://`` object, given on the
+  command line or listed in a ``.txt`` file) is read with pystac: a ``Feature`` is one Item, a
   ``FeatureCollection`` an ItemCollection, a ``Catalog`` or ``Collection`` is walked for all its items (recursive,
   through child catalogs). ``--stac-search URL`` (with ``--collections``, ``--bbox``, ``--datetime``,
   ``--max-items``) adds the items a STAC API search returns (pystac-client).
+* Reading the JSON (:func:`stac_reader`): local files and ``http(s)`` as pystac reads them; S3 through boto3 with
+  the one client configuration of the S3 metadata reads and uploads (:func:`rrsis_cli.remote.s3_client`, from the
+  variables GDAL's ``/vsis3/`` reads), so a catalog's relative links and assets on S3 resolve to ``s3://`` objects.
+  STAC JSON on ``gs://``, ``az://`` or another ``/vsi`` file system is refused with one line: pystac needs the
+  file's text, which GDAL could read but rasterio and pyogrio do not expose (no ``osgeo`` bindings), and the
+  Google or Azure SDKs would be a second credentials configuration to keep in step with GDAL's. Give such a
+  file's ``https://`` URL (public or signed) or a local copy; rasters on those stores are read as usual.
 * Each Item is one scene. Its raster is the asset ``--asset KEY`` (default ``visual``), or, with
   ``--stac-bands red,green,blue``, single-band assets chosen by their ``eo:bands`` common names (STAC 1.0
   ``eo:bands``, or STAC 1.1 ``bands`` with ``eo:common_name``) and stacked, in that order, into an in-memory VRT
@@ -25,12 +33,13 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from rrsis_cli.errors import InputError, UsageError
-from rrsis_cli.remote import RemotePath, dataset_path, redact
+from rrsis_cli.remote import RemotePath, dataset_path, is_remote, redact, s3_client
 
 DEFAULT_ASSET = "visual"
 GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
               "int32": "Int32", "float32": "Float32", "float64": "Float64"}
 COLOUR_NAMES = {"red": "Red", "green": "Green", "blue": "Blue"}
+STAC_READ_TIMEOUT = 60.0  # seconds to connect to, and to read from, S3 for one STAC file
 
 
 @dataclass
@@ -92,17 +101,60 @@ def is_stac_input(item: str | Path | RemotePath) -> bool:
     return re.split(r"[?#]", text, maxsplit=1)[0].lower().endswith(".json")
 
 
+def s3_location(href: str) -> tuple[str, str] | None:
+    """(bucket, key) of ``s3://bucket/key`` or ``/vsis3/bucket/key``, else None."""
+    for prefix in ("s3://", "/vsis3/"):
+        if href.startswith(prefix):
+            bucket, _, key = href[len(prefix):].partition("/")
+            return (bucket, key) if bucket and key else None
+    return None
+
+
+def read_stac_text(href: str, read_default) -> str:
+    """The text of a STAC file: an S3 object (``s3://``, ``/vsis3/``) through boto3
+    (:func:`rrsis_cli.remote.s3_client`); a local file or an ``http(s)`` URL (also as ``/vsicurl/…``) by
+    ``read_default`` (pystac's own reader). InputError for another object store (see the module's notes)."""
+    location = s3_location(href)
+    if location is not None:
+        bucket, key = location
+        body = s3_client(STAC_READ_TIMEOUT).get_object(Bucket=bucket, Key=key)["Body"]
+        return body.read().decode("utf-8")
+    if href.startswith("/vsicurl/"):
+        href = href[len("/vsicurl/"):]
+    if is_remote(href) and not href.startswith(("http://", "https://")):
+        raise InputError("STAC JSON is read from local files, http(s):// and s3:// only (pystac needs its text, "
+                         "which GDAL's other file systems do not give Python here): give its https:// URL or a "
+                         "local copy", RemotePath(href))
+    return read_default(href)
+
+
+def stac_reader():
+    """pystac's reader (a ``StacIO``) for the STAC files given and every link a catalog walk follows:
+    :func:`read_stac_text`. pystac is imported here, when STAC is read, not with the command line."""
+    from pystac.stac_io import DefaultStacIO
+
+    class RemoteStacIO(DefaultStacIO):
+        def read_text_from_href(self, href: str) -> str:
+            return read_stac_text(href, super().read_text_from_href)
+
+    return RemoteStacIO()
+
+
 def read_stac_items(href: str) -> list:
-    """The pystac Items of a STAC file or URL: an Item, an ItemCollection, or every item of a Catalog or
-    Collection (recursive). InputError naming the file when it cannot be read or is not STAC."""
+    """The pystac Items of a STAC file, URL or S3 object: an Item, an ItemCollection, or every item of a Catalog
+    or Collection (recursive; links read with :func:`stac_reader`). InputError naming the file when it cannot be
+    read or is not STAC."""
     import pystac
 
     shown = redact(href)
+    stac_io = stac_reader()
     try:
-        data = pystac.StacIO.default().read_json(href)
-    except Exception as exc:  # noqa: BLE001 - not found, not JSON, HTTP error: one line
+        data = stac_io.read_json(href)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - not found, not JSON, HTTP or S3 error: one line
         raise InputError(f"cannot read STAC JSON ({one_line(exc)})",
-                         RemotePath(href) if "://" in href else href) from exc
+                         RemotePath(href) if is_remote(href) else href) from exc
     kind = data.get("type") if isinstance(data, dict) else None
     try:
         if kind == "Feature":
@@ -111,9 +163,11 @@ def read_stac_items(href: str) -> list:
             collection = pystac.ItemCollection.from_dict(data)
             return [_with_self_href(item, href) for item in collection.items]
         if kind in ("Catalog", "Collection"):
-            root = pystac.read_dict(data, href=href)
+            root = pystac.read_dict(data, href=href, stac_io=stac_io)
             return list(root.get_items(recursive=True))
-    except Exception as exc:  # noqa: BLE001 - malformed STAC: one line
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed STAC, or a link that cannot be read: one line
         raise InputError(f"not valid STAC {kind} ({one_line(exc)})", shown) from exc
     raise InputError(f"not a STAC Item, ItemCollection, Catalog or Collection (type {kind!r})", shown)
 
@@ -173,7 +227,7 @@ def find_stac_sources(inputs: list, options: StacOptions | None) -> list[StacSou
     for given in inputs:
         if is_stac_input(given):
             href = given.given if isinstance(given, RemotePath) else str(given)
-            items += read_stac_items(href if "://" in href else str(Path(href).resolve()))
+            items += read_stac_items(href if is_remote(href) else str(Path(href).resolve()))
     if options.search:
         items += search_items(options)
     return [item_source(item, options) for item in items]

@@ -433,6 +433,69 @@ def test_stac_catalog_item_collection_and_item_url(site, tmp_path):
     assert manifest.inputs[0]["width"] == SIZE
 
 
+def test_stac_on_s3_and_stac_entries_of_list_files(site, local_mask, tmp_path, monkeypatch):
+    """STAC JSON on S3 is read with boto3 (the S3 configuration of the reads): a catalog whose child catalog,
+    items and assets are relative links on S3 gives /vsis3/ scenes; a .txt list may name STAC files, URLs and S3
+    objects among rasters; STAC JSON on another object store, or an S3 key that is not there, is one line."""
+    import datetime
+
+    import pystac
+
+    from rrsis_cli.errors import InputError
+    from rrsis_cli.inputs import find_scenes
+
+    server, root = site
+    catalog = pystac.Catalog("cat", "on s3")
+    sub = pystac.Catalog("sub", "one level down")
+    catalog.add_child(sub)
+    when = datetime.datetime(2024, 6, 1, tzinfo=datetime.timezone.utc)
+    for parent, item_id in ((catalog, "first"), (sub, "second")):
+        parent.add_item(pystac.Item(item_id, {"type": "Point", "coordinates": [-75.0, 36.1]},
+                                    [-75.0, 36.1, -74.9, 36.2], when, {}))
+    local = tmp_path / "cat"
+    catalog.normalize_hrefs(str(local))
+    for item in catalog.get_items(recursive=True):
+        scene = Path(item.get_self_href()).parent / "scene.tif"
+        item.add_asset("visual", pystac.Asset(str(scene), media_type=pystac.MediaType.COG))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    assert json.loads((local / "first" / "first.json").read_text())["assets"]["visual"]["href"] == "./scene.tif"
+    with moto_s3() as (client, env):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        client.create_bucket(Bucket="stac")
+        for path in sorted(local.rglob("*.json")):
+            client.upload_file(str(path), "stac", f"cat/{path.relative_to(local).as_posix()}")
+            if path.name not in ("catalog.json",):
+                client.upload_file(str(root / "scene.tif"), "stac", f"cat/{path.parent.relative_to(local).as_posix()}"
+                                   "/scene.tif")
+        manifest = run(["s3://stac/cat/catalog.json"], tmp_path / "out")
+        assert manifest.exit_code == 0
+        assert sorted((i["stac_item_id"], i["path"]) for i in manifest.inputs) == [
+            ("first", "s3://stac/cat/first/scene.tif"), ("second", "s3://stac/cat/sub/second/scene.tif")]
+        assert manifest.inputs[0]["stac_item"].startswith("s3://stac/cat/")
+        for mask in (tmp_path / "out").rglob("mask.tif"):
+            same_pixels(pixels(mask), local_mask)
+
+        served = stac_item(server, "served")
+        served.set_self_href(f"{server.url}/listed.json")
+        (root / "listed.json").write_text(json.dumps(served.to_dict()))
+        stac_item(server, "nearby").save_object(include_self_link=False, dest_href=str(tmp_path / "items" / "i.json"))
+        listing = tmp_path / "list.txt"
+        listing.write_text(f"s3://stac/cat/first/first.json\n{server.url}/scene.tif\n{server.url}/listed.json\n"
+                           "items/i.json\n")
+        found = find_scenes([listing])
+        assert [(s.stac_item_id, str(s.path)) for s in found] == [
+            ("first", "s3://stac/cat/first/scene.tif"), ("served", f"{server.url}/scene.tif"),
+            ("nearby", f"{server.url}/scene.tif"), (None, f"{server.url}/scene.tif")]
+        with pytest.raises(InputError, match=r"s3://stac/none\.json: cannot read STAC JSON \(.*NoSuchKey"):
+            find_scenes(["s3://stac/none.json"])
+    for name in ("gs://bucket/item.json", "az://container/item.json"):
+        with pytest.raises(InputError, match=rf"^{name}: STAC JSON is read from local files, http\(s\):// and "
+                                             r"s3:// only .*: give its https:// URL or a local copy$"):
+            find_scenes([name])
+
+
 def test_stac_api_search_sends_the_filters(site, tmp_path, capsys):
     from rrsis_cli.stac_inputs import StacOptions
 
