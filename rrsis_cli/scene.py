@@ -590,10 +590,11 @@ class SceneReader:
         """Whether ``raw`` (the values of ``window``) holds a valid pixel: a pixel is valid where any selected
         band is not its nodata value (:attr:`values_decide_data`), else as :func:`valid_mask` says (``valid``:
         that mask when the caller has it)."""
-        if self.values_decide_data:
+        if raw.dtype.kind in "ui":
             if self.mask_kind == "all_valid":
                 return True
-            return any(bool((band != nodata).any()) for band, nodata in zip(raw, self.nodata_values, strict=True))
+            if self.nodata_values is not None:
+                return any(bool((band != nodata).any()) for band, nodata in zip(raw, self.nodata_values, strict=True))
         if valid is None:
             valid = self.valid(window, data=raw)
         return bool(valid.any())

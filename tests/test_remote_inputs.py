@@ -488,6 +488,7 @@ def test_stac_on_s3_and_stac_entries_of_list_files(site, local_mask, tmp_path, m
         assert [(s.stac_item_id, str(s.path)) for s in found] == [
             ("first", "s3://stac/cat/first/scene.tif"), ("served", f"{server.url}/scene.tif"),
             ("nearby", f"{server.url}/scene.tif"), (None, f"{server.url}/scene.tif")]
+        assert [s.stac_item_id for s in find_scenes(["/vsis3/stac/cat/first/first.json"])] == ["first"]
         with pytest.raises(InputError, match=r"s3://stac/none\.json: cannot read STAC JSON \(.*NoSuchKey"):
             find_scenes(["s3://stac/none.json"])
     for name in ("gs://bucket/item.json", "az://container/item.json"):
