@@ -576,7 +576,7 @@ class SceneReader:
                 inner = Window(c0, r0, c1 - c0, r1 - r0)
                 part = self.ds.read(self.bands, window=inner)
                 out[:, r0 - row:r1 - row, c0 - col:c1 - col] = part
-            has_data = self._has_data(part, inner)
+            has_data = self.has_data(part, inner)
         self.seconds["read"] += time.perf_counter() - started
         return has_data
 
@@ -586,7 +586,7 @@ class SceneReader:
         nodata values, and integer rasters without any mask): no mask is read."""
         return self.raw_dtype.kind in "ui" and (self.mask_kind == "all_valid" or self.nodata_values is not None)
 
-    def _has_data(self, raw: np.ndarray, window, valid: np.ndarray | None = None) -> bool:
+    def has_data(self, raw: np.ndarray, window, valid: np.ndarray | None = None) -> bool:
         """Whether ``raw`` (the values of ``window``) holds a valid pixel: a pixel is valid where any selected
         band is not its nodata value (:attr:`values_decide_data`), else as :func:`valid_mask` says (``valid``:
         that mask when the caller has it)."""
@@ -714,7 +714,7 @@ class WholeRowReader:
         else:
             out[:] = 0
             out[:, r0 - row:r1 - row, c0 - col:c1 - col] = part
-        return self.reader._has_data(part, Window(c0, r0, c1 - c0, r1 - r0),
+        return self.reader.has_data(part, Window(c0, r0, c1 - c0, r1 - r0),
                                      None if valid is None else valid[:, c0:c1])
 
     def _row(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray | None]:
