@@ -21,7 +21,8 @@ writing with the next scene's tiles.
 Memory, per (scene, prompt) run together: 4 B × tile × width (probability sums) + 2 B × band × width; plus
 (read_ahead + 1) batch buffers of batch × bands × tile² in the scene's dtype, the float32 model input of one
 batch, GDAL's block cache (:data:`rrsis_cli.scene.GDAL_CACHE_MB`), for a remote scene two tile rows of its width
-(:class:`rrsis_cli.scene.WholeRowReader`) and the model: independent of the scene's height; :func:`bound_heap` keeps freed band-sized arrays from staying resident.
+(:class:`rrsis_cli.scene.WholeRowReader`) and the model: independent of the scene's height; :func:`bound_heap`
+keeps freed band-sized arrays from staying resident.
 """
 
 from __future__ import annotations
