@@ -14,7 +14,9 @@ pipeline).
 
 With the null model a tile costs little, so the serial part of a split scene (assembling the journal into the
 mask and probability COGs, once every window is done) weighs on the 2-over-1 speedup; ``--model lavt-tiny``
-(random weights) makes the windows compute-bound. The default ``--split-tiles 512`` cuts a 12000² scene (31 x 31
+(random weights) makes the windows compute-bound. A split scene is finished by one task per prompt
+(``--prompts N`` runs N prompts), which compresses its COGs in ``RRSIS_OUTPUT_THREADS`` GDAL threads (default:
+the cores, at most 4) and writes them beside its vectors (``--vectors``). The default ``--split-tiles 512`` cuts a 12000² scene (31 x 31
 tiles of 512 px) into 2 windows of 16 and 15 tile rows: one per worker, one recomputed tile row.
 
 Each run is a separate ``python -m rrsis_cli predict`` process (peak RSS from ``wait4``); the scheduler's peak
@@ -74,13 +76,14 @@ def write_small_scenes(folder: Path, count: int, size: int) -> None:
 
 
 MODEL = ["--model", "null"]  # set from --model in main()
+PROMPTS = ["--prompt", "the building"]  # set from --prompts in main()
 
 
 def run_predict(inputs: list[str], out: Path, extra: list[str]) -> dict:
     """One ``rrsis predict`` process: seconds, its peak RSS, and the manifest's exit code."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "rrsis_cli", "--quiet", "predict", *inputs, *MODEL, "--prompt",
-           "the building", "--out", str(out), "--device", "cpu", *extra]
+    cmd = [sys.executable, "-m", "rrsis_cli", "--quiet", "predict", *inputs, *MODEL, *PROMPTS,
+           "--out", str(out), "--device", "cpu", *extra]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -150,7 +153,11 @@ def small(a, work: Path) -> dict:
 
 
 def mask_digest(out: Path) -> str:
-    return hashlib.sha256(next(out.rglob("mask.tif")).read_bytes()).hexdigest()[:16]
+    """One digest of every output file (masks, probabilities, vectors) of the run, by relative path."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in out.rglob("*") if p.is_file() and p.name.startswith(("mask.", "prob."))):
+        digest.update(str(path.relative_to(out)).encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def large(a, work: Path) -> dict:
@@ -174,9 +181,10 @@ def large(a, work: Path) -> dict:
         rows["in-process"] = run_predict([str(scene)], out, common)  # --split-tiles: dask only
         digests["in-process"] = mask_digest(out)
     speedup = rows["1 worker(s)"]["seconds"] / rows["2 worker(s)"]["seconds"]
-    return {"size": a.large_size, "split_tiles": a.split_tiles, "model": MODEL, "vectors": a.vectors, "runs": rows,
+    return {"size": a.large_size, "split_tiles": a.split_tiles, "model": MODEL, "vectors": a.vectors,
+            "prompts": a.prompts, "output_threads": ENV.get("RRSIS_OUTPUT_THREADS") or "default", "runs": rows,
             "speedup_2_over_1": round(speedup, 2), "goal_met": speedup >= 1.6,
-            "masks_identical": len(set(digests.values())) == 1}
+            "outputs_identical": len(set(digests.values())) == 1}
 
 
 def main() -> None:
@@ -189,12 +197,15 @@ def main() -> None:
     parser.add_argument("--model", default="null", help="null (host pipeline only), or a tiny card such as "
                         "lavt-tiny (random weights) to weigh compute against the serial assembly")
     parser.add_argument("--tile-size", type=int, default=None)
-    parser.add_argument("--vectors", action="store_true", help="(b) also vectorises (serial, after the windows)")
+    parser.add_argument("--vectors", action="store_true", help="(b) also vectorises (in the finishing tasks)")
+    parser.add_argument("--prompts", type=int, default=1, help="prompts per run (a split scene: one finishing task each)")
     parser.add_argument("--skip-in-process", action="store_true", help="(b) without the in-process reference")
     parser.add_argument("--work", default="/tmp/rrsis-scaleout-bench")
     a = parser.parse_args()
     MODEL[:] = ["--model", a.model] + ([] if a.model == "null" else ["--allow-random-weights"]) + \
         ([] if a.tile_size is None else ["--tile-size", str(a.tile_size)])
+    PROMPTS[:] = [arg for k in range(a.prompts) for arg in ("--prompt", "the building" if k == 0 else
+                                                           f"the building {k + 1}")]
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     payload = {}

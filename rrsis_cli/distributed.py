@@ -8,7 +8,11 @@ Decisions:
 * **Streaming submission.** :func:`stream_tasks` keeps at most a window of tasks in flight (2 per worker thread
   by default, re-read as workers join) and yields each result as it arrives, so the client holds a bounded number
   of futures whatever the number of scenes, and the caller's manifest grows as results come in. The caller may
-  queue follow-up tasks while it consumes results (predict's finishing task of a scene split into window tasks).
+  queue follow-up tasks while it consumes results (predict's finishing tasks, one per prompt, of a scene split
+  into window tasks).
+* **Output threads.** A split scene's finishing task runs while the scene's other workers idle: it may use
+  :func:`output_threads` threads (``RRSIS_OUTPUT_THREADS``, else the host's cores up to 4) for GDAL's tile
+  compression and for writing its COGs beside its vectors; the files are the same bytes.
 * **Once per worker.** :func:`worker_cached` keeps an object (predict's scene runner, its model loaded) per key
   in each worker process.
 * **GPU workers.** ``--cluster local`` on a host with GPUs starts one worker per GPU, each pinned with
@@ -46,7 +50,7 @@ from rrsis_cli import __version__
 from rrsis_cli.errors import OutputError, UsageError
 from rrsis_cli.manifest import manifest_name, merge_manifests
 
-__all__ = ["Task", "make_client", "manifest_name", "merge_manifests", "output_lock", "parse_shard",
+__all__ = ["Task", "make_client", "manifest_name", "merge_manifests", "output_lock", "output_threads", "parse_shard",
            "select_shard", "shard_from_environment", "stream_tasks", "worker_cached", "worker_device"]
 
 _CACHE: dict[str, Any] = {}  # per worker process: objects by key (worker_cached)
@@ -143,6 +147,15 @@ def worker_device(requested: str) -> str:
     found = re.search(r"(\d+)$", name)
     index = int(found.group(1)) if found else int(hashlib.sha256(name.encode()).hexdigest(), 16)
     return f"cuda:{index % torch.cuda.device_count()}"
+
+
+def output_threads(env: dict[str, str] | None = None) -> int:
+    """Threads a worker's output step may use (a split scene's finishing task, while the scene's other workers
+    idle): ``RRSIS_OUTPUT_THREADS`` when set (at least 1), else this host's cores, at most 4."""
+    env = os.environ if env is None else env
+    if env.get("RRSIS_OUTPUT_THREADS", "").strip():
+        return max(1, int(env["RRSIS_OUTPUT_THREADS"]))
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def visible_gpus() -> list[str]:

@@ -22,13 +22,17 @@ def mask_profile(reader, block: int = 512) -> dict[str, Any]:
             "blockysize": block, "compress": "deflate"}
 
 
-def to_cog(src: Path, dst: Path, tags: dict[str, str]) -> None:
-    """Translate a tiled GTiff into a COG (DEFLATE, 512 tiles, nearest overviews) at ``dst`` atomically."""
+def to_cog(src: Path, dst: Path, tags: dict[str, str], threads: int = 1) -> None:
+    """Translate a tiled GTiff into a COG (DEFLATE, 512 tiles, nearest overviews) at ``dst`` atomically.
+    ``threads`` > 1: GDAL compresses the tiles in that many threads (its ``NUM_THREADS`` creation option); the
+    file's bytes are the same (each tile is compressed on its own and written in order)."""
     from rio_cogeo.cogeo import cog_translate
     from rio_cogeo.profiles import cog_profiles
 
     profile = cog_profiles.get("deflate")
     profile.update(blockxsize=512, blockysize=512)
+    if threads > 1:
+        profile["num_threads"] = int(threads)
     tmp = temporary_path(dst)
     try:
         cog_translate(str(src), str(tmp), profile, overview_resampling="nearest", quiet=True,

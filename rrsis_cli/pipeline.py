@@ -31,7 +31,7 @@ import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -377,6 +377,16 @@ def _write_block(dst, values: np.ndarray, row: int, col: int) -> None:
     dst.write(values, 1, window=Window(col, row, values.shape[1], values.shape[0]))
 
 
+def start_beside(step) -> Future:
+    """Run ``step()`` now in a thread of its own (e.g. a pair's COGs while its vectors are made in the calling
+    thread); ``result()`` waits for it and raises its error."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rrsis-beside")
+    try:
+        return pool.submit(step)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends once the step is done
+
+
 class BackgroundWriter:
     """One thread that runs the output steps of (scene, prompt) pairs (assembling the rasters, COG and overview
     writing, vectors) in submission order, while the caller runs the tiles of the next scene.
@@ -445,4 +455,4 @@ class BackgroundWriter:
 
 __all__ = ["BackgroundWriter", "Pair", "PipelineStats", "ReadPool", "assemble", "band_rows", "bound_heap",
            "mask_from_probability", "new_pair",
-           "quantise", "run_pairs"]
+           "quantise", "run_pairs", "start_beside"]

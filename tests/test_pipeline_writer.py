@@ -71,10 +71,10 @@ def test_the_next_scene_runs_while_the_previous_one_is_written(scenes, tmp_path,
 def test_a_write_error_fails_its_own_pair_only(scenes, tmp_path, monkeypatch):
     real = rrsis_cli.predict.write.to_cog
 
-    def to_cog(src, dst, tags):
+    def to_cog(src, dst, tags, threads=1):
         if tags.get("prompt") == "b" and tags["rrsis_scene"].endswith("s0.tif"):
             raise OSError("disk full (test)")
-        return real(src, dst, tags)
+        return real(src, dst, tags, threads)
 
     monkeypatch.setattr(rrsis_cli.predict.write, "to_cog", to_cog)
     manifest = predict(scenes, "null", PROMPTS, tmp_path / "out", PredictOptions(**OPTIONS))

@@ -103,10 +103,10 @@ def test_a_failed_pair_leaves_nothing_at_its_final_paths(pointwise, tmp_path, mo
 
     real = rrsis_cli.predict.write.to_cog
 
-    def broken(src, dst, tags):
+    def broken(src, dst, tags, threads=1):
         if Path(dst).name == "mask.tif":
             raise OSError("No space left on device")
-        real(src, dst, tags)
+        real(src, dst, tags, threads)
 
     monkeypatch.setattr("rrsis_cli.predict.write.to_cog", broken)
     written, directory = _run(tmp_path, vector_format="gpkg", save_prob=True)

@@ -67,12 +67,19 @@ def test_a_negative_split_is_a_usage_error(tmp_path):
 
 
 def test_split_scene_on_two_workers_is_byte_identical_to_in_process(tmp_path, two_workers):
-    """The scene is split into 5 window tasks on a 2-worker LocalCluster; mask, probability and vectors of both
-    prompts are the bytes of an in-process run, and the manifest counts the windows."""
+    """The scene is split into 5 window tasks on a 2-worker LocalCluster, then finished by one task per prompt;
+    mask, probability and vectors of both prompts are the bytes of an in-process run, and the manifest counts
+    the windows."""
+    from distributed import get_task_stream
+
     prompts = ["the river", "fields"]
     here = predict([SCENE], "null", prompts, tmp_path / "here", PredictOptions(**OPTIONS))
-    dask = predict([SCENE], "null", prompts, tmp_path / "dask", PredictOptions(**OPTIONS),
-                   scheduler=two_workers[0].scheduler_address, split_tiles=60)
+    with get_task_stream(two_workers[1]) as stream:
+        dask = predict([SCENE], "null", prompts, tmp_path / "dask", PredictOptions(**OPTIONS),
+                       scheduler=two_workers[0].scheduler_address, split_tiles=60)
+    keys = sorted(str(task["key"]) for task in stream.data)
+    assert keys == sorted([f"rrsis-finish-0-{k}-RGB.byte" for k in (0, 1)]
+                          + [f"rrsis-window-0-{a}-{b}-RGB.byte" for a, b in FIVE])  # each task ran once
     assert here.exit_code == dask.exit_code == 0
     expected = _outputs(tmp_path / "here")
     assert len(expected) == 6 and _outputs(tmp_path / "dask") == expected
@@ -102,6 +109,127 @@ def test_an_in_process_run_continues_from_the_journals_of_window_tasks(tmp_path)
     resumed = predict([SCENE], "null", [prompt], out, PredictOptions(**OPTIONS))
     assert resumed.results[0].tiles_resumed == 9 * 17
     assert _outputs(out) == _outputs(tmp_path / "straight")
+
+
+def _windows_done(out: Path, prompts: list[str], options: dict):
+    """A runner and the scene, after the 5 window tasks of the scene have run (in this process)."""
+    from rrsis_cli.inputs import find_scenes
+    from rrsis_cli.predict import SceneRunner
+
+    runner = SceneRunner("null", prompts, out, PredictOptions(**options))
+    scene = find_scenes([SCENE])[0]
+    for rows in window_plan((791, 718), runner.tile, runner.options, 60):
+        assert runner.run_window(scene, rows)["error"] is None
+    return runner, scene
+
+
+def test_finishing_a_pair_with_threads_writes_the_bytes_of_an_in_process_run(tmp_path):
+    """Each prompt of a split scene is finished on its own (:meth:`SceneRunner.finish_pair`), its COGs compressed
+    in 3 GDAL threads and written beside its vectors: the files are those of an uninterrupted in-process run."""
+    prompts = ["the river", "fields"]
+    predict([SCENE], "null", prompts, tmp_path / "straight", PredictOptions(**OPTIONS))
+    out = tmp_path / "out"
+    runner, scene = _windows_done(out, prompts, OPTIONS)
+    for prompt in prompts:
+        record, (result,), km2 = runner.finish_pair(scene, prompt, threads=3)
+        assert result.prompt == prompt and result.status == "done" and result.tiles == 0  # nothing recomputed
+        assert set(result.outputs) == {"prob", "vectors", "mask"} and "error" not in record
+        assert km2 > 0
+    assert runner.finish_threads == 1  # back to the default for the runner's next task
+    assert _outputs(out) == _outputs(tmp_path / "straight") and len(_outputs(out)) == 6
+
+
+def test_vectors_failing_beside_the_cogs_keep_the_mask_and_the_probabilities(tmp_path, monkeypatch):
+    """Threaded finishing keeps the rule of derived products: the vectors fail, the mask and prob.tif (kept so a
+    rerun re-derives the vectors) are written, the pair is partial."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("no vectors today")
+
+    predict([SCENE], "null", ["the river"], tmp_path / "straight", PredictOptions(**OPTIONS))  # with prob.tif
+    out = tmp_path / "out"
+    runner, scene = _windows_done(out, ["the river"], dict(OPTIONS, save_prob=False))
+    monkeypatch.setattr("rrsis_cli.predict.write.vectorise", broken)
+    _, (result,), _ = runner.finish_pair(scene, "the river", threads=2)
+    assert result.status == "partial" and "no vectors today" in result.error
+    assert set(result.outputs) == {"prob", "mask"}
+    straight = _outputs(tmp_path / "straight")
+    assert _outputs(out) == {k: v for k, v in straight.items() if not k.endswith("mask.geojson")}
+
+
+def test_a_cog_failing_in_its_thread_leaves_nothing_and_the_journal_to_resume(tmp_path, monkeypatch):
+    """The mask COG fails in the thread beside the vectors: the pair fails with that error, nothing is at the
+    final paths, the journal stays; a rerun writes the outputs without running a tile."""
+    from rrsis_cli.predict import write as predict_write
+
+    real = predict_write.to_cog
+
+    def broken(src, dst, tags, threads=1):
+        if dst.name == "mask.tif":
+            raise OSError("disk full")
+        real(src, dst, tags, threads)
+
+    out = tmp_path / "out"
+    runner, scene = _windows_done(out, ["the river"], OPTIONS)
+    monkeypatch.setattr(predict_write, "to_cog", broken)
+    _, (result,), _ = runner.finish_pair(scene, "the river", threads=2)
+    assert result.status == "failed" and "disk full" in result.error
+    assert _outputs(out) == {}
+    monkeypatch.undo()
+    again = predict([SCENE], "null", ["the river"], out, PredictOptions(**OPTIONS))
+    assert again.results[0].status == "done" and again.results[0].tiles == 0
+    assert again.results[0].tiles_resumed == 15 * 17
+
+
+def test_cog_compressed_in_threads_is_the_same_file(tmp_path):
+    """GDAL's NUM_THREADS compresses tiles in parallel and writes them in order: a 1300 x 1100 mask (3 x 3 tiles
+    and two overviews) gives the same COG with 1 and 3 threads."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from rrsis_cli.outputs import to_cog
+
+    yy, xx = np.mgrid[0:1100, 0:1300]
+    mask = ((np.sin(xx / 37.0) + np.cos(yy / 23.0)) > 0.3).astype(np.uint8)
+    mask[:40, :] = 255
+    raw = tmp_path / "mask_raw.tif"
+    with rasterio.open(raw, "w", driver="GTiff", width=1300, height=1100, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 4600000, 10, 10), nodata=255, tiled=True,
+                       blockxsize=512, blockysize=512, compress="deflate") as dst:
+        dst.write(mask, 1)
+    to_cog(raw, tmp_path / "one.tif", {"prompt": "x"})
+    to_cog(raw, tmp_path / "three.tif", {"prompt": "x"}, threads=3)
+    with rasterio.open(tmp_path / "three.tif") as cog:
+        assert cog.overviews(1) == [2, 4] and (cog.read(1) == mask).all()
+    assert (tmp_path / "one.tif").read_bytes() == (tmp_path / "three.tif").read_bytes()
+
+
+def test_a_split_scene_gathers_its_prompts_finishing_outcomes():
+    """One finishing task per prompt: results in prompt order, km² and encoder calls added, the record of a
+    task that opened the scene kept over that of one whose worker died."""
+    from rrsis_cli.inputs import find_scenes
+    from rrsis_cli.predict.tasks import failed_outcome, scene_outcome
+
+    scene = find_scenes([SCENE])[0]
+    done = {"record": {"path": str(SCENE), "width": 791}, "km2": 1.5, "encoder_calls": 1, "model": "null",
+            "model_sha256": "abc", "tile_size": 64,
+            "results": [{"scene": str(SCENE), "prompt": "a", "status": "done"}]}
+    lost = failed_outcome(scene, ["b"], "KilledWorker")
+    outcome = scene_outcome([lost, done])
+    assert [r["prompt"] for r in outcome["results"]] == ["b", "a"]
+    assert [r["status"] for r in outcome["results"]] == ["failed", "done"]
+    assert outcome["record"] == done["record"] and outcome["km2"] == 1.5 and outcome["encoder_calls"] == 1
+    assert outcome["model_sha256"] == "abc"
+    assert scene_outcome([lost])["record"]["error"] == "KilledWorker" and "model" not in scene_outcome([lost])
+
+
+def test_output_threads_follow_the_environment(monkeypatch):
+    assert distributed.output_threads({"RRSIS_OUTPUT_THREADS": "3"}) == 3
+    assert distributed.output_threads({"RRSIS_OUTPUT_THREADS": "0"}) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert distributed.output_threads({}) == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert distributed.output_threads({}) == 1
 
 
 def test_worker_killed_mid_window_loses_nothing_journaled(tmp_path, two_workers):

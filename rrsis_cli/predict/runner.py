@@ -34,15 +34,16 @@ def run_now(step, cleanup: bool = False) -> None:
 
 
 def compute_pairs(reader: SceneReader, model, texts: TextCache, scene: Scene, jobs: list[PairJob],
-                  options: PredictOptions, tile: int, device: torch.device, submit=run_now) -> None:
+                  options: PredictOptions, tile: int, device: torch.device, submit=run_now, threads: int = 1) -> None:
     """Run the tiles of one or more (scene, prompt) pairs together (:func:`run_tiles`), then hand each pair's
     output step to ``submit`` (at once by default; a :class:`~rrsis_cli.pipeline.BackgroundWriter`'s ``submit``
     writes them while the next scene's tiles run). A pair whose outputs fail is marked failed on its own; an error
-    in the shared tile loop fails every pair of it."""
+    in the shared tile loop fails every pair of it. ``threads``: see
+    :func:`~rrsis_cli.predict.write.write_outputs`."""
     pairs = run_tiles(reader, model, texts, scene, jobs, options, tile, device)
     for job, pair in zip(jobs, pairs, strict=True):
         submit(lambda job=job, pair=pair: run_for_pair(
-            job, scene, lambda: write_pair(reader, model, scene, job, pair, options, tile)))
+            job, scene, lambda: write_pair(reader, model, scene, job, pair, options, tile, threads)))
 
 
 def run_for_pair(job: PairJob, scene: Scene, step) -> None:
@@ -108,17 +109,19 @@ class SceneRunner:
         self.tile = tile_size_for(options, int(config["image_size"]),
                                   int(config.get("input_multiple", INPUT_MULTIPLE)), str(config.get("name")))
         self.texts = TextCache(self.model)
+        self.finish_threads = 1  # threads of a pair's output writing (write_outputs): > 1 in finish_pair only
 
-    def run(self, scene: Scene, results: list[SceneResult] | None = None, writer=None
-            ) -> tuple[dict[str, Any], list[SceneResult], float]:
+    def run(self, scene: Scene, results: list[SceneResult] | None = None, writer=None,
+            prompts: list[str] | None = None) -> tuple[dict[str, Any], list[SceneResult], float]:
         """(input record for the manifest, one result per prompt, km² processed) for one scene. Results are
         appended to ``results`` as each prompt starts, so an interrupted run still knows the pair in flight.
+        ``prompts``: some of the runner's prompts only (default: all of them).
 
         With ``writer`` (a :class:`~rrsis_cli.pipeline.BackgroundWriter`) the pairs' outputs are written by its
         thread while the caller goes on with the next scene: the results' statuses are final once the writer is
         closed, the scene is closed by the writer after its pairs, and the km² is added to ``writer.km2``
         (0.0 is returned)."""
-        options, prompts = self.options, self.prompts
+        options, prompts = self.options, list(self.prompts if prompts is None else prompts)
         results = [] if results is None else results
         try:
             reader = SceneReader(scene.path, options.bands, options.gsd, options.stretch, options.rpc_height,
@@ -174,6 +177,18 @@ class SceneRunner:
         finally:
             submit(finish_scene, cleanup=True)
         return record, results, area[0] if writer is None else 0.0
+
+    def finish_pair(self, scene: Scene, prompt: str, threads: int = 1
+                    ) -> tuple[dict[str, Any], list[SceneResult], float]:
+        """The finishing task of one (scene, prompt) of a split scene, once its window tasks are done (its journal
+        complete: no tile runs): :meth:`run` for that prompt alone, its outputs written with ``threads``
+        (:func:`~rrsis_cli.predict.write.write_outputs`), so the prompts of a scene finish on several workers at
+        once."""
+        self.finish_threads = max(1, int(threads))
+        try:
+            return self.run(scene, prompts=[prompt])
+        finally:
+            self.finish_threads = 1
 
     def run_window(self, scene: Scene, tile_rows: tuple[int, int]) -> dict[str, Any]:
         """A window task: the bands of tile rows ``tile_rows = (first, last)`` of every pair of the scene that
@@ -253,7 +268,7 @@ class SceneRunner:
         for group in groups:
             try:
                 compute_pairs(reader, self.model, self.texts, scene, group, self.options, self.tile, self.device,
-                              submit)
+                              submit, self.finish_threads)
             except Exception as exc:  # noqa: BLE001 - one scene never stops the others
                 error = exc.one_line() if isinstance(exc, RrsisError) else f"{scene.path}: {describe_error(exc)}"
                 console.error(error)

@@ -1,5 +1,5 @@
-"""A dask run: the task functions (a whole scene, a window of tile rows of a split scene, the task that
-finishes a split scene), the window plans, and the client side that submits them through
+"""A dask run: the task functions (a whole scene, a window of tile rows of a split scene, the tasks that
+finish a split scene, one per prompt), the window plans, and the client side that submits them through
 :mod:`rrsis_cli.distributed` (which knows nothing of predict) and folds their outcomes into the manifest.
 dask pickles the task functions by reference: workers import them from this module."""
 
@@ -29,9 +29,10 @@ def predict_with_dask(manifest: RunManifest, clock: RunClock, scenes: list[Scene
                        in_flight: int | None = None) -> None:
     """A dask run (the clock includes cluster start-up): one task per scene (all its prompts), or for a scene of
     more than ``split_tiles`` tiles one window task per range of tile rows (:func:`window_plan`) and, once they
-    are all done, one task that finishes the scene (assembles the journaled bands, writes the outputs). Tasks are
-    submitted as results come back, at most ``in_flight`` at a time (default: 2 per worker thread), and ``manifest`` is
-    filled as scenes finish and ordered by input at the end; :func:`finish_manifest` completes the timings."""
+    are all done, one finishing task per prompt (assembles the pair's journaled bands, writes its outputs), so the
+    prompts finish on several workers at once. Tasks are submitted as results come back, at most ``in_flight`` at
+    a time (default: 2 per worker thread), and ``manifest`` is filled as scenes finish and ordered by input at the
+    end; :func:`finish_manifest` completes the timings."""
     from rrsis_cli import distributed
 
     manifest.options.update(cluster=cluster, scheduler=scheduler, retries=retries, split_tiles=split_tiles)
@@ -40,6 +41,7 @@ def predict_with_dask(manifest: RunManifest, clock: RunClock, scenes: list[Scene
     plans = {i: window_plan(sizes.get(scene.path), tile, options, split_tiles) for i, scene in enumerate(scenes)}
     queue = scene_tasks(scenes, plans, common)
     windows: dict[int, list[dict[str, Any]]] = {i: [] for i, plan in plans.items() if plan}  # outcomes so far
+    finishing: dict[int, dict[int, dict[str, Any]]] = {}  # split scene -> prompt index -> its finishing outcome
     if windows:
         console.info(f"{len(windows)} scene(s) of more than {split_tiles} tiles split into "
                      f"{sum(len(p) for p in plans.values())} window task(s)")
@@ -57,19 +59,30 @@ def predict_with_dask(manifest: RunManifest, clock: RunClock, scenes: list[Scene
         console.info(distributed.cluster_summary(client))
         with console.progress_bar(len(scenes), "scenes", unit="scene") as bar:
             for task, result, error in distributed.stream_tasks(client, queue, retries, in_flight):
-                kind, i = task.tag
+                kind, i = task.tag[:2]
                 scene = scenes[i]
                 if kind == "window":
                     windows[i].append(result if error is None else {"error": task_error(scene, task, error)})
                     if len(windows[i]) < len(plans[i]):
                         continue
                     failed = [w["error"] for w in windows[i] if w.get("error")]
-                    if not failed:  # every band is journaled: the scene's finishing task runs next
-                        queue.appendleft(distributed.Task(f"rrsis-finish-{i}-{scene.path.stem}", run_scene_task,
-                                                          (scene, *common), ("finish", i)))
+                    if not failed:  # every band is journaled: the scene's finishing tasks run next
+                        queue.extendleft(reversed(finish_tasks(i, scene, common)))
+                        finishing[i] = {}
                         continue
                     console.error(failed[0])
                     outcome = failed_outcome(scene, prompts, failed[0])
+                elif kind == "finish":
+                    k = task.tag[2]
+                    if error is not None:
+                        finishing[i][k] = failed_outcome(scene, [prompts[k]], task_error(scene, task, error))
+                        console.error(finishing[i][k]["record"]["error"])
+                    else:
+                        finishing[i][k] = result
+                    if len(finishing[i]) < len(prompts):
+                        continue
+                    done = finishing.pop(i)
+                    outcome = scene_outcome([done[k] for k in range(len(prompts))])
                 elif error is not None:
                     outcome = failed_outcome(scene, prompts, task_error(scene, task, error))
                     console.error(outcome["record"]["error"])
@@ -82,6 +95,29 @@ def predict_with_dask(manifest: RunManifest, clock: RunClock, scenes: list[Scene
         if cluster is not None and client.cluster is not None:
             client.cluster.close()
     order_by_scene(manifest, scenes)
+
+
+def finish_tasks(i: int, scene: Scene, common: tuple) -> list:
+    """The finishing tasks of split scene ``i`` (tag ``("finish", i, k)``), one per prompt k of ``common``
+    (:func:`scene_tasks`)."""
+    from rrsis_cli.distributed import Task
+
+    return [Task(f"rrsis-finish-{i}-{k}-{scene.path.stem}", run_pair_finish_task, (scene, prompt, *common),
+                 ("finish", i, k)) for k, prompt in enumerate(common[1])]
+
+
+def scene_outcome(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The outcome of a split scene from its finishing tasks' (one per prompt, in prompt order): their results in
+    order, km² and encoder calls added, the scene's record (one without an error when there is one), the model
+    of any of them."""
+    records = [o["record"] for o in outcomes]
+    outcome = {"record": next((r for r in records if "error" not in r), records[0]),
+               "results": [r for o in outcomes for r in o["results"]],
+               "km2": sum(o["km2"] for o in outcomes), "encoder_calls": sum(o["encoder_calls"] for o in outcomes)}
+    ran = next((o for o in outcomes if "model" in o), None)
+    if ran is not None:
+        outcome.update(model=ran["model"], model_sha256=ran["model_sha256"], tile_size=ran["tile_size"])
+    return outcome
 
 
 def scene_tasks(scenes: list[Scene], plans: dict[int, list[tuple[int, int]]], common: tuple) -> deque:
@@ -169,15 +205,31 @@ def task_scene(scene: Scene | dict) -> Scene:
     return scene if isinstance(scene, Scene) else Scene.from_dict(scene)
 
 
-def run_scene_task(scene: Scene | dict, model_spec: str, prompts: list[str], out: str, options: dict) -> dict[str, Any]:
-    """The dask task of a whole scene, and of a scene whose window tasks are all done
-    (its journals complete: the outputs are assembled and written, no tile runs)."""
-    runner = worker_runner(model_spec, prompts, out, options)
-    calls_before = runner.texts.calls
-    record, results, km2 = runner.run(task_scene(scene))
+def task_outcome(runner: SceneRunner, calls_before: int, record: dict[str, Any], results: list[SceneResult],
+                 km2: float) -> dict[str, Any]:
+    """What a scene or finishing task hands back to the client: the scene's record, its pairs' results, km²,
+    the encoder calls it made, and the model the worker runs."""
     return {"record": record, "results": [asdict(r) for r in results], "km2": km2,
             "encoder_calls": runner.texts.calls - calls_before, "model": str(runner.model.config.get("name")),
             "model_sha256": runner.model.sha256, "tile_size": runner.tile}
+
+
+def run_scene_task(scene: Scene | dict, model_spec: str, prompts: list[str], out: str, options: dict) -> dict[str, Any]:
+    """The dask task of a whole scene (all its prompts)."""
+    runner = worker_runner(model_spec, prompts, out, options)
+    calls_before = runner.texts.calls
+    return task_outcome(runner, calls_before, *runner.run(task_scene(scene)))
+
+
+def run_pair_finish_task(scene: Scene | dict, prompt: str, model_spec: str, prompts: list[str], out: str,
+                         options: dict) -> dict[str, Any]:
+    """The dask task that finishes one (scene, prompt) of a split scene once its window tasks are done
+    (:meth:`SceneRunner.finish_pair`, writing with :func:`rrsis_cli.distributed.output_threads` threads)."""
+    from rrsis_cli.distributed import output_threads
+
+    runner = worker_runner(model_spec, prompts, out, options)
+    calls_before = runner.texts.calls
+    return task_outcome(runner, calls_before, *runner.finish_pair(task_scene(scene), prompt, output_threads()))
 
 
 def run_window_task(scene: Scene | dict, tile_rows: list[int], model_spec: str, prompts: list[str], out: str,

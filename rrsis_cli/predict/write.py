@@ -14,7 +14,7 @@ import numpy as np
 
 from rrsis_cli.inputs import Scene
 from rrsis_cli.outputs import mask_profile, to_cog
-from rrsis_cli.pipeline import assemble, mask_from_probability
+from rrsis_cli.pipeline import assemble, mask_from_probability, start_beside
 from rrsis_cli.predict.coarse import coarse_fusion, report_grounding
 from rrsis_cli.predict.finished import output_tags
 from rrsis_cli.predict.options import PredictOptions
@@ -67,8 +67,9 @@ def work_profile(reader: SceneReader) -> dict[str, Any]:
 
 
 def write_pair(reader: SceneReader, model, scene: Scene, job: PairJob, pair, options: PredictOptions,
-               tile: int) -> None:
-    """The mask and probability rasters of a pair from its journal, then its outputs (COGs, vectors)."""
+               tile: int, threads: int = 1) -> None:
+    """The mask and probability rasters of a pair from its journal, then its outputs (COGs, vectors; ``threads``:
+    see :func:`write_outputs`)."""
     started = time.perf_counter()
     grid = pair.journal.grid
     mask_raw, prob_raw = job.work / "mask_raw.tif", job.work / "prob_raw.tif"
@@ -88,7 +89,8 @@ def write_pair(reader: SceneReader, model, scene: Scene, job: PairJob, pair, opt
         extra["coarse"] = job.work / "coarse.tif"
         write_coarse(reader, pair.coarse, extra["coarse"])
     write_outputs(mask_raw, prob_raw, job.target, job.work, job.prompt, options,
-                  output_tags(model, scene, job.prompt, options, tile), job.result, options.save_prob, extra)
+                  output_tags(model, scene, job.prompt, options, tile), job.result, options.save_prob, extra,
+                  threads)
     job.result.status = "done"
 
 
@@ -117,23 +119,37 @@ def _prob_hash_of(path: Path) -> str | None:
 
 def write_outputs(mask_raw: Path, prob_raw: Path, out_dir: Path, work: Path, prompt: str, options: PredictOptions,
                   tags: dict[str, str], result: SceneResult, save_prob: bool,
-                  extra: dict[str, Path] | None = None) -> None:
+                  extra: dict[str, Path] | None = None, threads: int = 1) -> None:
     """Write a pair's outputs (``prob.tif`` when ``save_prob``, the vectors unless ``--no-vectors``,
     ``mask.tif``) into ``work/out``, then move them, and the ``extra`` files already written, into ``out_dir``.
     ``mask.tif`` moves last: its presence (with its configuration hash) marks the pair finished; just before it,
     vectors of an earlier mask (other formats, or all with ``--no-vectors``) and a ``prob.tif`` of another
     configuration are removed, so the directory only describes the new mask. Anything that fails leaves
-    nothing at the final paths."""
+    nothing at the final paths.
+
+    ``threads`` > 1 (the finishing task of a split scene, whose other workers idle): the COGs are compressed in
+    that many GDAL threads and written in a thread of their own while the vectors are made; the files are the
+    same bytes as with ``threads=1`` (each is written alone, from the same rasters)."""
     stage = work / "out"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
+    prob_tags = {**tags, "values": "probability x 254, 255 nodata"}
+    rasters = None
     try:
-        started = time.perf_counter()
         moves = list((extra or {}).items())
         if save_prob:
-            to_cog(prob_raw, stage / "prob.tif", {**tags, "values": "probability x 254, 255 nodata"})
             moves.append(("prob", stage / "prob.tif"))
-        result.seconds["write"] = time.perf_counter() - started
+
+        def write_rasters() -> None:  # prob.tif (when asked for) and mask.tif, into the stage
+            started = time.perf_counter()
+            if save_prob:
+                to_cog(prob_raw, stage / "prob.tif", prob_tags, threads)
+            to_cog(mask_raw, stage / "mask.tif", tags, threads)
+            result.seconds["write"] = time.perf_counter() - started
+
+        rasters = start_beside(write_rasters) if threads > 1 and options.vectors else None
+        if rasters is None:
+            write_rasters()
         count = None
         if options.vectors:
             started = time.perf_counter()
@@ -146,13 +162,13 @@ def write_outputs(mask_raw: Path, prob_raw: Path, out_dir: Path, work: Path, pro
             except Exception as exc:  # noqa: BLE001 - a derived product never discards the mask
                 result.error = f"vectors failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 if not save_prob and prob_raw.parent != out_dir:  # keep the probabilities: a rerun re-derives
-                    to_cog(prob_raw, stage / "prob.tif", {**tags, "values": "probability x 254, 255 nodata"})
+                    to_cog(prob_raw, stage / "prob.tif", prob_tags, threads)
                     moves.append(("prob", stage / "prob.tif"))
                     save_prob = True
             result.seconds["vectorise"] = time.perf_counter() - started
+        if rasters is not None:
+            rasters.result()  # the COGs written beside the vectors (their error, if any, raised here)
         started = time.perf_counter()
-        to_cog(mask_raw, stage / "mask.tif", tags)
-
         out_dir.mkdir(parents=True, exist_ok=True)
         for kind, path in moves:
             target = out_dir / path.name
@@ -177,4 +193,6 @@ def write_outputs(mask_raw: Path, prob_raw: Path, out_dir: Path, work: Path, pro
         result.features = count
         result.seconds["write"] += time.perf_counter() - started
     finally:
+        if rasters is not None:
+            rasters.exception()  # an error elsewhere: the stage is removed once the COG thread is done with it
         shutil.rmtree(stage, ignore_errors=True)
