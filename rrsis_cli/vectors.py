@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -145,6 +145,9 @@ class Encoded:
     lines: list[bytes] = field(default_factory=list)
     batch: Any = None
 
+    def __len__(self) -> int:
+        return self.count
+
 
 @dataclass
 class WindowResult:
@@ -158,6 +161,8 @@ class WindowResult:
     seam_pixels: np.ndarray
     seam_prob_sums: np.ndarray
     edges: dict[str, np.ndarray]  # "top"/"bottom"/"left"/"right" -> labels along that edge (seam edges only)
+    seam_top_left: np.ndarray  # per seam label: its first pixel (see _top_left_keys)
+    seam_mask: np.ndarray | None  # uint8, 1 on the pixels of seam labels (None: no seam label)
 
 
 def windows_of(width: int, height: int, block: int) -> list[tuple[int, int, int, int]]:
@@ -474,10 +479,10 @@ def _arrow_batch(job: VectorJob, rings: Rings, score: np.ndarray, area: np.ndarr
 
 
 # ------------------------------------------------------------------------------------------------ windows
-def window_result(job: VectorJob, ds, prob_ds, window: tuple[int, int, int, int],
-                  encoded: bool = True) -> WindowResult:
-    """Label and polygonise one window: final polygons (encoded, or as polygons), seam-touching labels
-    summarised."""
+def window_result(job: VectorJob, ds, prob_ds, window: tuple[int, int, int, int], encoded: bool = True,
+                  final: bool = True, seams: bool = True) -> WindowResult:
+    """Label one window: its final polygons (polygonised when ``final``; encoded, or as polygons) and, when
+    ``seams``, its seam-touching labels summarised with the mask of their pixels (for the seam-region raster)."""
     from rasterio.features import shapes
     from rasterio.windows import Window
     from scipy.ndimage import label
@@ -487,8 +492,8 @@ def window_result(job: VectorJob, ds, prob_ds, window: tuple[int, int, int, int]
     hit = ds.read(1, window=win) == 1
     sides = {"top": row > 0, "bottom": row + h < job.height, "left": col > 0, "right": col + w < job.width}
     if not hit.any():
-        return _empty_result(job, row, col, {side: np.zeros(h if side in ("left", "right") else w, np.int32)
-                                             for side, seam in sides.items() if seam})
+        return _empty_result(row, col, {side: np.zeros(h if side in ("left", "right") else w, np.int32)
+                                        for side, seam in sides.items() if seam})
     prob = prob_ds.read(1, window=win).astype(np.float64) / 254.0
     labels, count = label(hit)  # 4-connected, as rasterio's shapes(): one polygon per label
     pixels = np.bincount(labels.ravel(), minlength=count + 1)
@@ -499,63 +504,64 @@ def window_result(job: VectorJob, ds, prob_ds, window: tuple[int, int, int, int]
     for edge in edges.values():
         on_seam[edge] = True
     on_seam[0] = False
-    found = list(shapes(labels.astype(np.int32), mask=hit & ~on_seam[labels], transform=ds.window_transform(win)))
-    final = rings_from_shapes(found, pixels, prob_sums)
-    seam = np.flatnonzero(on_seam)
-    return WindowResult(row, col, encode(job, final) if encoded else final, len(final) + len(seam), seam,
-                        pixels[seam].astype(np.int64), prob_sums[seam], edges)
+    features: Encoded | Rings = Encoded(0)
+    if final:
+        found = list(shapes(labels.astype(np.int32, copy=False), mask=hit & ~on_seam[labels],
+                            transform=ds.window_transform(win)))
+        rings = rings_from_shapes(found, pixels, prob_sums)
+        features = encode(job, rings) if encoded else rings
+    seam = np.flatnonzero(on_seam) if seams else np.zeros(0, np.int64)
+    seam_mask = on_seam[labels].view(np.uint8) if len(seam) else None
+    return WindowResult(row, col, features, len(features) + len(seam), seam, pixels[seam].astype(np.int64),
+                        prob_sums[seam], edges, _top_left_keys(labels, seam, row, col, job.width), seam_mask)
 
 
-def _empty_result(job: VectorJob, row: int, col: int, edges: dict[str, np.ndarray]) -> WindowResult:
-    return WindowResult(row, col, Encoded(0), 0, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), edges)
+def _top_left_keys(labels: np.ndarray, seam: np.ndarray, row: int, col: int, width: int) -> np.ndarray:
+    """Per label in ``seam``: its first pixel in raster order (top row, then left column), in scene pixels, as
+    the key ``row * (width + 1) + col`` (so that the key of a polygon's vertex, whose column may be ``width``,
+    orders the same way)."""
+    from scipy.ndimage import find_objects
+
+    keys = np.zeros(len(seam), np.int64)
+    boxes = find_objects(labels, max_label=int(seam.max(initial=0)))
+    for i, value in enumerate(seam):
+        rows, cols = boxes[value - 1]
+        first = int(np.argmax(labels[rows.start, cols] == value))
+        keys[i] = (row + rows.start) * (width + 1) + col + cols.start + first
+    return keys
+
+
+def _empty_result(row: int, col: int, edges: dict[str, np.ndarray]) -> WindowResult:
+    return WindowResult(row, col, Encoded(0), 0, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), edges,
+                        np.zeros(0, np.int64), None)
 
 
 def band_results(job: VectorJob, windows: list[tuple[int, int, int, int]],
                  encoded: bool = True) -> list[WindowResult]:
-    """The results of a run of windows, with one pair of dataset handles (the unit of work of a worker)."""
+    """The results of a run of windows, with one pair of dataset handles."""
     import rasterio
 
     with rasterio.open(job.mask_path) as ds, rasterio.open(job.prob_path) as prob_ds:
         return [window_result(job, ds, prob_ds, window, encoded) for window in windows]
 
 
-def _bands(job: VectorJob) -> list[list[tuple[int, int, int, int]]]:
-    windows = windows_of(job.width, job.height, job.block)
+def _window_results(job: VectorJob, windows: list[tuple[int, int, int, int]], final: bool,
+                    seams: bool) -> Iterator[WindowResult]:
+    """Window results (polygons not encoded) with one pair of dataset handles."""
+    import rasterio
+
+    with rasterio.open(job.mask_path) as ds, rasterio.open(job.prob_path) as prob_ds:
+        for window in windows:
+            yield window_result(job, ds, prob_ds, window, encoded=False, final=final, seams=seams)
+
+
+def window_shares(job: VectorJob, parts: int) -> list[tuple[int, int]]:
+    """The windows (in :func:`windows_of` order) cut into ``parts`` runs of whole rows of windows, as even as
+    rows allow: (first, end) indices of each run."""
     per_row = -(-job.width // job.block)
-    return [windows[i:i + per_row] for i in range(0, len(windows), per_row)]
-
-
-def _ordered_results(job: VectorJob, workers: int, counters: dict) -> Iterator[WindowResult]:
-    """Window results in window order; with workers > 1, bands of windows run in a process pool with at most
-    2 x workers bands in flight (so finished bands never pile up)."""
-    if workers <= 1:
-        import rasterio
-
-        with rasterio.open(job.mask_path) as ds, rasterio.open(job.prob_path) as prob_ds:
-            for window in windows_of(job.width, job.height, job.block):
-                yield window_result(job, ds, prob_ds, window, encoded=False)
-        return
-    import multiprocessing
-
-    bands = _bands(job)
-    pending: list[Future] = []
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        queue = iter(bands)
-        for band in queue:
-            pending.append(pool.submit(band_results, job, band))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            results = pending.pop(0).result()
-            for band in queue:
-                pending.append(pool.submit(band_results, job, band))
-                break
-            counters["held"] = max(counters["held"], sum(r.polygons for r in results) + _done_polygons(pending))
-            yield from results
-
-
-def _done_polygons(pending: list[Future]) -> int:
-    return sum(r.polygons for f in pending if f.done() and f.exception() is None for r in f.result())
+    rows = -(-job.height // job.block)
+    cuts = [round(rows * i / parts) * per_row for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
 
 
 # ------------------------------------------------------------------------------------------------ seams
@@ -569,6 +575,7 @@ class SeamGraph:
         self.bases: list[int] = []
         self.pixels: list[np.ndarray] = []
         self.prob_sums: list[np.ndarray] = []
+        self.top_left: list[np.ndarray] = []  # ... the key of each label's first pixel (see _top_left_keys)
         self.a: list[np.ndarray] = []  # node pairs that touch
         self.b: list[np.ndarray] = []
         self.count = 0
@@ -584,6 +591,7 @@ class SeamGraph:
             self.labels.append(result.seam_labels)
             self.pixels.append(result.seam_pixels)
             self.prob_sums.append(result.seam_prob_sums)
+            self.top_left.append(result.seam_top_left)
         self.count += k
         nodes = {side: np.where(edge > 0, lut[np.minimum(edge, len(lut) - 1)], -1)
                  for side, edge in result.edges.items()}
@@ -613,36 +621,51 @@ class SeamGraph:
         pixels = np.bincount(group, weights=np.concatenate(self.pixels), minlength=n).astype(np.int64)
         return group, pixels, np.bincount(group, weights=np.concatenate(self.prob_sums), minlength=n)
 
+    def group_top_left(self, group: np.ndarray, groups: int) -> np.ndarray:
+        """The key of each group's first pixel in raster order: the smallest key of its parts."""
+        keys = np.full(groups, np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(keys, group, np.concatenate(self.top_left))
+        return keys
 
-def write_group_rasters(job: VectorJob, seams: SeamGraph, group: np.ndarray, paths: tuple[Path, Path]) -> None:
-    """Two tiled GeoTIFFs over the scene: group number + 1 of every pixel of a seam-crossing region (0
-    elsewhere), and 1 where that is not 0 (the mask GDAL's polygonize takes). Windows are labelled again,
-    exactly as in the first pass."""
+
+def _seam_raster(job: VectorJob, path: Path):
+    """A tiled GeoTIFF over the scene, opened for writing: 1 on the pixels of regions that touch a seam, 0
+    elsewhere (never written: sparse), which GDAL polygonises in one pass at the end."""
     import rasterio
-    from rasterio.windows import Window
-    from scipy.ndimage import label
 
     tile = job.block if job.block % 16 == 0 and job.block <= 1024 else 256  # windows write whole tiles
     with rasterio.open(job.mask_path) as src:
-        profile = {"driver": "GTiff", "width": job.width, "height": job.height, "count": 1, "crs": src.crs,
-                   "transform": src.transform, "tiled": True, "blockxsize": tile, "blockysize": tile,
-                   "compress": "packbits", "sparse_ok": True}  # fast; long runs of 0 pack well
-        dtype = "uint16" if group.max(initial=0) < 65_534 else "int32"  # half the bytes for GDAL to read
-        with rasterio.open(paths[0], "w", dtype=dtype, **profile) as ids_ds, \
-                rasterio.open(paths[1], "w", dtype="uint8", **profile) as mask_ds:
-            for (row, col), labels, base in zip(seams.windows, seams.labels, seams.bases, strict=True):
-                win = Window(col, row, min(job.block, job.width - col), min(job.block, job.height - row))
-                window_labels, _ = label(src.read(1, window=win) == 1)
-                lookup = np.zeros(int(window_labels.max()) + 1, dtype)
-                lookup[labels] = group[base + np.arange(len(labels))] + 1
-                ids = lookup[window_labels]
-                ids_ds.write(ids, 1, window=win)
-                mask_ds.write((ids > 0).astype(np.uint8), 1, window=win)
+        crs, transform = src.crs, src.transform
+    return rasterio.open(path, "w", driver="GTiff", width=job.width, height=job.height, count=1, dtype="uint8",
+                         crs=crs, transform=transform, tiled=True, blockxsize=tile, blockysize=tile,
+                         compress="packbits", sparse_ok=True)  # fast; long runs of 0 pack well
 
 
-def _group_chunks(job: VectorJob, seams: SeamGraph, counters: dict, directory: Path) -> Iterator[Rings]:
-    """The seam-crossing regions, polygonised in one pass of GDAL over the group raster (read row by row from
-    disk, never whole), in batches of :data:`GROUP_BATCH_COUNT`."""
+def _write_seam_window(seam_ds, result: WindowResult) -> None:
+    from rasterio.windows import Window
+
+    if result.seam_mask is not None:
+        h, w = result.seam_mask.shape
+        seam_ds.write(result.seam_mask, 1, window=Window(result.col, result.row, w, h))
+
+
+def _polygon_top_left_keys(rings: Rings, transform, width: int) -> np.ndarray:
+    """Per polygon: the smallest key (see :func:`_top_left_keys`) of its exterior ring's vertices, in scene
+    pixels: the top-left corner of the region's first pixel in raster order."""
+    inverse = ~transform
+    exterior = rings.ring_offsets[rings.polygon_offsets[:-1]]
+    ends = rings.ring_offsets[rings.polygon_offsets[:-1] + 1]
+    index = _ranges(exterior, ends - exterior)
+    x, y = rings.coords[index, 0], rings.coords[index, 1]
+    cols = np.rint(inverse.a * x + inverse.b * y + inverse.c).astype(np.int64)
+    rows = np.rint(inverse.d * x + inverse.e * y + inverse.f).astype(np.int64)
+    return np.minimum.reduceat(rows * (width + 1) + cols, _offsets(ends - exterior)[:-1])
+
+
+def _group_chunks(job: VectorJob, seams: SeamGraph, counters: dict, seam_path: Path) -> Iterator[Rings]:
+    """The seam-crossing regions, polygonised in one pass of GDAL over the seam-region raster (read row by row
+    from disk, never whole), in batches of :data:`GROUP_BATCH_COUNT`. Regions never touch (they are distinct
+    4-connected regions), so one pixel value serves all; each polygon finds its group by its first pixel."""
     import rasterio
     from rasterio.features import shapes
 
@@ -650,53 +673,63 @@ def _group_chunks(job: VectorJob, seams: SeamGraph, counters: dict, directory: P
     counters["seam_groups"] = len(pixels)
     if not len(pixels):
         return
-    stem = Path(job.mask_path).stem
-    paths = directory / f".{stem}.seam-groups.tif", directory / f".{stem}.seam-mask.tif"
-    try:
-        write_group_rasters(job, seams, group, paths)
-        pixels = np.concatenate([[0], pixels])  # indexed by group number + 1, the raster's values
-        prob_sums = np.concatenate([[0.0], prob_sums])
-        found, written = [], 0
-        with rasterio.open(paths[0]) as ids_ds, rasterio.open(paths[1]) as mask_ds:
-            for item in shapes(rasterio.band(ids_ds, 1), mask=rasterio.band(mask_ds, 1),
-                               transform=ids_ds.transform):
-                found.append(item)
-                if len(found) == GROUP_BATCH_COUNT:
-                    written += len(found)
-                    yield rings_from_shapes(found, pixels, prob_sums)
-                    found = []
-            if found:
+    top_left = seams.group_top_left(group, len(pixels))
+    order = np.argsort(top_left)
+    sorted_keys = top_left[order]
+    written = 0
+    with rasterio.open(seam_path) as ds:
+        def batch(found: list) -> Rings:
+            rings = rings_from_shapes(found, np.zeros(2, np.int64), np.zeros(2))
+            keys = _polygon_top_left_keys(rings, ds.transform, job.width)
+            at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+            if (sorted_keys[at] != keys).any():
+                raise RuntimeError(f"{job.mask_path}: a seam-crossing polygon matches no region")
+            rings.pixels, rings.prob_sums = pixels[order[at]], prob_sums[order[at]].astype(np.float64)
+            return rings
+
+        found = []
+        for item in shapes(rasterio.band(ds, 1), mask=rasterio.band(ds, 1), transform=ds.transform):
+            found.append(item)
+            if len(found) == GROUP_BATCH_COUNT:
                 written += len(found)
-                yield rings_from_shapes(found, pixels, prob_sums)
-        if written != len(pixels) - 1:
-            raise RuntimeError(f"{job.mask_path}: {len(pixels) - 1} seam-crossing regions gave {written} polygons")
-    finally:
-        for path in paths:
-            path.unlink(missing_ok=True)
+                yield batch(found)
+                found = []
+        if found:
+            written += len(found)
+            yield batch(found)
+    if written != len(pixels):
+        raise RuntimeError(f"{job.mask_path}: {len(pixels)} seam-crossing regions gave {written} polygons")
 
 
-# ------------------------------------------------------------------------------------------------ writing
-def _chunks(job: VectorJob, workers: int, counters: dict, directory: Path) -> Iterator[Encoded | Rings]:
-    """Each window's final polygons in window order, then the seam-crossing groups."""
+# ------------------------------------------------------------------------------------------------ chunks
+def _chunks(job: VectorJob, final: bool, counters: dict, directory: Path) -> Iterator[Encoded | Rings]:
+    """Each window's final polygons in window order (when ``final``; else another process makes them), then
+    the seam-crossing groups. Pass 1 writes the pixels of seam-touching regions into a temporary raster."""
     seams = SeamGraph(job.block)
-    for result in _ordered_results(job, workers, counters):
-        seams.add(result)
-        if len(result.features) if isinstance(result.features, Rings) else result.features.count:
-            yield result.features
-    counters["seam_parts"] = seams.count
-    yield from _group_chunks(job, seams, counters, directory)
+    seam_path = directory / f".{Path(job.mask_path).stem}.seam-regions.tif"
+    try:
+        with _seam_raster(job, seam_path) as seam_ds:
+            for result in _window_results(job, windows_of(job.width, job.height, job.block), final, True):
+                seams.add(result)
+                _write_seam_window(seam_ds, result)
+                if len(result.features):
+                    yield result.features
+        counters["seam_parts"] = seams.count
+        yield from _group_chunks(job, seams, counters, seam_path)
+    finally:
+        seam_path.unlink(missing_ok=True)
 
 
-def feature_chunks(job: VectorJob, workers: int, counters: dict, directory: Path) -> Iterator[Encoded]:
-    """Encoded features in output order. Polygons made in this process are encoded by a second thread
-    (reprojection, numpy formatting and GDAL release the GIL) while the next window is polygonised; at most
-    :data:`ENCODE_AHEAD` chunks wait."""
+def _encoded(job: VectorJob, chunks: Iterator[Encoded | Rings], counters: dict) -> Iterator[Encoded]:
+    """Encoded features in the order of ``chunks``. Polygons are encoded by a second thread (reprojection and
+    numpy formatting release the GIL) while the next window is polygonised; at most :data:`ENCODE_AHEAD`
+    chunks wait."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="rrsis-encode") as encoder:
         pending: deque[tuple[Future, int]] = deque()
-        for chunk in _chunks(job, workers, counters, directory):
+        for chunk in chunks:
             if isinstance(chunk, Rings):
                 pending.append((encoder.submit(encode, job, chunk), len(chunk)))
             else:
@@ -708,6 +741,115 @@ def feature_chunks(job: VectorJob, workers: int, counters: dict, directory: Path
                 yield pending.popleft()[0].result()
         while pending:
             yield pending.popleft()[0].result()
+
+
+def feature_chunks(job: VectorJob, workers: int, counters: dict, directory: Path) -> Iterator[Encoded]:
+    """Encoded features in output order: each window's final polygons, then the seam-crossing regions. With
+    ``workers`` > 1, ``workers - 1`` processes make the windows' final polygons (each a run of rows of windows,
+    spooled to a temporary file) while this one labels the windows and makes the seam-crossing regions
+    (spooled too); the spools are then read back in order."""
+    if workers <= 1:
+        yield from _encoded(job, _chunks(job, True, counters, directory), counters)
+        return
+    stem = Path(job.mask_path).stem
+    shares = window_shares(job, workers - 1)
+    spools = [directory / f".{stem}.windows-{i}.arrows" for i in range(len(shares))]
+    group_spool = directory / f".{stem}.seam-regions.arrows"
+    processes: list = []
+    try:
+        processes = [_start_window_worker(job, share, spool) for share, spool in zip(shares, spools, strict=True)]
+        write_spool(job, _encoded(job, _chunks(job, False, counters, directory), counters), group_spool)
+        for process in processes:
+            counters["held"] = max(counters["held"], _finished_worker(job, process)["held"])
+        for spool in [*spools, group_spool]:
+            yield from read_spool(job, spool)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for spool in [*spools, group_spool]:
+            spool.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------ processes
+def write_spool(job: VectorJob, chunks: Iterator[Encoded], path: Path) -> tuple[int, int]:
+    """Encoded chunks into an Arrow IPC stream file (GeoJSON feature lines as one binary column, other
+    formats as their record batches); returns (features, the most features in one chunk)."""
+    import pyarrow as pa
+
+    schema = pa.schema([pa.field("line", pa.binary())]) if job.vector_format == "geojson" else _arrow_schema(
+        job, geo_metadata=False)
+    count = largest = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for chunk in chunks:
+            if not chunk.count:
+                continue
+            batch = chunk.batch if chunk.batch is not None else pa.record_batch([pa.array(chunk.lines, pa.binary())],
+                                                                                schema=schema)
+            writer.write_batch(batch)
+            count += chunk.count
+            largest = max(largest, chunk.count)
+    return count, largest
+
+
+def read_spool(job: VectorJob, path: Path) -> Iterator[Encoded]:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source, pa.ipc.open_stream(source) as reader:
+        for batch in reader:
+            if job.vector_format == "geojson":
+                yield Encoded(batch.num_rows, lines=batch.column(0).to_pylist())
+            else:
+                yield Encoded(batch.num_rows, batch=batch)
+
+
+def spool_windows(job: VectorJob, share: tuple[int, int], path: Path) -> dict:
+    """The final polygons of the windows ``share`` (first, end), encoded into a spool (what a window worker
+    process does)."""
+    counters = {"held": 0}
+    windows = windows_of(job.width, job.height, job.block)[share[0]:share[1]]
+
+    def chunks() -> Iterator[Encoded | Rings]:
+        for result in _window_results(job, windows, True, False):
+            if len(result.features):
+                yield result.features
+
+    count, _ = write_spool(job, _encoded(job, chunks(), counters), path)
+    return {"count": count, "held": counters["held"]}
+
+
+def _start_window_worker(job: VectorJob, share: tuple[int, int], spool: Path):
+    """A fresh Python running :func:`spool_windows` (``python -m rrsis_cli.vector_worker``): a plain
+    subprocess, so the caller's ``__main__`` is never imported again (as multiprocessing's spawn would)."""
+    import json
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    request = json.dumps({"job": asdict(job), "share": share, "spool": str(spool)})
+    return subprocess.Popen([sys.executable, "-m", "rrsis_cli.vector_worker", request], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def _finished_worker(job: VectorJob, process) -> dict:
+    import json
+
+    out, err = process.communicate()
+    if process.returncode != 0:
+        last = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {process.returncode}"]
+        raise RuntimeError(f"{job.mask_path}: a vectorising worker failed: {last[0][:300]}")
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def run_window_worker(request: dict) -> dict:
+    """The worker's side of :func:`_start_window_worker`."""
+    fields = dict(request["job"])
+    fields["geojson_options"] = tuple(tuple(pair) for pair in fields["geojson_options"])
+    first, end = request["share"]
+    return spool_windows(VectorJob(**fields), (first, end), Path(request["spool"]))
 
 
 def _write_geojson(job: VectorJob, chunks: Iterator[Encoded], path: Path) -> int:
