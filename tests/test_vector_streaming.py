@@ -223,12 +223,13 @@ def test_traced_memory_does_not_grow_with_the_number_of_polygons(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ pool
 def test_a_process_pool_writes_the_same_bytes_as_one_process(tmp_path):
+    """Two window workers (4 rows of windows split in 2 runs) and this process."""
     mask_path, prob_path = write_rasters(tmp_path, tricky_mask())
     serial, pooled = tmp_path / "serial.geojson", tmp_path / "pooled.geojson"
     stats: dict = {}
     vectors.vectorise(mask_path, prob_path, serial, "x", "geojson", 0.0, 0.0, BLOCK, workers=1)
-    vectors.vectorise(mask_path, prob_path, pooled, "x", "geojson", 0.0, 0.0, BLOCK, workers=2, stats=stats)
-    assert stats["workers"] == 2
+    vectors.vectorise(mask_path, prob_path, pooled, "x", "geojson", 0.0, 0.0, BLOCK, workers=3, stats=stats)
+    assert stats["workers"] == 3
     assert serial.read_bytes() == pooled.read_bytes()
 
 
@@ -267,3 +268,130 @@ def test_a_polygon_across_the_antimeridian_is_split_as_gdal_splits_it(tmp_path):
     assert len(frame) == 2 and set(frame.geom_type) == {"MultiPolygon"}
     own = [line.rstrip(b",") for line in lines[5:-3]][:len(frame) - stats["seam_groups"]]
     assert own == [line.rstrip(b",") for line in old.read_bytes().split(b"\n")[5:5 + len(own)]] and own
+
+
+# ------------------------------------------------------------------------------------------------ window workers
+def _features(path: Path) -> tuple:
+    """Everything a reader sees in a vector file, in file order: field values and geometry bytes."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        return table.schema, table.to_pylist()
+    meta, _, geometry, field_data = pyogrio.raw.read(path)
+    return (meta["crs"], list(meta["fields"]), meta["geometry_type"], [bytes(g) for g in geometry],
+            [column.tolist() for column in field_data])
+
+
+def _non_square_mask() -> np.ndarray:
+    """150 x 200 px: windows of 64 px leave 22 x 8 px windows at the bottom right; regions cross both kinds of
+    seams, one with a hole only closed across a seam, nodata inside."""
+    m = np.zeros((150, 200), np.uint8)
+    m[60:70, 10:190] = 1
+    m[5:148, 60:68] = 1
+    m[120:140, 120:140] = 1
+    m[125:135, 125:135] = 0
+    m[100:110, 180:200] = 255
+    m[140:150, 150:200] = np.random.default_rng(4).random((10, 50)) > 0.5
+    return m
+
+
+@pytest.mark.parametrize("fmt", ["geojson", "gpkg", "fgb", "parquet"])
+def test_window_workers_write_what_one_process_writes(tmp_path, fmt):
+    """workers > 1: a subprocess makes the windows' final polygons while this process makes the seam-crossing
+    regions; the file reads back the same (GeoJSON: the same bytes) for every format predict writes."""
+    mask = _non_square_mask()
+    mask_path, prob_path = write_rasters(tmp_path, mask)
+    outputs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.{fmt}"
+        stats: dict = {}
+        count = vectors.vectorise(mask_path, prob_path, out, "the thing", fmt, 0.0, 0.0, BLOCK, workers=workers,
+                                  stats=stats)
+        assert stats["workers"] == workers and count == label(mask == 1)[1]
+        outputs[workers] = out
+    if fmt == "geojson":
+        assert outputs[1].read_bytes() == outputs[2].read_bytes()
+    else:
+        assert _features(outputs[1]) == _features(outputs[2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mask_raw.tif", "prob_raw.tif",
+                                                                 *(p.name for p in outputs.values())])
+
+
+def test_more_workers_than_rows_of_windows(tmp_path):
+    mask_path, prob_path = write_rasters(tmp_path, _non_square_mask()[:60])  # 1 row of 4 windows: 1 worker
+    serial, pooled = tmp_path / "serial.geojson", tmp_path / "pooled.geojson"
+    vectors.vectorise(mask_path, prob_path, serial, "x", "geojson", 0.0, 0.0, BLOCK, workers=1)
+    vectors.vectorise(mask_path, prob_path, pooled, "x", "geojson", 0.0, 0.0, BLOCK, workers=4)
+    assert serial.read_bytes() == pooled.read_bytes() and b"Polygon" in serial.read_bytes()
+
+
+def test_window_shares_cover_every_window_once_in_order():
+    job = vectors.VectorJob("m", "p", 64, "x", "geojson", 0.0, 0.0, None, None, None, None, (), 200, 150)
+    for parts in (1, 2, 3, 5):
+        shares = vectors.window_shares(job, parts)
+        assert shares[0][0] == 0 and shares[-1][1] == len(vectors.windows_of(200, 150, 64)) == 12
+        assert all(a[1] == b[0] for a, b in zip(shares, shares[1:], strict=False))
+        assert all(start % 4 == 0 for start, _ in shares)  # whole rows of 4 windows
+        assert len(shares) == min(parts, 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_polygon_finds_its_region_by_its_first_pixel(seed):
+    """The key of a GDAL polygon's top-left exterior vertex is the key of its region's first pixel in raster
+    order (what joins the seam-region polygons to their pixel counts)."""
+    from rasterio.features import shapes
+
+    hit = np.random.default_rng(seed).random((90, 70)) > 0.45
+    labels, count = label(hit)
+    transform = from_origin(500_000.5, 4_200_000.25, 0.5, 0.5)
+    found = list(shapes(labels.astype(np.int32), mask=hit, transform=transform))
+    rings = vectors.rings_from_shapes(found, np.zeros(count + 1, np.int64), np.zeros(count + 1))
+    by_polygon = dict(zip([int(v) for _, v in found], vectors._polygon_top_left_keys(rings, transform, 70),
+                          strict=True))
+    values = np.arange(1, count + 1)
+    by_label = vectors._top_left_keys(labels, values, 0, 0, 70)
+    assert len(by_polygon) == count > 50
+    assert [by_polygon[v] for v in values] == by_label.tolist()
+
+
+def test_a_failed_worker_leaves_no_file_and_no_process(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    mask_path, prob_path = write_rasters(tmp_path, tricky_mask())
+    started = []
+
+    def failing(job, share, spool):
+        process = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit('worker: disk full')"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(vectors, "_start_window_worker", failing)
+    out = tmp_path / "mask.gpkg"
+    with pytest.raises(RuntimeError, match="worker failed: worker: disk full"):
+        vectors.vectorise(mask_path, prob_path, out, "x", "gpkg", 0.0, 0.0, BLOCK, workers=2)
+    assert started and all(p.poll() is not None for p in started)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask_raw.tif", "prob_raw.tif"]
+
+
+def test_a_failure_in_this_process_stops_the_workers(tmp_path, monkeypatch):
+    mask_path, prob_path = write_rasters(tmp_path, tricky_mask())
+    started = []
+    real = vectors._start_window_worker
+
+    def tracked(job, share, spool):
+        started.append(real(job, share, spool))
+        return started[-1]
+
+    def failing(*args):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(vectors, "_start_window_worker", tracked)
+    monkeypatch.setattr(vectors, "_group_chunks", failing)
+    with pytest.raises(OSError, match="No space"):
+        vectors.vectorise(mask_path, prob_path, tmp_path / "mask.geojson", "x", "geojson", 0.0, 0.0, BLOCK,
+                          workers=2)
+    assert started and all(p.poll() is not None for p in started)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask_raw.tif", "prob_raw.tif"]
