@@ -1,19 +1,22 @@
 """Vector polygons of a predicted mask, streamed to one file window by window.
 
 Each window of the mask is labelled (4-connected, as GDAL's polygonize) and polygonised on its own; a polygon that
-does not touch a seam with another window is final there and goes straight to the output file. A polygon that
-touches a seam is kept only as numbers (its window and label, pixel count, probability sum); labels that touch
-across a seam are joined in a graph, and at the end each connected group's pixels are written, as the group's
-number, into a temporary tiled raster that GDAL polygonises in one pass, reading it row by row. So memory holds
-the polygons of a few windows or one batch of groups, never all polygons: it grows with the window size (and
-GDAL's state for the regions crossing the row it is at), not with the number of polygons.
+does not touch a seam with another window is final there and goes straight to the output file. A region that
+touches a seam is kept only as numbers (its window and label, pixel count, probability sum, first pixel in
+raster order) and its pixels are written (as 1) into a temporary tiled raster; labels that touch across a seam
+are joined in a graph, and at the end GDAL polygonises that raster in one pass, reading it row by row: one
+polygon per seam-crossing region (distinct regions never touch), each matched to its group of labels by its
+first pixel. So memory holds the polygons of a few windows or one batch of regions, never all polygons: it grows
+with the window size (and GDAL's state for the regions crossing the row it is at), not with the number of
+polygons.
 
-Work is split in two threads: the calling thread reads, labels and polygonises windows (rasterio's ``shapes``
-holds the GIL while it builds Python coordinates, so more threads would not help there), a second thread
-encodes the finished polygons (reprojection, text formatting and GDAL release the GIL). ``workers`` > 1 runs
-the windows in spawned processes instead; on 2 cores this was slower than the two threads (measured on a
-6000 x 6000 mask), it is there for machines with more cores. Output order is window order either way, so
-the bytes do not depend on the number of workers.
+Work is split in two threads: the calling thread reads, labels and polygonises windows (GDAL's polygonize and
+rasterio's Python coordinates hold the GIL, so more threads would not help there), a second thread encodes the
+finished polygons (reprojection and numpy formatting release the GIL). ``workers`` > 1 (the default for large
+masks on 2 or more CPUs, :func:`default_workers`) adds plain subprocesses that make the windows' final polygons,
+each for a run of rows of windows, encoded into a temporary Arrow spool, while this process labels the windows
+and makes the seam-crossing regions; the spools are then copied into the file in window order, then the
+regions follow, so the bytes do not depend on the number of workers.
 
 Formats: GeoJSON follows RFC 7946 (EPSG:4326 lon/lat, no ``crs`` member, exterior rings counter-clockwise and
 holes clockwise, coordinates rounded to :data:`GEOJSON_PRECISION` decimals); its text is written here, in the
@@ -46,6 +49,7 @@ GEOJSON_PRECISION = 7  # decimals of a degree in GeoJSON coordinates: 1e-7 degre
 FIELDS = ("prompt", "score", "pixels", "area_m2")
 ENCODE_AHEAD = 2  # chunks of polygons waiting for the encoding thread
 GROUP_BATCH_COUNT = 128  # seam-crossing regions are encoded and written in batches of this many
+PARALLEL_MIN_PIXELS = 4096 * 4096  # masks this large get a window worker by default (when 2 CPUs are free)
 _GEOJSON_NULL_TAIL = b'"geometry": null }'
 
 
@@ -504,14 +508,15 @@ def window_result(job: VectorJob, ds, prob_ds, window: tuple[int, int, int, int]
     for edge in edges.values():
         on_seam[edge] = True
     on_seam[0] = False
+    seam_pixels = on_seam[labels]
     features: Encoded | Rings = Encoded(0)
     if final:
-        found = list(shapes(labels.astype(np.int32, copy=False), mask=hit & ~on_seam[labels],
+        found = list(shapes(labels.astype(np.int32, copy=False), mask=hit & ~seam_pixels,
                             transform=ds.window_transform(win)))
         rings = rings_from_shapes(found, pixels, prob_sums)
         features = encode(job, rings) if encoded else rings
     seam = np.flatnonzero(on_seam) if seams else np.zeros(0, np.int64)
-    seam_mask = on_seam[labels].view(np.uint8) if len(seam) else None
+    seam_mask = seam_pixels.view(np.uint8) if len(seam) else None
     return WindowResult(row, col, features, len(features) + len(seam), seam, pixels[seam].astype(np.int64),
                         prob_sums[seam], edges, _top_left_keys(labels, seam, row, col, job.width), seam_mask)
 
@@ -746,51 +751,57 @@ def _encoded(job: VectorJob, chunks: Iterator[Encoded | Rings], counters: dict) 
 def feature_chunks(job: VectorJob, workers: int, counters: dict, directory: Path) -> Iterator[Encoded]:
     """Encoded features in output order: each window's final polygons, then the seam-crossing regions. With
     ``workers`` > 1, ``workers - 1`` processes make the windows' final polygons (each a run of rows of windows,
-    spooled to a temporary file) while this one labels the windows and makes the seam-crossing regions
-    (spooled too); the spools are then read back in order."""
+    spooled to a temporary file) while this one labels the windows and polygonises the seam-crossing regions;
+    then the spools are read back in order, and the regions follow."""
     if workers <= 1:
         yield from _encoded(job, _chunks(job, True, counters, directory), counters)
         return
     stem = Path(job.mask_path).stem
     shares = window_shares(job, workers - 1)
     spools = [directory / f".{stem}.windows-{i}.arrows" for i in range(len(shares))]
-    group_spool = directory / f".{stem}.seam-regions.arrows"
     processes: list = []
     try:
         processes = [_start_window_worker(job, share, spool) for share, spool in zip(shares, spools, strict=True)]
-        write_spool(job, _encoded(job, _chunks(job, False, counters, directory), counters), group_spool)
+        regions = _encoded(job, _chunks(job, False, counters, directory), counters)
+        first = next(regions, None)  # the windows are labelled and GDAL has polygonised the regions
         for process in processes:
             counters["held"] = max(counters["held"], _finished_worker(job, process)["held"])
-        for spool in [*spools, group_spool]:
+        for spool in spools:
             yield from read_spool(job, spool)
+        if first is not None:
+            yield first
+            yield from regions
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        for spool in [*spools, group_spool]:
+        for spool in spools:
             spool.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ processes
-def write_spool(job: VectorJob, chunks: Iterator[Encoded], path: Path) -> tuple[int, int]:
-    """Encoded chunks into an Arrow IPC stream file (GeoJSON feature lines as one binary column, other
-    formats as their record batches); returns (features, the most features in one chunk)."""
+def write_spool(job: VectorJob, chunks: Iterator[Encoded], path: Path) -> int:
+    """Encoded chunks into an Arrow IPC stream file: a GeoJSON chunk as one row (its feature lines joined as
+    the file joins them, and their count), other formats as their record batches. Returns the feature
+    count."""
     import pyarrow as pa
 
-    schema = pa.schema([pa.field("line", pa.binary())]) if job.vector_format == "geojson" else _arrow_schema(
-        job, geo_metadata=False)
-    count = largest = 0
+    geojson = job.vector_format == "geojson"
+    schema = pa.schema([pa.field("lines", pa.binary()), pa.field("count", pa.int64())]) if geojson else \
+        _arrow_schema(job, geo_metadata=False)
+    count = 0
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for chunk in chunks:
             if not chunk.count:
                 continue
-            batch = chunk.batch if chunk.batch is not None else pa.record_batch([pa.array(chunk.lines, pa.binary())],
-                                                                                schema=schema)
-            writer.write_batch(batch)
+            if geojson:
+                writer.write_batch(pa.record_batch([pa.array([b",\n".join(chunk.lines)], pa.binary()),
+                                                    pa.array([chunk.count], pa.int64())], schema=schema))
+            else:
+                writer.write_batch(chunk.batch)
             count += chunk.count
-            largest = max(largest, chunk.count)
-    return count, largest
+    return count
 
 
 def read_spool(job: VectorJob, path: Path) -> Iterator[Encoded]:
@@ -799,7 +810,8 @@ def read_spool(job: VectorJob, path: Path) -> Iterator[Encoded]:
     with pa.memory_map(str(path)) as source, pa.ipc.open_stream(source) as reader:
         for batch in reader:
             if job.vector_format == "geojson":
-                yield Encoded(batch.num_rows, lines=batch.column(0).to_pylist())
+                for lines, count in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
+                    yield Encoded(count, lines=[lines])
             else:
                 yield Encoded(batch.num_rows, batch=batch)
 
@@ -815,7 +827,7 @@ def spool_windows(job: VectorJob, share: tuple[int, int], path: Path) -> dict:
             if len(result.features):
                 yield result.features
 
-    count, _ = write_spool(job, _encoded(job, chunks(), counters), path)
+    count = write_spool(job, _encoded(job, chunks(), counters), path)
     return {"count": count, "held": counters["held"]}
 
 
@@ -928,20 +940,30 @@ def _write_parquet(job: VectorJob, chunks: Iterator[Encoded], path: Path) -> int
     return count
 
 
+def default_workers(width: int, height: int) -> int:
+    """2 (this process and one window worker) for a mask of at least :data:`PARALLEL_MIN_PIXELS` when this
+    process may use 2 CPUs or more; else 1. The worker costs a Python start-up and a second labelling of the
+    windows (about a second of CPU), which smaller masks do not win back; more workers add little, as this
+    process's share (labelling and the seam-crossing regions) stays the same."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 2 if cpus >= 2 and width * height >= PARALLEL_MIN_PIXELS else 1
+
+
 def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vector_format: str,
-              min_area: float, simplify: float, block: int, workers: int = 1,
+              min_area: float, simplify: float, block: int, workers: int | None = None,
               stats: dict | None = None) -> int:
     """Polygons of mask == 1 (4-connected regions), streamed to ``out_path`` window by window, regions that
     cross window seams merged; ``score`` is the mean probability (from the uint8 probability raster, value /
     254) of each polygon's pixels, ``area_m2`` its area in metres (null without a metric CRS). ``workers`` > 1:
-    windows run in that many spawned processes (each starts a Python and imports rasterio, about a second; a
-    script calling this needs the ``if __name__ == "__main__":`` guard of multiprocessing); the output is the
-    same bytes. ``stats``, when given, gets ``polygons_held_peak`` (the most polygons in memory at once),
-    ``seam_parts`` (window parts of regions that cross a seam), ``seam_groups`` (those regions) and
-    ``workers``. Returns the feature count. Anything that fails leaves nothing at ``out_path`` (temporary
-    files beside it are removed)."""
+    ``workers - 1`` subprocesses (``python -m rrsis_cli.vector_worker``, so the caller's ``__main__`` is not
+    imported again) make the windows' final polygons while this process makes the seam-crossing regions;
+    None: :func:`default_workers`. The output is the same bytes for any number of workers. ``stats``, when
+    given, gets ``polygons_held_peak`` (the most polygons in memory at once in one process), ``seam_parts``
+    (window parts of regions that cross a seam), ``seam_groups`` (those regions) and ``workers``. Returns the
+    feature count. Anything that fails leaves nothing at ``out_path`` (temporary files beside it are removed,
+    worker processes stopped)."""
     job = plan_job(mask_path, prob_path, prompt, vector_format, min_area, simplify, block)
-    workers = max(1, workers)
+    workers = default_workers(job.width, job.height) if workers is None else max(1, workers)
     counters = {"held": 0, "seam_parts": 0, "seam_groups": 0}
     writer = {"geojson": _write_geojson, "parquet": _write_parquet}.get(vector_format, _write_ogr)
     tmp = temporary_path(out_path)

@@ -395,3 +395,11 @@ def test_a_failure_in_this_process_stops_the_workers(tmp_path, monkeypatch):
                           workers=2)
     assert started and all(p.poll() is not None for p in started)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask_raw.tif", "prob_raw.tif"]
+
+
+def test_default_workers_add_one_worker_for_large_masks_on_two_cpus(monkeypatch):
+    monkeypatch.setattr(vectors.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert vectors.default_workers(6000, 6000) == 2
+    assert vectors.default_workers(2000, 2000) == 1  # a worker's start-up is not won back
+    monkeypatch.setattr(vectors.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert vectors.default_workers(6000, 6000) == 1
