@@ -17,8 +17,9 @@ Each mask is made in one fresh process and vectorised in another (so peak RSS is
 printed and appended to ``benchmarks/results/vector_bench.jsonl``.
 
     python benchmarks/vector_bench.py memory --size 4096                 # 100 vs 100,000 polygons
-    python benchmarks/vector_bench.py speed --size 6000 --sigma 5        # the noisy 6000^2 mask
-    python benchmarks/vector_bench.py speed --size 6000 --sigma 1.3 --workers 1 2
+    python benchmarks/vector_bench.py speed --size 6000 --sigma 5        # the noisy 6000^2 mask, default workers
+    python benchmarks/vector_bench.py speed --size 6000 --sigma 5 --workers 1 2   # one process vs one worker more
+    python benchmarks/vector_bench.py speed --size 6000 --sigma 5 --block 1024     # predict's window size
     python benchmarks/vector_bench.py speed --size 6000 --sigma 5 --impl reference --repeat 1   # before
     python benchmarks/vector_bench.py memory --size 512 --polygons 10 1000 --repeat 1 --out /tmp/smoke.jsonl
 """
@@ -117,9 +118,9 @@ def measure(args: argparse.Namespace) -> None:
         sys.path.insert(0, str(ROOT / "tests"))
         from vector_reference import vectorise as reference
 
-        count = reference(*paths, "x", args.format, 0.0, 0.0, BLOCK)
+        count = reference(*paths, "x", args.format, 0.0, 0.0, args.block)
     else:
-        count = vectorise(*paths, "x", args.format, 0.0, 0.0, BLOCK, workers=args.workers, stats=stats)
+        count = vectorise(*paths, "x", args.format, 0.0, 0.0, args.block, workers=args.workers or None, stats=stats)
     seconds = time.perf_counter() - started
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -135,15 +136,15 @@ def _child(*argv: str) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def run_case(kind: str, size: int, value: float, workers: int, fmt: str, repeat: int, impl: str) -> dict:
+def run_case(kind: str, size: int, value: float, workers: int, fmt: str, repeat: int, impl: str, block: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         option = ["--polygons", str(int(value))] if kind == "blobs" else ["--sigma", str(value)]
         _child("_make", kind, "--size", str(size), *option, "--directory", tmp)
-        runs = [_child("_measure", "--directory", tmp, "--workers", str(workers), "--format", fmt, "--impl", impl)
-                for _ in range(repeat)]
+        runs = [_child("_measure", "--directory", tmp, "--workers", str(workers), "--format", fmt, "--impl", impl,
+                       "--block", str(block)) for _ in range(repeat)]
     best = min(runs, key=lambda r: r["seconds"])
     return {"impl": impl, "kind": kind, "size": size, ("polygons" if kind == "blobs" else "sigma"): value, "workers": workers,
-            "format": fmt, "runs": repeat, "seconds_median": statistics.median(r["seconds"] for r in runs),
+            "format": fmt, "block": block, "runs": repeat, "seconds_median": statistics.median(r["seconds"] for r in runs),
             "peak_rss_mb_median": statistics.median(r["peak_rss_mb"] for r in runs), **best,
             "machine": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
@@ -167,7 +168,9 @@ def main() -> None:
     speed.add_argument("--forward-seconds", type=float, default=35.0,
                        help="forward seconds of the model on a scene of this size (issue 18: lavt-tiny, 35 s)")
     for command in (memory, speed):
-        command.add_argument("--workers", type=int, nargs="+", default=[1])
+        command.add_argument("--workers", type=int, nargs="+", default=[0],
+                             help="processes (1: this one alone); 0: the library's default_workers")
+        command.add_argument("--block", type=int, default=BLOCK, help="window size in pixels (predict: 1024)")
         command.add_argument("--format", default="geojson", choices=["geojson", "gpkg", "fgb", "parquet"])
         command.add_argument("--repeat", type=int, default=3)
         command.add_argument("--out", type=Path, default=OUT, help="JSON lines appended here")
@@ -184,6 +187,7 @@ def main() -> None:
     hidden_measure.add_argument("--workers", type=int, default=1)
     hidden_measure.add_argument("--format", default="geojson")
     hidden_measure.add_argument("--impl", default="streaming")
+    hidden_measure.add_argument("--block", type=int, default=BLOCK)
     args = parser.parse_args()
     if args.command == "_make":
         make(args)
@@ -191,18 +195,18 @@ def main() -> None:
         measure(args)
     elif args.command == "memory":
         for workers in args.workers:
-            rows = [run_case("blobs", args.size, n, workers, args.format, args.repeat, args.impl)
+            rows = [run_case("blobs", args.size, n, workers, args.format, args.repeat, args.impl, args.block)
                     for n in args.polygons]
             for row in rows:
                 _record(row, args.out)
             ratio = rows[-1]["peak_rss_mb_median"] / rows[0]["peak_rss_mb_median"]
-            _record({"summary": "memory", "impl": args.impl, "workers": workers, "size": args.size, "polygons": args.polygons,
+            _record({"summary": "memory", "impl": args.impl, "workers": rows[-1].get("workers", workers), "size": args.size, "polygons": args.polygons,
                      "peak_rss_ratio": round(ratio, 3), "goal": "<= 1.2"}, args.out)
     else:
         for workers in args.workers:
-            row = run_case("noisy", args.size, args.sigma, workers, args.format, args.repeat, args.impl)
+            row = run_case("noisy", args.size, args.sigma, workers, args.format, args.repeat, args.impl, args.block)
             _record(row, args.out)
-            _record({"summary": "speed", "impl": args.impl, "workers": workers, "size": args.size, "sigma": args.sigma,
+            _record({"summary": "speed", "impl": args.impl, "workers": row.get("workers", workers), "size": args.size, "sigma": args.sigma,
                      "features": row["features"], "seconds_median": row["seconds_median"],
                      "forward_seconds": args.forward_seconds,
                      "ratio": round(row["seconds_median"] / args.forward_seconds, 3), "goal": "<= 0.1"}, args.out)
