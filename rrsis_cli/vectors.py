@@ -13,7 +13,7 @@ polygons.
 Work is split in two threads: the calling thread reads, labels and polygonises windows (GDAL's polygonize and
 rasterio's Python coordinates hold the GIL, so more threads would not help there), a second thread encodes the
 finished polygons (reprojection and numpy formatting release the GIL). ``workers`` > 1 (the default for large
-masks on 2 or more CPUs, :func:`default_workers`) adds plain subprocesses that make the windows' final polygons,
+masks when a second CPU is idle, :func:`default_workers`) adds plain subprocesses that make the windows' final polygons,
 each for a run of rows of windows, encoded into a temporary Arrow spool, while this process labels the windows
 and makes the seam-crossing regions; the spools are then copied into the file in window order, then the
 regions follow, so the bytes do not depend on the number of workers.
@@ -49,7 +49,7 @@ GEOJSON_PRECISION = 7  # decimals of a degree in GeoJSON coordinates: 1e-7 degre
 FIELDS = ("prompt", "score", "pixels", "area_m2")
 ENCODE_AHEAD = 2  # chunks of polygons waiting for the encoding thread
 GROUP_BATCH_COUNT = 128  # seam-crossing regions are encoded and written in batches of this many
-PARALLEL_MIN_PIXELS = 4096 * 4096  # masks this large get a window worker by default (when 2 CPUs are free)
+PARALLEL_MIN_PIXELS = 4096 * 4096  # masks this large get a window worker by default (when a CPU is idle)
 _GEOJSON_NULL_TAIL = b'"geometry": null }'
 
 
@@ -942,11 +942,14 @@ def _write_parquet(job: VectorJob, chunks: Iterator[Encoded], path: Path) -> int
 
 def default_workers(width: int, height: int) -> int:
     """2 (this process and one window worker) for a mask of at least :data:`PARALLEL_MIN_PIXELS` when this
-    process may use 2 CPUs or more; else 1. The worker costs a Python start-up and a second labelling of the
-    windows (about a second of CPU), which smaller masks do not win back; more workers add little, as this
-    process's share (labelling and the seam-crossing regions) stays the same."""
+    process may use 2 CPUs or more and one of them is idle (CPUs minus the 1-minute load average >= 1); else 1.
+    The worker costs a Python start-up and a second labelling of the windows (about 1.5 s of CPU on a 6000^2
+    mask): smaller masks do not win that back, and on a busy machine it only adds work (measured: with other
+    jobs on both cores, 2 processes took longer than 1). More workers add little, as this process's share
+    (labelling, the seam-crossing regions) stays the same."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 2 if cpus >= 2 and width * height >= PARALLEL_MIN_PIXELS else 1
+    idle = cpus - os.getloadavg()[0] if hasattr(os, "getloadavg") else cpus
+    return 2 if cpus >= 2 and idle >= 1.0 and width * height >= PARALLEL_MIN_PIXELS else 1
 
 
 def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vector_format: str,

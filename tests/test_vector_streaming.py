@@ -397,9 +397,13 @@ def test_a_failure_in_this_process_stops_the_workers(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask_raw.tif", "prob_raw.tif"]
 
 
-def test_default_workers_add_one_worker_for_large_masks_on_two_cpus(monkeypatch):
+def test_default_workers_add_one_worker_for_large_masks_when_a_cpu_is_idle(monkeypatch):
     monkeypatch.setattr(vectors.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(vectors.os, "getloadavg", lambda: (0.9, 0.5, 0.5), raising=False)
     assert vectors.default_workers(6000, 6000) == 2
     assert vectors.default_workers(2000, 2000) == 1  # a worker's start-up is not won back
+    monkeypatch.setattr(vectors.os, "getloadavg", lambda: (1.5, 0.5, 0.5), raising=False)
+    assert vectors.default_workers(6000, 6000) == 1  # both CPUs busy: a worker only adds work
     monkeypatch.setattr(vectors.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(vectors.os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)
     assert vectors.default_workers(6000, 6000) == 1
