@@ -32,6 +32,7 @@ import io
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -732,7 +733,7 @@ def _encoded(job: VectorJob, chunks: Iterator[Encoded | Rings], counters: dict) 
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(1, thread_name_prefix="rrsis-encode") as encoder:
+    with ThreadPoolExecutor(1, thread_name_prefix="rrsis-encode") as encoder, _closing(chunks):
         pending: deque[tuple[Future, int]] = deque()
         for chunk in chunks:
             if isinstance(chunk, Rings):
@@ -746,6 +747,19 @@ def _encoded(job: VectorJob, chunks: Iterator[Encoded | Rings], counters: dict) 
                 yield pending.popleft()[0].result()
         while pending:
             yield pending.popleft()[0].result()
+
+
+@contextmanager
+def _closing(chunks: Iterator):
+    """Close a generator of chunks when its consumer stops, here and now: a generator left open (held by a
+    traceback) would close its datasets later, in whatever thread collects it, and rasterio's thread-local GDAL
+    environments must be left in the order they were entered."""
+    try:
+        yield chunks
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def feature_chunks(job: VectorJob, workers: int, counters: dict, directory: Path) -> Iterator[Encoded]:
@@ -762,15 +776,15 @@ def feature_chunks(job: VectorJob, workers: int, counters: dict, directory: Path
     processes: list = []
     try:
         processes = [_start_window_worker(job, share, spool) for share, spool in zip(shares, spools, strict=True)]
-        regions = _encoded(job, _chunks(job, False, counters, directory), counters)
-        first = next(regions, None)  # the windows are labelled and GDAL has polygonised the regions
-        for process in processes:
-            counters["held"] = max(counters["held"], _finished_worker(job, process)["held"])
-        for spool in spools:
-            yield from read_spool(job, spool)
-        if first is not None:
-            yield first
-            yield from regions
+        with _closing(_encoded(job, _chunks(job, False, counters, directory), counters)) as regions:
+            first = next(regions, None)  # the windows are labelled and GDAL has polygonised the regions
+            for process in processes:
+                counters["held"] = max(counters["held"], _finished_worker(job, process)["held"])
+            for spool in spools:
+                yield from read_spool(job, spool)
+            if first is not None:
+                yield first
+                yield from regions
     finally:
         for process in processes:
             if process.poll() is None:
@@ -971,7 +985,8 @@ def vectorise(mask_path: Path, prob_path: Path, out_path: Path, prompt: str, vec
     writer = {"geojson": _write_geojson, "parquet": _write_parquet}.get(vector_format, _write_ogr)
     tmp = temporary_path(out_path)
     try:
-        count = writer(job, feature_chunks(job, workers, counters, out_path.parent), tmp)
+        with _closing(feature_chunks(job, workers, counters, out_path.parent)) as chunks:
+            count = writer(job, chunks, tmp)
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -12,7 +12,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "rrsis_cli"
 PIPELINES = ("rrsis_cli.predict", "rrsis_cli.evaluate", "rrsis_cli.train")
 STAGES = ("rrsis_cli.inference", "rrsis_cli.scene", "rrsis_cli.tiling", "rrsis_cli.blend", "rrsis_cli.pipeline",
-          "rrsis_cli.grounding", "rrsis_cli.outputs", "rrsis_cli.vectors", "rrsis_cli.geojson_text",
+          "rrsis_cli.grounding", "rrsis_cli.outputs", "rrsis_cli.vectors", "rrsis_cli.vector_worker",
+          "rrsis_cli.geojson_text",
           "rrsis_cli.inputs", "rrsis_cli.preflight", "rrsis_cli.store",
           "rrsis_cli.publish")
 # Cycles that a change under way removes, with the reason they are still here. The test fails on any other
