@@ -529,7 +529,9 @@ def _top_left_keys(labels: np.ndarray, seam: np.ndarray, row: int, col: int, wid
     from scipy.ndimage import find_objects
 
     keys = np.zeros(len(seam), np.int64)
-    boxes = find_objects(labels, max_label=int(seam.max(initial=0)))
+    if not len(seam):
+        return keys
+    boxes = find_objects(labels, max_label=int(seam.max()))
     for i, value in enumerate(seam):
         rows, cols = boxes[value - 1]
         first = int(np.argmax(labels[rows.start, cols] == value))
