@@ -823,7 +823,7 @@ def write_spool(job: VectorJob, chunks: Iterator[Encoded], path: Path) -> int:
 def read_spool(job: VectorJob, path: Path) -> Iterator[Encoded]:
     import pyarrow as pa
 
-    with pa.memory_map(str(path)) as source, pa.ipc.open_stream(source) as reader:
+    with pa.OSFile(str(path), "rb") as source, pa.ipc.open_stream(source) as reader:  # read, not mapped: RSS
         for batch in reader:
             if job.vector_format == "geojson":
                 for lines, count in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
