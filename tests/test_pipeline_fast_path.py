@@ -101,3 +101,20 @@ def test_unsigned_tiles_travel_as_signed_views_and_come_back_exact(dtype, signed
     got = unsigned_to_float(view, raw.dtype)
     assert got.dtype == torch.float32
     assert torch.equal(got, torch.from_numpy(raw.numpy().astype(np.float32)))
+
+
+def test_the_heap_is_bounded_only_where_the_forward_allocates_nothing_on_the_host(monkeypatch, tmp_path):
+    """A fixed mmap threshold page-faults every activation of a CPU forward (20 % slower for lavt-swin-t):
+    predict bounds the heap for the null model and for GPU models, not for a real model on the CPU."""
+    from rrsis_cli import pipeline
+    from rrsis_cli.models import build_model, load_model
+    from rrsis_cli.predict import PredictOptions, SceneRunner
+
+    null, tiny = load_model("null"), build_model("lavt-tiny")
+    assert pipeline.heap_bound_pays(CPU, null) and not pipeline.heap_bound_pays(CPU, tiny)
+    assert pipeline.heap_bound_pays(torch.device("cuda"), tiny)
+    calls = []
+    monkeypatch.setattr(pipeline, "bound_heap", lambda *a: calls.append(a) or True)
+    for spec in ("null", "lavt-tiny"):
+        SceneRunner(spec, ["x"], tmp_path / spec, PredictOptions(device="cpu", allow_random_weights=True))
+    assert len(calls) == 1  # the null model's runner only

@@ -59,6 +59,9 @@ class ReferringSegmenter(nn.Module):
     # False for an architecture without learned parameters (e.g. a deterministic per-pixel baseline): its cards
     # run as they are, while cards of the others need weights (a model directory) or --allow-random-weights.
     needs_weights: bool = True
+    # False when the forward allocates no large activations (a few element-wise ops): predict then treats the host
+    # heap as holding only the pipeline's buffers, as with a model on a GPU (:func:`rrsis_cli.pipeline.bound_heap`).
+    large_activations: bool = True
     # How the architecture's official training code lays out its checkpoints, for ``rrsis convert``:
     # "bert_model" (BERT outside the model: its state dict saved next to "model") or "text_encoder" (BERT inside:
     # text_encoder.* keys in "model"); None when there is no official checkpoint to convert.

@@ -20,6 +20,7 @@ from rrsis_cli.models.base import ReferringSegmenter, TextFeatures
 class NullModel(ReferringSegmenter):
     arch = "null"
     needs_weights = False
+    large_activations = False
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
         """(B, 1, 1) prompt bias from the token ids (a fixed integer hash), no encoder call."""

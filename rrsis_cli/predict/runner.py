@@ -89,10 +89,9 @@ class SceneRunner:
 
     def __init__(self, model_spec: str, prompts: list[str], out: Path, options: PredictOptions,
                  remote: RemoteOutput | None = None):
+        from rrsis_cli import pipeline
         from rrsis_cli.models import load_model, random_model, require_weights
-        from rrsis_cli.pipeline import bound_heap
 
-        bound_heap()  # memory does not grow with the scene's width through heap fragmentation
         self.options = options
         self.remote = remote  # an object-store output: finished pairs are looked up there
         self.prompts = list(prompts)
@@ -105,6 +104,8 @@ class SceneRunner:
         from rrsis_cli.inference import prepare_model
 
         prepare_model(self.model, self.device, options.compile_model)  # eval; CUDA: channels-last, TF32
+        if pipeline.heap_bound_pays(self.device, self.model):
+            pipeline.bound_heap()  # memory does not grow with the scene's width through heap fragmentation
         config = self.model.config
         self.tile = tile_size_for(options, int(config["image_size"]),
                                   int(config.get("input_multiple", INPUT_MULTIPLE)), str(config.get("name")))
