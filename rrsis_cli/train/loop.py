@@ -215,7 +215,6 @@ class Trainer:
     def __init__(self, model: ReferringSegmenter, train_set: ReferringTrainSet, val_set: ReferringTrainSet | None,
                  options: TrainOptions):
         self.options = options
-        self.owns_process_group = not (dist.is_available() and dist.is_initialized())
         self.info = init_distributed("cuda" if options.device.startswith("cuda") or
                                      (options.device == "auto" and torch.cuda.is_available()) else "cpu")
         self.device = pick_device(options.device, self.info)
@@ -395,16 +394,7 @@ class Trainer:
                 bar.close()
         if self.info.is_main:
             self.write_curves()
-        self.leave_process_group()
         return {"step": self.step, "epoch": self.epoch, "best": self.best, "history": self.history}
-
-    def leave_process_group(self) -> None:
-        """After a DDP run, wait for every rank and destroy the process group this trainer created: left to the
-        interpreter's exit, gloo's threads were torn down mid-flight now and then (a rank aborted with "terminate
-        called without an active exception" after its last epoch)."""
-        if self.info.world > 1 and self.owns_process_group and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
 
     def end_epoch(self, val_loader: DataLoader | None, running: list[float], lr: float) -> None:
         metrics = None
