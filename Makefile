@@ -33,10 +33,11 @@ system-deps:
 	else echo "gdal-bin missing: install it (apt-get install gdal-bin python3-gdal) for the COG validation tests"; exit 1; fi
 
 # One pytest worker per core, a test file per worker (--dist loadfile keeps module fixtures to one process), one
-# torch thread per worker (more would oversubscribe the cores).
+# torch thread per worker (more would oversubscribe the cores); then the tests marked `alone`, with nothing else running.
 PYTEST_ARGS ?= -n auto --dist loadfile
 test: install-test system-deps
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) -m "not alone"
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m alone
 
 lint: install-test
 	$(PY) -m ruff check rrsis_cli tests benchmarks
