@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -58,10 +59,18 @@ def configure(quiet: bool | None = False, debug: bool | None = False, log_format
         SETTINGS.log_format = log_format
 
 
+# One JSON line is one write under this lock: ``print`` writes the text and the newline separately, so the
+# background writer thread's records and the main thread's could share a line (seen in a test under load).
+_JSON_LOCK = threading.Lock()
+
+
 def _emit(level: str, message: str, **fields) -> None:
     if SETTINGS.log_format == "json":
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": level, "message": message, **fields}
-        print(json.dumps(record, default=str), file=sys.stderr, flush=True)
+        line = json.dumps(record, default=str) + "\n"
+        with _JSON_LOCK:
+            sys.stderr.write(line)
+            sys.stderr.flush()
         return
     style = {"warning": "yellow", "error": "bold red", "debug": "dim"}.get(level, "")
     prefix = {"warning": "warning: ", "error": "error: ", "debug": "debug: "}.get(level, "")

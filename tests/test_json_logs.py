@@ -59,3 +59,44 @@ def test_json_records_are_structured_and_heartbeats_appear(model_dir, tmp_path):
     again = _records(_run(model_dir, tmp_path / "out", "0").stderr)
     assert any(r.get("status") == "skipped-existing" and r["prompt"] == "the roofs" for r in again)
     assert not any("progress" in r for r in again)  # RRSIS_HEARTBEAT_SECONDS=0 turns heartbeats off
+
+
+def test_json_records_from_several_threads_keep_one_line_each(monkeypatch):
+    """The background writer thread logs while the main thread does: each JSON record must be one whole line.
+    The stand-in stderr yields the GIL inside every write, as a busy process does at random."""
+    import threading
+    import time as time_module
+
+    from rrsis_cli import console
+
+    class SlowStderr:
+        def __init__(self):
+            self.parts: list[str] = []
+
+        def write(self, text: str) -> int:
+            time_module.sleep(0.0002)  # another thread runs here
+            self.parts.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    slow = SlowStderr()
+    monkeypatch.setattr("sys.stderr", slow)
+    console.configure(log_format="json")
+    try:
+        def log(name: str) -> None:
+            for k in range(30):
+                console.warn(f"{name} {k}")
+
+        threads = [threading.Thread(target=log, args=(f"t{i}",)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        console.configure()
+    lines = "".join(slow.parts).splitlines()
+    assert len(lines) == 120
+    assert sorted(json.loads(line)["message"] for line in lines) == sorted(f"t{i} {k}" for i in range(4)
+                                                                          for k in range(30))
