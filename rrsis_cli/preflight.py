@@ -58,8 +58,10 @@ def read_header(scene: Scene, bands: list[int] | None, gsd: float | None, nodata
 
     from rrsis_cli.remote import redact
     from rrsis_cli.scene import georeference, open_raster, quiet_georeference_warning, valid_mask
+    from rrsis_cli.vsi_cache import forget_if_replaced
 
     header = SceneHeader(scene)
+    forget_if_replaced(scene.path, scene.fingerprint)
     try:
         with quiet_georeference_warning():  # the reader reports a missing georeference itself, once
             ds = open_raster(scene.path)

@@ -21,6 +21,7 @@ from rrsis_cli.predict.tiles import TextCache, pick_device, run_tiles
 from rrsis_cli.predict.write import rethreshold_pair, write_pair
 from rrsis_cli.scene import SceneReader, describe_error
 from rrsis_cli.tiling import TileGrid
+from rrsis_cli.vsi_cache import forget_if_replaced
 
 if TYPE_CHECKING:
     import torch
@@ -124,6 +125,7 @@ class SceneRunner:
         (0.0 is returned)."""
         options, prompts = self.options, list(self.prompts if prompts is None else prompts)
         results = [] if results is None else results
+        forget_if_replaced(scene.path, scene.fingerprint)
         try:
             reader = SceneReader(scene.path, options.bands, options.gsd, options.stretch, options.rpc_height,
                                  options.rpc_dem, scene_aoi(options))
@@ -199,6 +201,7 @@ class SceneRunner:
         options = self.options
         outcome: dict[str, Any] = {"tile_rows": list(tile_rows), "pairs": {}, "encoder_calls": 0, "error": None}
         calls = self.texts.calls
+        forget_if_replaced(scene.path, scene.fingerprint)
         try:
             reader = SceneReader(scene.path, options.bands, options.gsd, options.stretch, options.rpc_height,
                                  options.rpc_dem)
