@@ -135,6 +135,28 @@ def plan_levels(height: int, width: int, view: int, resolve_px: float, min_objec
     return plan
 
 
+def context_reach(levels: list[Level], resolve_px: float, height: int, width: int) -> list[dict[str, int]]:
+    """What context each object size is judged in, coarsest level first: objects of ``objects_from_px`` scene
+    pixels and more are resolved at that level (``resolve_px`` × its factor) and judged against ``context_px``
+    scene pixels across (one model input at that level, or the whole scene). Smaller objects than the finest
+    level's are judged only within one full-resolution tile, as in tiled mode: a prompt about their relation to
+    things farther away cannot be resolved for them."""
+    scene = max(height, width)
+    return [{"objects_from_px": int(math.ceil(resolve_px * lv.factor)),
+             "context_px": min(scene, int(round(lv.view_size * lv.factor)))} for lv in levels]
+
+
+def context_text(reach: list[dict[str, int]], height: int, width: int, tile: int) -> str:
+    """The context note of the log and manifest, e.g. "objects of 128 px and more are judged against the whole
+    scene, of 64 px and more against 512 px around them, ...; smaller ones only within one 96 px tile"."""
+    scene = max(height, width)
+    parts = [f"of {r['objects_from_px']} px and more against "
+             + ("the whole scene" if r["context_px"] >= scene else f"{r['context_px']} px around them")
+             for r in reach]
+    return (f"context: objects {', '.join(parts)}; smaller ones only within one {tile} px tile, as in tiled mode "
+            "(a prompt relating them to things farther away cannot be resolved for them)")
+
+
 def run_level(reader, model, text, factor: float, view: int, overlap: float, batch_size: int, device,
               precision: str) -> Level:
     """The scene decimated by ``factor`` (average resampling), cut into ``view`` px views with ``overlap``,
@@ -320,6 +342,7 @@ class CoarseGrounding:
     weak: list[Candidate] = field(default_factory=list)
     fine_kept: int = 0  # full-resolution detections kept outside every window (counted during fusion)
     fine_dropped: int = 0
+    context: list[dict[str, int]] = field(default_factory=list)  # :func:`context_reach` of the levels
 
     @property
     def windows(self) -> list[tuple[int, int, int, int]]:
@@ -429,8 +452,10 @@ def coarse_pass(reader, model, text, options, tile: int, device, notes: list[str
         found = {m.level: levels[m.level].factor for m in group.members}
         group.segment_level = segment_scale(group.size, found, resolve)
         group.segment_factor = 1.0 if group.segment_level is None else found[group.segment_level]
+    grounding.context = context_reach(levels, resolve, ds.height, ds.width)
     if notes is not None:
         notes.extend(plan.notes)
+        notes.append(context_text(grounding.context, ds.height, ds.width, tile))
     return grounding
 
 

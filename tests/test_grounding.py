@@ -55,6 +55,21 @@ def test_levels_come_from_the_scene_and_the_model():
     assert min(capped.factors) * 2048 >= 20000 and capped.notes  # the finest level's memory is bounded
 
 
+def test_the_context_of_each_object_size_is_reported():
+    """A 1024 px scene, 96 px views, a model resolving 12 px: objects of 128 px and more are judged against the
+    whole scene, smaller ones against narrower views, and those under 32 px only within their own tile."""
+    from rrsis_cli.grounding import context_reach, context_text
+
+    levels = [_level(f, []) for f in (1024 / 96, 1024 / 192, 1024 / 384)]
+    reach = context_reach(levels, 12.0, 1024, 1024)
+    assert reach == [{"objects_from_px": 128, "context_px": 1024}, {"objects_from_px": 64, "context_px": 512},
+                     {"objects_from_px": 32, "context_px": 256}]
+    text = context_text(reach, 1024, 1024, 96)
+    assert text.startswith("context: objects of 128 px and more against the whole scene, of 64 px and more against "
+                           "512 px around them") and "smaller ones only within one 96 px tile" in text
+    assert context_reach([_level(2.0, [], side=300)], 12.0, 300, 300) == [{"objects_from_px": 24, "context_px": 192}]
+
+
 def _level(factor: float, blobs: list[tuple[int, int, int, int]], side: int = 1024):
     from rrsis_cli.grounding import Level
 
@@ -131,6 +146,9 @@ def test_manifest_records_levels_candidates_and_coarse_map(scenario, tmp_path):
     assert g["mode"] == "scene" and [lv["factor"] for lv in g["levels"]] == [8.0, 4.0, 2.0]
     assert [lv["views"] for lv in g["levels"]] == [1, 9, 25] and g["coarse_views"] == 35  # 96 px views, 25 %
     assert g["full_resolution_pass"] == "everywhere" and g["tiles_refined_fraction"] == 1.0
+    assert g["context"] == [{"objects_from_px": 96, "context_px": 768}, {"objects_from_px": 48, "context_px": 384},
+                            {"objects_from_px": 24, "context_px": 192}]  # 12 px x factor; 96 px views x factor
+    assert any(n.startswith("context: objects of 96 px and more against the whole scene, of 48 px") for n in g["notes"])
     candidate = g["candidates"][0]
     assert {"bbox_pixels", "window", "score", "coarse_pixels", "level", "size_px", "segmented_at"} <= set(candidate)
     coarse = Path(manifest["results"][0]["outputs"]["coarse"])

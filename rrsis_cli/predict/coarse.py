@@ -46,7 +46,7 @@ def ground_scene(reader: SceneReader, model, text, options: PredictOptions, tile
         "candidates": coarse.candidates(), "candidates_total": len(coarse.groups),
         "rejected": coarse.candidates(rejected=True), "rejected_total": len(coarse.rejected),
         "coarse_views": sum(lv.views for lv in coarse.levels), "tiles_refined": refined, "tiles_total": len(grid),
-        "tiles_refined_fraction": round(refined / max(len(grid), 1), 4), "notes": notes,
+        "tiles_refined_fraction": round(refined / max(len(grid), 1), 4), "context": coarse.context, "notes": notes,
         "coarse_seconds": time.perf_counter() - started}
     for note in notes:
         console.info(f"{reader.path.name}: scene grounding: {note}")
