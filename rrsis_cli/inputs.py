@@ -19,9 +19,11 @@ processed once, with a warning; so is a second file with the same content at the
 
 Remote scenes (:mod:`rrsis_cli.remote`): a URL (``https://``, ``s3://``, ``gs://``, ``az://``) or a GDAL ``/vsi…/``
 path, on the command line or in a ``.txt`` list, is a :class:`~rrsis_cli.remote.RemotePath` (never a
-:class:`~pathlib.Path`); one that ends in ``/`` is a prefix, listed recursively with the rules of folders. Its
-fingerprint is what the server says cheaply (size, ETag, Last-Modified), never its content; its scene key is
-built as for a local file (relative folder under the prefix, stem, 8 hex). STAC inputs (``.json`` items,
+:class:`~pathlib.Path`); one that ends in ``/`` is a prefix, listed recursively with the rules of folders. An
+``http(s)`` or S3 object has the content fingerprint of a local copy (:func:`sampled_fingerprint` of two ranged
+reads, cached: :func:`rrsis_cli.remote.remote_fingerprint`), so a URL and the downloaded file share their key;
+other file systems (``gs://``, ``az://``, ``/vsi…``) a hash of the name. Its scene key is built as for a local
+file (relative folder under the prefix, stem, 8 hex). STAC inputs (``.json`` items,
 ItemCollections, catalogs, on the command line or in a ``.txt`` list, and ``--stac-search``) become scenes in
 :mod:`rrsis_cli.stac_inputs`, keyed by item id.
 """
@@ -57,7 +59,7 @@ class Scene:
     """One input raster of a run: ``path`` as found (a local :class:`~pathlib.Path`, or a
     :class:`~rrsis_cli.remote.RemotePath` that GDAL opens: URL, object store, ``/vsi`` path, in-memory VRT of
     STAC band assets), ``key`` its output directory relative to ``OUT``, ``fingerprint`` (sha256 hex of size +
-    first and last MiB; for a remote object of what its server says, see :func:`content_fingerprint`).
+    first and last MiB, local or ``http(s)``/S3; see :func:`content_fingerprint`).
 
     Scenes from STAC (:mod:`rrsis_cli.stac_inputs`) also carry, for the outputs that link back to them:
     ``stac_item`` the absolute href of the source Item (its self link: a file path or URL, query string kept as

@@ -13,14 +13,20 @@ reading them, the listing of object-store prefixes, cheap fingerprints, and secr
   through ``pyogrio.vsi_listtree`` (pyogrio is already a dependency; the ``osgeo`` bindings are not needed). So the
   listing uses the same credentials, endpoint and settings as the reads (``AWS_*``, ``GS_*``, ``AZURE_*``,
   ``GDAL_HTTP_*``), with no second configuration to keep in step as fsspec/s3fs or obstore would need.
-* **Fingerprints** (:func:`remote_fingerprint`): for ``http(s)`` a one-byte ranged GET (what the server says:
-  size, ``ETag``, ``Last-Modified``; a ranged GET rather than a HEAD so that pre-signed GET URLs work), never the
-  content. For S3 (``/vsis3/``) a ``HeadObject`` through boto3 (same endpoint and credentials variables as GDAL,
-  :func:`s3_client`) gives size, ETag and LastModified, so an object replaced under the same key is computed
-  again, not skipped. GDAL's ``VSIStatL`` is not reachable from Python without the ``osgeo`` bindings, so for
-  ``/vsigs/``, ``/vsiaz/``, other ``/vsi`` paths and an S3 object whose metadata cannot be read the fingerprint is
-  a hash of the name alone: a changed object under the same name is then not noticed by skip-existing (use
-  ``--overwrite``).
+* **Fingerprints** (:func:`remote_fingerprint`): for ``http(s)`` and S3 the *content fingerprint* a local copy of
+  the same bytes gets (:func:`rrsis_cli.inputs.sampled_fingerprint`: size, first and last MiB), so a scene keeps
+  its key, and its outputs their bytes, wherever it is read from. It costs two ranged reads of at most 1 MiB
+  (one for an object of at most 1 MiB): ``Range`` GETs (transient answers retried as GDAL retries them), or
+  ``GetObject(Range=…)`` through boto3 (:func:`s3_client`: the endpoint and credentials variables GDAL reads).
+  The first answer also gives size, ETag and Last-Modified. :class:`FingerprintCache` (a JSON file in
+  :func:`cache_dir`) keeps the fingerprint by (name without query string, size, ETag, Last-Modified), so a
+  rerun asks one byte (``http(s)``) or a ``HeadObject`` (S3) per scene, and an object replaced under the same
+  name (new ETag) is sampled again. GDAL's ``VSIStatL``/``VSIFReadL`` are not reachable from Python without the
+  ``osgeo`` bindings, so for ``/vsigs/``, ``/vsiaz/`` and other ``/vsi`` paths the fingerprint is a hash of the
+  name alone: a changed object under the same name is then not noticed by skip-existing (use ``--overwrite``).
+  An object whose samples cannot be read (a server without ranges) is fingerprinted by its name and what its
+  server says (size, ETag, Last-Modified). The S3 prefix listing goes through GDAL (names only), so the
+  listing's sizes and ETags are not used: the cache makes the per-object ``HeadObject`` the whole cost.
 """
 
 from __future__ import annotations

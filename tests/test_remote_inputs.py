@@ -250,13 +250,18 @@ def test_other_file_systems_keep_the_name_fingerprint():
 
 
 def test_transient_errors_are_retried(site, local_mask, tmp_path, monkeypatch):
+    from rrsis_cli.inputs import content_fingerprint, find_scenes
+
     server, root = site
     monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.1")
-    server.reset_counts()
-    server.failures["/scene.tif"] = 2  # the fingerprint's request, then GDAL's first one
+    server.failures["/scene.tif"] = 2  # both answers to the fingerprint's first ranged GET (cold)
+    cold = find_scenes([f"{server.url}/scene.tif"])[0]
+    assert server.failures["/scene.tif"] == 0
+    assert (cold.fingerprint, cold.size) == content_fingerprint(root / "scene.tif")  # the key did not change
+    server.failures["/scene.tif"] = 2  # the fingerprint's one-byte request (warm), then GDAL's first one
     manifest = run([f"{server.url}/scene.tif"], tmp_path)
     assert manifest.exit_code == 0 and server.failures["/scene.tif"] == 0
-    assert manifest.inputs[0]["size"] == (root / "scene.tif").stat().st_size  # the key did not change
+    assert manifest.inputs[0]["fingerprint"] == cold.fingerprint
     same_pixels(pixels(only_mask(tmp_path)), local_mask)
 
 
