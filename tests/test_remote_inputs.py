@@ -132,9 +132,12 @@ def mask_and_tags(out: Path) -> tuple[str, dict[str, str]]:
         return mask.relative_to(out).as_posix(), ds.tags()
 
 
-def test_url_run_writes_what_the_local_run_writes(site, tmp_path):
+def test_url_run_writes_what_the_local_run_writes(site, tmp_path, monkeypatch):
     """Same scene key (output directory), same fingerprint and configuration hashes, same pixels, grid and
-    profile. The one difference is the tag ``rrsis_scene``: the input as given (a path, a URL), documented so."""
+    profile. The one difference is the tag ``rrsis_scene``: the input as given (a path, a URL), documented so;
+    with that tag set to one value for both, the two ``mask.tif`` are the same bytes."""
+    from rrsis_cli.predict import write
+
     server, root = site
     local = run([root / "scene.tif"], tmp_path / "local")
     remote = run([f"{server.url}/scene.tif"], tmp_path / "url")
@@ -150,6 +153,13 @@ def test_url_run_writes_what_the_local_run_writes(site, tmp_path):
     with rasterio.open(tmp_path / "local" / local_mask) as a, rasterio.open(tmp_path / "url" / remote_mask) as b:
         assert a.profile == b.profile
         np.testing.assert_array_equal(a.read(), b.read())
+    tags = write.output_tags
+    monkeypatch.setattr(write, "output_tags", lambda *args: {**tags(*args), "rrsis_scene": "one name"})
+    assert run([root / "scene.tif"], tmp_path / "local-bytes").exit_code == 0
+    assert run([f"{server.url}/scene.tif"], tmp_path / "url-bytes").exit_code == 0
+    local_bytes = (tmp_path / "local-bytes" / local_mask).read_bytes()
+    assert local_bytes == (tmp_path / "url-bytes" / remote_mask).read_bytes()
+    assert local_bytes != (tmp_path / "local" / local_mask).read_bytes()  # the tag did take another value
 
 
 def test_url_fingerprint_two_ranged_gets_then_one_byte(site, cache_dir):
