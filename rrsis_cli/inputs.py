@@ -19,9 +19,11 @@ processed once, with a warning; so is a second file with the same content at the
 
 Remote scenes (:mod:`rrsis_cli.remote`): a URL (``https://``, ``s3://``, ``gs://``, ``az://``) or a GDAL ``/vsi…/``
 path, on the command line or in a ``.txt`` list, is a :class:`~rrsis_cli.remote.RemotePath` (never a
-:class:`~pathlib.Path`); one that ends in ``/`` is a prefix, listed recursively with the rules of folders. Its
-fingerprint is what the server says cheaply (size, ETag, Last-Modified), never its content; its scene key is
-built as for a local file (relative folder under the prefix, stem, 8 hex). STAC inputs (``.json`` items,
+:class:`~pathlib.Path`); one that ends in ``/`` is a prefix, listed recursively with the rules of folders. An
+``http(s)`` or S3 object has the content fingerprint of a local copy (:func:`sampled_fingerprint` of two ranged
+reads, cached: :func:`rrsis_cli.remote.remote_fingerprint`), so a URL and the downloaded file share their key;
+other file systems (``gs://``, ``az://``, ``/vsi…``) a hash of the name. Its scene key is built as for a local
+file (relative folder under the prefix, stem, 8 hex). STAC inputs (``.json`` items,
 ItemCollections, catalogs, on the command line or in a ``.txt`` list, and ``--stac-search``) become scenes in
 :mod:`rrsis_cli.stac_inputs`, keyed by item id.
 """
@@ -35,7 +37,16 @@ from pathlib import Path
 
 from rrsis_cli import console
 from rrsis_cli.errors import InputError, UsageError
-from rrsis_cli.remote import RemotePath, dataset_path, is_prefix, is_remote, list_prefix, remote_fingerprint
+from rrsis_cli.remote import (
+    FingerprintCache,
+    RemotePath,
+    dataset_path,
+    is_prefix,
+    is_remote,
+    list_prefix,
+    remote_fingerprint,
+    tail_start,
+)
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 WORK_DIR = ".rrsis-work"
@@ -48,7 +59,7 @@ class Scene:
     """One input raster of a run: ``path`` as found (a local :class:`~pathlib.Path`, or a
     :class:`~rrsis_cli.remote.RemotePath` that GDAL opens: URL, object store, ``/vsi`` path, in-memory VRT of
     STAC band assets), ``key`` its output directory relative to ``OUT``, ``fingerprint`` (sha256 hex of size +
-    first and last MiB; for a remote object of what its server says, see :func:`content_fingerprint`).
+    first and last MiB, local or ``http(s)``/S3; see :func:`content_fingerprint`).
 
     Scenes from STAC (:mod:`rrsis_cli.stac_inputs`) also carry, for the outputs that link back to them:
     ``stac_item`` the absolute href of the source Item (its self link: a file path or URL, query string kept as
@@ -100,22 +111,33 @@ def prompt_key(prompt: str) -> str:
     return f"{slugify(prompt)}-{short_hash(prompt)}"
 
 
-def content_fingerprint(path: Path | RemotePath) -> tuple[str, int | None]:
-    """(sha256 hex of the file's size and its first and last :data:`SAMPLE_BYTES`, size); for a path that is not
-    a readable local file (missing), a hash of the path string and ``None``: the scene then fails later, when it
-    is opened, with its own error. A remote object: :func:`rrsis_cli.remote.remote_fingerprint` (size, ETag,
-    Last-Modified from the server, never the content)."""
+def sampled_fingerprint(size: int, head: bytes, tail: bytes) -> str:
+    """The content fingerprint of a file or object of ``size`` bytes: sha256 hex of its size, its first
+    :data:`SAMPLE_BYTES` (``head``) and its bytes from ``max(SAMPLE_BYTES, size - SAMPLE_BYTES)`` to the end
+    (``tail``, empty when ``size <= SAMPLE_BYTES``). Local files and remote objects (:mod:`rrsis_cli.remote`)
+    are both hashed here, so a URL and a local copy of the same bytes share their fingerprint."""
+    digest = hashlib.sha256(str(size).encode())
+    digest.update(head)
+    digest.update(tail)
+    return digest.hexdigest()
+
+
+def content_fingerprint(path: Path | RemotePath, cache: FingerprintCache | None = None) -> tuple[str, int | None]:
+    """(:func:`sampled_fingerprint`, size) of a file; for a path that is not a readable local file (missing), a
+    hash of the path string and ``None``: the scene then fails later, when it is opened, with its own error. A
+    remote object: :func:`rrsis_cli.remote.remote_fingerprint` (the same fingerprint from ranged reads for
+    ``http(s)`` and S3, ``cache`` sparing them on reruns; a hash of the name elsewhere)."""
     if isinstance(path, RemotePath):
-        return remote_fingerprint(path)
+        return remote_fingerprint(path, cache)
     try:
         size = path.stat().st_size
-        digest = hashlib.sha256(str(size).encode())
         with open(path, "rb") as f:
-            digest.update(f.read(SAMPLE_BYTES))
+            head = f.read(SAMPLE_BYTES)
+            tail = b""
             if size > SAMPLE_BYTES:
-                f.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
-                digest.update(f.read(SAMPLE_BYTES))
-        return digest.hexdigest(), size
+                f.seek(tail_start(size, SAMPLE_BYTES))
+                tail = f.read(SAMPLE_BYTES)
+        return sampled_fingerprint(size, head, tail), size
     except OSError:
         return hashlib.sha256(f"path:{path}".encode()).hexdigest(), None
 
@@ -240,12 +262,12 @@ def _file_identity(path: Path | RemotePath) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def stac_scene(source) -> Scene:
+def stac_scene(source, cache: FingerprintCache | None = None) -> Scene:
     """The scene of a :class:`~rrsis_cli.stac_inputs.StacSource`: keyed by its item id; fingerprint of the item
     id, the asset keys and each asset's fingerprint (:func:`content_fingerprint`)."""
     digest = hashlib.sha256(f"stac:{source.item_id}|{','.join(source.asset_keys)}".encode())
     for asset in source.asset_paths:
-        digest.update(content_fingerprint(asset)[0].encode())
+        digest.update(content_fingerprint(asset, cache)[0].encode())
     fingerprint = digest.hexdigest()
     return Scene(source.path, key_in_folder("", source.stem, fingerprint), fingerprint, None, source.item_href,
                  source.item_id, source.collection, source.asset_keys)
@@ -258,17 +280,32 @@ def find_scenes(inputs: list[str | Path], glob: str | None = None,
     prefixes (ending in ``/``, listed like folders), STAC inputs (``.json`` Items, ItemCollections, Catalogs and
     Collections, and ``stac.search``: see :mod:`rrsis_cli.stac_inputs`; ``stac`` is its
     :class:`~rrsis_cli.stac_inputs.StacOptions`). Inputs dropped as duplicates are warned about and appended to
-    ``duplicates`` as ``{"path", "same_as"}``."""
+    ``duplicates`` as ``{"path", "same_as"}``. Remote fingerprints go through the user's
+    :class:`~rrsis_cli.remote.FingerprintCache`."""
+    duplicates = [] if duplicates is None else duplicates
+    check_inputs_exist(inputs)  # local STAC files too: a missing INPUT is a usage error (exit 2)
+    cache = FingerprintCache()
+    try:
+        scenes = keyed_scenes(inputs, glob, duplicates, stac, cache)
+    finally:
+        cache.save()
+    if not scenes:
+        raise UsageError("no input scenes found")
+    return scenes
+
+
+def keyed_scenes(inputs: list[str | Path], glob: str | None, duplicates: list[dict[str, str]], stac,
+                 cache: FingerprintCache) -> list[Scene]:
+    """The scenes of :func:`find_scenes`, remote fingerprints looked up in and added to ``cache``."""
     from rrsis_cli import stac_inputs
 
-    duplicates = [] if duplicates is None else duplicates
     scenes: list[Scene] = []
     seen_files: dict[tuple[int, int], Path | RemotePath] = {}
     seen_keys: dict[str, Scene] = {}
-    check_inputs_exist(inputs)  # local STAC files too: a missing INPUT is a usage error (exit 2)
     rasters = [item for item in inputs if not stac_inputs.is_stac_input(item)]
     stac_given = [item for item in inputs if stac_inputs.is_stac_input(item)] + listed_stac_inputs(rasters)
-    found = [(source.path, "", stac_scene(source)) for source in stac_inputs.find_stac_sources(stac_given, stac)]
+    found = [(source.path, "", stac_scene(source, cache))
+             for source in stac_inputs.find_stac_sources(stac_given, stac)]
     found += [(path, folder, None) for path, folder in _candidates(rasters, glob)] if rasters else []
     for path, folder, stac_scene_ in found:
         identity = _file_identity(path)
@@ -279,7 +316,7 @@ def find_scenes(inputs: list[str | Path], glob: str | None = None,
         if stac_scene_ is not None:
             scene = stac_scene_
         else:
-            fingerprint, size = content_fingerprint(path)
+            fingerprint, size = content_fingerprint(path, cache)
             scene = Scene(path, key_in_folder(folder, path.stem, fingerprint), fingerprint, size)
         if scene.key in seen_keys:
             first = seen_keys[scene.key]
@@ -293,8 +330,6 @@ def find_scenes(inputs: list[str | Path], glob: str | None = None,
             seen_files[identity] = path
         seen_keys[scene.key] = scene
         scenes.append(scene)
-    if not scenes:
-        raise UsageError("no input scenes found")
     return scenes
 
 

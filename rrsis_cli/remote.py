@@ -13,24 +13,34 @@ reading them, the listing of object-store prefixes, cheap fingerprints, and secr
   through ``pyogrio.vsi_listtree`` (pyogrio is already a dependency; the ``osgeo`` bindings are not needed). So the
   listing uses the same credentials, endpoint and settings as the reads (``AWS_*``, ``GS_*``, ``AZURE_*``,
   ``GDAL_HTTP_*``), with no second configuration to keep in step as fsspec/s3fs or obstore would need.
-* **Fingerprints** (:func:`remote_fingerprint`): for ``http(s)`` a one-byte ranged GET (what the server says:
-  size, ``ETag``, ``Last-Modified``; a ranged GET rather than a HEAD so that pre-signed GET URLs work), never the
-  content. For S3 (``/vsis3/``) a ``HeadObject`` through boto3 (same endpoint and credentials variables as GDAL,
-  :func:`s3_client`) gives size, ETag and LastModified, so an object replaced under the same key is computed
-  again, not skipped. GDAL's ``VSIStatL`` is not reachable from Python without the ``osgeo`` bindings, so for
-  ``/vsigs/``, ``/vsiaz/``, other ``/vsi`` paths and an S3 object whose metadata cannot be read the fingerprint is
-  a hash of the name alone: a changed object under the same name is then not noticed by skip-existing (use
-  ``--overwrite``).
+* **Fingerprints** (:func:`remote_fingerprint`): for ``http(s)`` and S3 the *content fingerprint* a local copy of
+  the same bytes gets (:func:`rrsis_cli.inputs.sampled_fingerprint`: size, first and last MiB), so a scene keeps
+  its key, and its outputs their bytes (but the tag ``rrsis_scene``, the input as given), wherever it is read
+  from. It costs two ranged reads of at most 1 MiB
+  (one for an object of at most 1 MiB): ``Range`` GETs (transient answers retried as GDAL retries them), or
+  ``GetObject(Range=…)`` through boto3 (:func:`s3_client`: the endpoint and credentials variables GDAL reads).
+  The first answer also gives size, ETag and Last-Modified. :class:`FingerprintCache` (a JSON file in
+  :func:`cache_dir`) keeps the fingerprint by (name without query string, size, ETag, Last-Modified), so a
+  rerun asks one byte (``http(s)``) or a ``HeadObject`` (S3) per scene, and an object replaced under the same
+  name (new ETag) is sampled again. GDAL's ``VSIStatL``/``VSIFReadL`` are not reachable from Python without the
+  ``osgeo`` bindings, so for ``/vsigs/``, ``/vsiaz/`` and other ``/vsi`` paths the fingerprint is a hash of the
+  name alone: a changed object under the same name is then not noticed by skip-existing (use ``--overwrite``).
+  An object whose samples cannot be read (a server without ranges) is fingerprinted by its name and what its
+  server says (size, ETag, Last-Modified). The S3 prefix listing goes through GDAL (names only), so the
+  listing's sizes and ETags are not used: the cache makes the per-object ``HeadObject`` the whole cost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -214,34 +224,84 @@ def http_url(path: RemotePath) -> str | None:
 TRANSIENT_HTTP = (429, 500, 502, 503, 504)  # the answers GDAL retries
 
 
-def server_stat(url: str, timeout: float = FINGERPRINT_TIMEOUT) -> dict[str, Any] | None:
-    """What an HTTP server says about ``url`` without sending its content: size (from ``Content-Range`` of a
-    one-byte ranged GET, else ``Content-Length``), ``ETag`` and ``Last-Modified``. Transient answers are retried
-    as GDAL retries them (``GDAL_HTTP_MAX_RETRY`` times, ``GDAL_HTTP_RETRY_DELAY`` seconds doubling), so that a
-    passing hiccup does not change the scene's key. None when the server cannot tell (the scene then fails when
-    GDAL opens it, with its own message)."""
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a server says about an object: ``size`` (bytes, or None), ``etag``, ``last_modified`` (text, or None).
+    ``validated``: an ETag or a Last-Modified is known (size alone does not tell a replaced object apart)."""
+
+    size: int | None
+    etag: str | None
+    last_modified: str | None
+
+    @property
+    def validated(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+
+def http_range(url: str, first: int, last: int, timeout: float = FINGERPRINT_TIMEOUT):
+    """``(status, headers, body)`` of a GET of bytes ``first``..``last`` of ``url`` (body: at most that many
+    bytes). Transient answers are retried as GDAL retries them (``GDAL_HTTP_MAX_RETRY`` times,
+    ``GDAL_HTTP_RETRY_DELAY`` seconds doubling), so that a passing hiccup does not change the scene's key. None
+    when the server does not answer it."""
     retries = int(os.environ.get("GDAL_HTTP_MAX_RETRY", GDAL_REMOTE_DEFAULTS["GDAL_HTTP_MAX_RETRY"]))
     delay = float(os.environ.get("GDAL_HTTP_RETRY_DELAY", GDAL_REMOTE_DEFAULTS["GDAL_HTTP_RETRY_DELAY"]))
-    request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+    request = urllib.request.Request(url, headers={"Range": f"bytes={first}-{last}"})
     for attempt in range(retries + 1):
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only
-                headers = response.headers
-                response.read(1)
-            break
+                return response.status, response.headers, response.read(last + 1 - first)
         except urllib.error.HTTPError as exc:
             if exc.code not in TRANSIENT_HTTP or attempt == retries:
                 return None
             time.sleep(delay * 2 ** attempt)
         except (urllib.error.URLError, OSError, ValueError):
             return None
+    return None
+
+
+def http_object_info(status: int, headers) -> ObjectInfo:
+    """The object's size (total of ``Content-Range``, or ``Content-Length`` of a whole-object answer), ETag and
+    Last-Modified from the headers of a (ranged) GET."""
     size = None
     total = re.search(r"/(\d+)\s*$", headers.get("Content-Range", ""))
     if total:
         size = int(total.group(1))
-    elif headers.get("Content-Length", "").isdigit():
+    elif status == 200 and headers.get("Content-Length", "").isdigit():
         size = int(headers["Content-Length"])
-    return {"size": size, "etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified")}
+    return ObjectInfo(size, headers.get("ETag"), headers.get("Last-Modified"))
+
+
+def server_stat(url: str, timeout: float = FINGERPRINT_TIMEOUT) -> ObjectInfo | None:
+    """What an HTTP server says about ``url`` without sending its content (a one-byte ranged GET rather than a
+    HEAD, so that pre-signed GET URLs work). None when the server cannot tell (the scene then fails when GDAL
+    opens it, with its own message)."""
+    answer = http_range(url, 0, 0, timeout)
+    return None if answer is None else http_object_info(answer[0], answer[1])
+
+
+def http_samples(url: str, sample: int) -> tuple[ObjectInfo, bytes, bytes] | None:
+    """(what the server says, first ``sample`` bytes, bytes from :func:`tail_start` to the end) of ``url``: one
+    ranged GET, two when the object is larger than ``sample``. None when the server does not serve ranges, or
+    the object changed between the two answers."""
+    answer = http_range(url, 0, sample - 1)
+    if answer is None:
+        return None
+    info = http_object_info(answer[0], answer[1])
+    whole = answer[0] == 200 and info.size is not None and info.size <= sample
+    if info.size is None or (answer[0] != 206 and not whole):
+        return None
+    if info.size <= sample:
+        return info, answer[2], b""
+    tail = http_range(url, tail_start(info.size, sample), info.size - 1)
+    if tail is None or tail[0] != 206 or http_object_info(*tail[:2]) != info:
+        return None
+    return info, answer[2], tail[2]
+
+
+def tail_start(size: int, sample: int) -> int:
+    """Where the sampled tail of an object of ``size`` bytes starts: the last ``sample`` bytes, never overlapping
+    the first ``sample`` (so a file of less than two samples is hashed once, whole)."""
+    return max(sample, size - sample)
 
 
 TRUE_VALUES = ("YES", "TRUE", "ON", "1")
@@ -270,35 +330,186 @@ def s3_client(timeout: float | None = None):
     return boto3.client("s3", endpoint_url=endpoint, config=Config(**settings), region_name=region)
 
 
-def s3_stat(gdal: str, timeout: float = FINGERPRINT_TIMEOUT) -> dict[str, Any] | None:
+def s3_location(gdal: str) -> tuple[str, str] | None:
+    """(bucket, key) of a ``/vsis3/bucket/key`` name, else None."""
+    bucket, _, key = gdal[len("/vsis3/"):].partition("/")
+    return (bucket, key) if gdal.startswith("/vsis3/") and bucket and key else None
+
+
+def s3_info(answer: dict) -> ObjectInfo:
+    """Size, ETag and LastModified from a ``HeadObject`` or a ranged ``GetObject`` answer."""
+    total = re.search(r"/(\d+)\s*$", answer.get("ContentRange") or "")
+    size = int(total.group(1)) if total else answer.get("ContentLength")
+    modified = answer.get("LastModified")
+    return ObjectInfo(size, answer.get("ETag"), modified.isoformat() if modified is not None else None)
+
+
+def s3_stat(gdal: str, timeout: float = FINGERPRINT_TIMEOUT) -> ObjectInfo | None:
     """Size, ETag and LastModified of the S3 object behind a ``/vsis3/bucket/key`` name (``HeadObject``), or None
     when they cannot be read (no credentials, no such key: the scene then fails when GDAL opens it, with its own
     message)."""
-    bucket, _, key = gdal[len("/vsis3/"):].partition("/")
-    if not bucket or not key:
+    location = s3_location(gdal)
+    if location is None:
         return None
     try:
-        head = s3_client(timeout).head_object(Bucket=bucket, Key=key)
+        return s3_info(s3_client(timeout).head_object(Bucket=location[0], Key=location[1]))
     except Exception:  # noqa: BLE001 - botocore's errors (credentials, 403/404, endpoint): fall back to the name
         return None
-    modified = head.get("LastModified")
-    return {"size": head.get("ContentLength"), "etag": head.get("ETag"),
-            "last_modified": modified.isoformat() if modified is not None else None}
 
 
-def remote_fingerprint(path: RemotePath) -> tuple[str, int | None]:
-    """(sha256 hex, size or None) of a remote object from what its server says cheaply (:func:`server_stat`,
-    :func:`s3_stat`); a hash of the name when nothing can be asked (see the module's notes). The name's query
-    string is left out, so a re-signed URL of the same object keeps its fingerprint."""
+def s3_samples(gdal: str, sample: int, timeout: float = FINGERPRINT_TIMEOUT) -> tuple[ObjectInfo, bytes, bytes] | None:
+    """As :func:`http_samples` for the S3 object behind a ``/vsis3/`` name: ranged ``GetObject`` calls."""
+    location = s3_location(gdal)
+    if location is None:
+        return None
+    try:
+        client = s3_client(timeout)
+        first = client.get_object(Bucket=location[0], Key=location[1], Range=f"bytes=0-{sample - 1}")
+        info = s3_info(first)
+        head = first["Body"].read()
+        if info.size is None or info.size <= sample:
+            return (info, head, b"") if info.size is not None else None
+        last = client.get_object(Bucket=location[0], Key=location[1],
+                                 Range=f"bytes={tail_start(info.size, sample)}-{info.size - 1}")
+        if s3_info(last) != info:
+            return None  # replaced between the two reads
+        return info, head, last["Body"].read()
+    except Exception:  # noqa: BLE001 - botocore's errors: as s3_stat
+        return None
+
+
+def cache_dir() -> Path:
+    """The user's cache folder of rrsis: ``$RRSIS_CACHE_DIR``, else ``$XDG_CACHE_HOME/rrsis``, else
+    ``~/.cache/rrsis``."""
+    if os.environ.get("RRSIS_CACHE_DIR"):
+        return Path(os.environ["RRSIS_CACHE_DIR"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "rrsis"
+    return Path.home() / ".cache" / "rrsis"
+
+
+CACHE_FILE = "remote-fingerprints.json"
+CACHE_FORMAT = "rrsis remote fingerprints 1"
+CACHE_ENTRIES = 100_000  # the newest are kept
+
+
+class FingerprintCache:
+    """Content fingerprints of remote objects already sampled, by (name without query string, size, ETag,
+    Last-Modified): a JSON file (``path``, default :data:`CACHE_FILE` in :func:`cache_dir`), so a rerun asks each
+    server one cheap question instead of fetching its samples again. Read when first needed (a run of local
+    files never reads it), new entries written by :meth:`save` (merged with what other processes wrote
+    meanwhile, newest :data:`CACHE_ENTRIES` kept, temporary file then rename). Entries are kept only for objects
+    with an ETag or a Last-Modified. A cache that cannot be read or written is no cache (never an error): losing
+    an entry only costs a refetch."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path if path is not None else cache_dir() / CACHE_FILE
+        self._entries: dict[tuple, tuple[str, float]] | None = None  # key -> (fingerprint, when it was sampled)
+        self._names: set[str] = set()
+        self.new: dict[tuple, tuple[str, float]] = {}
+
+    @property
+    def entries(self) -> dict[tuple, tuple[str, float]]:
+        """(name, size, etag, last_modified) -> (fingerprint, time it was sampled); read from the file once."""
+        if self._entries is None:
+            self._entries = read_cache_file(self.path)
+            self._names = {key[0] for key in self._entries}
+        return self._entries
+
+    def knows(self, name: str) -> bool:
+        """An object of this name was sampled before (asking for its validators first may spare the samples)."""
+        return bool(self.entries) and name in self._names
+
+    def lookup(self, name: str, info: ObjectInfo) -> str | None:
+        entry = self.entries.get((name, info.size, info.etag, info.last_modified)) if info.validated else None
+        return entry[0] if entry else None
+
+    def remember(self, name: str, info: ObjectInfo, fingerprint: str) -> None:
+        if info.validated:
+            key = (name, info.size, info.etag, info.last_modified)
+            self.entries[key] = self.new[key] = (fingerprint, time.time())
+            self._names.add(name)
+
+    def save(self) -> None:
+        """Write the new entries, merged with the file as it is now; nothing when there are none or when the
+        file cannot be written."""
+        if not self.new:
+            return
+        merged = {**read_cache_file(self.path), **self.new}
+        newest = sorted(merged.items(), key=lambda item: item[1][1], reverse=True)[:CACHE_ENTRIES]
+        payload = {"format": CACHE_FORMAT,
+                   "entries": [[*key, fingerprint, when] for key, (fingerprint, when) in newest]}
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(payload))
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return
+        self.new = {}
+
+
+def read_cache_file(path: Path) -> dict[tuple, tuple[str, float]]:
+    """The entries of a :class:`FingerprintCache` file; none when it is missing, unreadable or not one."""
+    try:
+        payload = json.loads(path.read_text())
+        if payload.get("format") != CACHE_FORMAT:
+            return {}
+        return {(name, size, etag, modified): (fingerprint, float(when))
+                for name, size, etag, modified, fingerprint, when in payload["entries"]
+                if isinstance(fingerprint, str)}
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return {}
+
+
+def sampled_object(path: RemotePath, sample: int) -> tuple[ObjectInfo, bytes, bytes] | None:
+    """:func:`http_samples` or :func:`s3_samples` of a remote dataset; None for other file systems."""
     url = http_url(path)
     if url:
-        stat = server_stat(url)
-    elif path.gdal.startswith("/vsis3/"):
-        stat = s3_stat(path.gdal)
-    else:
-        stat = None
+        return http_samples(url, sample)
+    return s3_samples(path.gdal, sample) if path.gdal.startswith("/vsis3/") else None
+
+
+def object_info(path: RemotePath) -> ObjectInfo | None:
+    """:func:`server_stat` or :func:`s3_stat` of a remote dataset; None for other file systems."""
+    url = http_url(path)
+    if url:
+        return server_stat(url)
+    return s3_stat(path.gdal) if path.gdal.startswith("/vsis3/") else None
+
+
+def remote_fingerprint(path: RemotePath, cache: FingerprintCache | None = None) -> tuple[str, int | None]:
+    """(sha256 hex, size or None) of a remote object. ``http(s)`` and S3: its content fingerprint, the one a
+    local copy gets (:func:`rrsis_cli.inputs.sampled_fingerprint`), from two ranged reads; found in ``cache``
+    after one cheap question (:func:`object_info`) when the object was sampled before. Other file systems, or
+    an object whose samples cannot be read: a hash of the name and of what the server says (see the module's
+    notes). The name's query string is left out, so a re-signed URL of the same object keeps its fingerprint."""
+    from rrsis_cli.inputs import SAMPLE_BYTES, sampled_fingerprint  # inputs imports this module
+
     name = re.split(r"[?#]", path.gdal, maxsplit=1)[0]
-    if stat is None or (stat["size"] is None and not stat["etag"] and not stat["last_modified"]):
+    if cache is not None and cache.knows(name):
+        info = object_info(path)
+        if info is None:
+            return described_fingerprint(name, None)  # no answer: the scene fails when GDAL opens it
+        found = cache.lookup(name, info)
+        if found:
+            return found, info.size
+    sampled = sampled_object(path, SAMPLE_BYTES)
+    if sampled is None:
+        return described_fingerprint(name, object_info(path))
+    info, head, tail = sampled
+    fingerprint = sampled_fingerprint(info.size, head, tail)
+    if cache is not None:
+        cache.remember(name, info, fingerprint)
+    return fingerprint, info.size
+
+
+def described_fingerprint(name: str, info: ObjectInfo | None) -> tuple[str, int | None]:
+    """(sha256 hex, size or None) of a remote object's name and of what its server says (``info``; None: the name
+    alone), when its content cannot be sampled."""
+    if info is None or (info.size is None and not info.validated):
         return hashlib.sha256(f"remote:{name}".encode()).hexdigest(), None
-    text = f"remote:{name}|{stat['size']}|{stat['etag']}|{stat['last_modified']}"
-    return hashlib.sha256(text.encode()).hexdigest(), stat["size"]
+    text = f"remote:{name}|{info.size}|{info.etag}|{info.last_modified}"
+    return hashlib.sha256(text.encode()).hexdigest(), info.size

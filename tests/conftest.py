@@ -34,3 +34,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache_dir(tmp_path_factory):
+    """No test reads or writes the user's cache (``~/.cache/rrsis``): module fixtures included, the session has
+    its own ``RRSIS_CACHE_DIR`` (subprocesses inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RRSIS_CACHE_DIR", str(tmp_path_factory.mktemp("rrsis-cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path_factory, monkeypatch, session_cache_dir):
+    """Each test starts with an empty cache folder of its own (``RRSIS_CACHE_DIR``), which it may fill."""
+    path = tmp_path_factory.mktemp("rrsis-cache")
+    monkeypatch.setenv("RRSIS_CACHE_DIR", str(path))
+    return path

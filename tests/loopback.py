@@ -110,10 +110,11 @@ class RangeServer:
                 self.send_header("ETag", f'"{target.stat().st_mtime_ns:x}-{size:x}"')
                 self.end_headers()
                 if send_body:
-                    self.wfile.write(chunk)
-                    with server._lock:
+                    with server._lock:  # counted before the client can have it: a test reading the counts
+                        # as soon as its request returns sees them (counted after, they could still be missing)
                         server.bytes_sent += len(chunk)
                         server.ranges.append((parts.path, start, start + len(chunk) - 1))
+                    self.wfile.write(chunk)
 
             def _index(self, folder: Path, send_body: bool):
                 """An Apache-style "Index of" page: what GDAL's /vsicurl/ parses to list a folder."""

@@ -125,25 +125,176 @@ def test_url_gives_the_mask_of_the_local_file(site, local_mask, tmp_path, capsys
     assert manifest["inputs"][0]["size"] == (Path(site[1]) / "scene.tif").stat().st_size  # from the server
 
 
+def mask_and_tags(out: Path) -> tuple[str, dict[str, str]]:
+    """(the mask's path relative to ``out``: scene key and prompt key, its tags)."""
+    mask = only_mask(out)
+    with rasterio.open(mask) as ds:
+        return mask.relative_to(out).as_posix(), ds.tags()
+
+
+def test_url_run_writes_what_the_local_run_writes(site, tmp_path, monkeypatch):
+    """Same scene key (output directory), same fingerprint and configuration hashes, same pixels, grid and
+    profile. The one difference is the tag ``rrsis_scene``: the input as given (a path, a URL), documented so;
+    with that tag set to one value for both, the two ``mask.tif`` are the same bytes."""
+    from rrsis_cli.predict import write
+
+    server, root = site
+    local = run([root / "scene.tif"], tmp_path / "local")
+    remote = run([f"{server.url}/scene.tif"], tmp_path / "url")
+    assert local.exit_code == remote.exit_code == 0
+    assert remote.inputs[0]["key"] == local.inputs[0]["key"]
+    assert remote.inputs[0]["fingerprint"] == local.inputs[0]["fingerprint"]
+    local_mask, local_tags = mask_and_tags(tmp_path / "local")
+    remote_mask, remote_tags = mask_and_tags(tmp_path / "url")
+    assert remote_mask == local_mask
+    assert remote_tags.pop("rrsis_scene") == f"{server.url}/scene.tif"
+    assert local_tags.pop("rrsis_scene") == str(root / "scene.tif")
+    assert remote_tags == local_tags
+    with rasterio.open(tmp_path / "local" / local_mask) as a, rasterio.open(tmp_path / "url" / remote_mask) as b:
+        assert a.profile == b.profile
+        np.testing.assert_array_equal(a.read(), b.read())
+    tags = write.output_tags
+    monkeypatch.setattr(write, "output_tags", lambda *args: {**tags(*args), "rrsis_scene": "one name"})
+    assert run([root / "scene.tif"], tmp_path / "local-bytes").exit_code == 0
+    assert run([f"{server.url}/scene.tif"], tmp_path / "url-bytes").exit_code == 0
+    local_bytes = (tmp_path / "local-bytes" / local_mask).read_bytes()
+    assert local_bytes == (tmp_path / "url-bytes" / remote_mask).read_bytes()
+    assert local_bytes != (tmp_path / "local" / local_mask).read_bytes()  # the tag did take another value
+
+
+def test_url_fingerprint_two_ranged_gets_then_one_byte(site, cache_dir):
+    """Cold: the first and the last MiB (two ranged GETs, nothing else), the local file's fingerprint; the cache
+    file then holds it, and a rerun asks the server one byte."""
+    from rrsis_cli.inputs import SAMPLE_BYTES, content_fingerprint, find_scenes
+
+    server, root = site
+    size = (root / "scene.tif").stat().st_size
+    assert size > 2 * SAMPLE_BYTES  # the tail is the last MiB
+    local = find_scenes([root / "scene.tif"])[0]
+    server.reset_counts()
+    cold = find_scenes([f"{server.url}/scene.tif"])[0]
+    assert server.ranges == [("/scene.tif", 0, SAMPLE_BYTES - 1), ("/scene.tif", size - SAMPLE_BYTES, size - 1)]
+    assert (cold.key, cold.fingerprint, cold.size) == (local.key, local.fingerprint, size)
+    assert (cold.fingerprint, cold.size) == content_fingerprint(root / "scene.tif")
+    assert (cache_dir / "remote-fingerprints.json").is_file()
+    server.reset_counts()
+    warm = find_scenes([f"{server.url}/scene.tif?X-Amz-Signature=other"])[0]  # re-signed: same object
+    assert server.ranges == [("/scene.tif", 0, 0)] and len(server.requests) == 1
+    assert (warm.key, warm.fingerprint, warm.size) == (local.key, local.fingerprint, size)
+
+
+def test_replaced_objects_small_objects_and_a_broken_cache(tmp_path, cache_dir, monkeypatch):
+    """A replaced object (new ETag) is sampled again and gets its new content's fingerprint; an object of at most
+    1 MiB costs one GET; a cache file that is garbage is ignored (and replaced), one that cannot be written is
+    no error."""
+    from rrsis_cli.inputs import SAMPLE_BYTES, content_fingerprint, find_scenes
+
+    root = tmp_path / "site"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    mid, small = root / "mid.tif", root / "small.tif"
+    mid.write_bytes(rng.bytes(SAMPLE_BYTES + 5000))  # the tail starts right after the head
+    small.write_bytes(rng.bytes(1000))
+    server = RangeServer(root).start()
+    try:
+        first = find_scenes([f"{server.url}/mid.tif"])[0]
+        assert first.fingerprint == content_fingerprint(mid)[0]
+        assert server.ranges == [("/mid.tif", 0, SAMPLE_BYTES - 1), ("/mid.tif", SAMPLE_BYTES, SAMPLE_BYTES + 4999)]
+        mid.write_bytes(rng.bytes(SAMPLE_BYTES + 5000))  # same name and size, new content
+        os.utime(mid, ns=(mid.stat().st_mtime_ns + 10**9,) * 2)  # the loopback ETag follows the mtime
+        server.reset_counts()
+        replaced = find_scenes([f"{server.url}/mid.tif"])[0]
+        assert replaced.fingerprint == content_fingerprint(mid)[0] != first.fingerprint
+        assert [r[1:] for r in server.ranges] == [(0, 0), (0, SAMPLE_BYTES - 1), (SAMPLE_BYTES, SAMPLE_BYTES + 4999)]
+        server.reset_counts()
+        assert find_scenes([f"{server.url}/small.tif"])[0].fingerprint == content_fingerprint(small)[0]
+        assert server.ranges == [("/small.tif", 0, 999)] and len(server.requests) == 1
+        (cache_dir / "remote-fingerprints.json").write_bytes(b"\x00{not json")
+        server.reset_counts()
+        assert find_scenes([f"{server.url}/small.tif"])[0].fingerprint == content_fingerprint(small)[0]
+        assert len(server.requests) == 1  # sampled again: the garbage was no cache
+        assert "small.tif" in (cache_dir / "remote-fingerprints.json").read_text()  # and it was replaced
+        blocked = tmp_path / "a-file"
+        blocked.write_text("not a folder")
+        monkeypatch.setenv("RRSIS_CACHE_DIR", str(blocked))
+        assert find_scenes([f"{server.url}/small.tif"])[0].fingerprint == content_fingerprint(small)[0]
+    finally:
+        server.stop()
+
+
+def test_cache_merges_writers_and_keeps_the_newest(tmp_path, monkeypatch):
+    from rrsis_cli import remote
+    from rrsis_cli.remote import FingerprintCache, ObjectInfo
+
+    path = tmp_path / "cache.json"
+    one, two = FingerprintCache(path), FingerprintCache(path)
+    assert not one.knows("/vsicurl/http://h/a.tif")  # reads the (missing) file: empty
+    assert not two.knows("/vsicurl/http://h/a.tif")
+    one.remember("/vsicurl/http://h/a.tif", ObjectInfo(10, '"e1"', None), "fa")
+    two.remember("/vsicurl/http://h/b.tif", ObjectInfo(20, None, "Tue, 01 Dec 2026 10:00:00 GMT"), "fb")
+    two.remember("/vsicurl/http://h/c.tif", ObjectInfo(30, None, None), "fc")  # size alone: not kept
+    one.save()
+    two.save()  # another process: merged, not overwritten
+    merged = FingerprintCache(path)
+    assert merged.lookup("/vsicurl/http://h/a.tif", ObjectInfo(10, '"e1"', None)) == "fa"
+    assert merged.lookup("/vsicurl/http://h/a.tif", ObjectInfo(10, '"e2"', None)) is None  # replaced object
+    assert merged.lookup("/vsicurl/http://h/b.tif", ObjectInfo(20, None, "Tue, 01 Dec 2026 10:00:00 GMT")) == "fb"
+    assert not merged.knows("/vsicurl/http://h/c.tif")
+    monkeypatch.setattr(remote, "CACHE_ENTRIES", 2)
+    merged.remember("/vsicurl/http://h/d.tif", ObjectInfo(40, '"e4"', None), "fd")
+    merged.save()
+    kept = FingerprintCache(path)
+    assert kept.knows("/vsicurl/http://h/d.tif") and len(kept.entries) == 2  # the newest two
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_other_file_systems_keep_the_name_fingerprint():
+    """``/vsigs/``, ``/vsiaz/`` and other ``/vsi`` names: no bytes can be read here without ``osgeo``, so their
+    fingerprint is a hash of the name (documented; ``--overwrite`` for an object replaced under its name)."""
+    import hashlib
+
+    from rrsis_cli.inputs import content_fingerprint
+
+    for given, gdal in (("gs://b/x.tif", "/vsigs/b/x.tif"), ("az://c/x.tif?sig=1", "/vsiaz/c/x.tif")):
+        assert content_fingerprint(RemotePath(given)) == (hashlib.sha256(f"remote:{gdal}".encode()).hexdigest(), None)
+
+
 def test_transient_errors_are_retried(site, local_mask, tmp_path, monkeypatch):
+    from rrsis_cli.inputs import content_fingerprint, find_scenes
+
     server, root = site
     monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.1")
-    server.reset_counts()
-    server.failures["/scene.tif"] = 2  # the fingerprint's request, then GDAL's first one
+    server.failures["/scene.tif"] = 2  # both answers to the fingerprint's first ranged GET (cold)
+    cold = find_scenes([f"{server.url}/scene.tif"])[0]
+    assert server.failures["/scene.tif"] == 0
+    assert (cold.fingerprint, cold.size) == content_fingerprint(root / "scene.tif")  # the key did not change
+    server.failures["/scene.tif"] = 2  # the fingerprint's one-byte request (warm), then GDAL's first one
     manifest = run([f"{server.url}/scene.tif"], tmp_path)
     assert manifest.exit_code == 0 and server.failures["/scene.tif"] == 0
-    assert manifest.inputs[0]["size"] == (root / "scene.tif").stat().st_size  # the key did not change
+    assert manifest.inputs[0]["fingerprint"] == cold.fingerprint
     same_pixels(pixels(only_mask(tmp_path)), local_mask)
+
+
+def warm_fingerprint(server: RangeServer, name: str) -> None:
+    """Fingerprint ``name`` once (the cache then holds it) and forget the bytes it cost: a fixed cost per scene
+    (two ranged GETs of at most 1 MiB, :func:`test_url_and_local_file_share_key_tags_and_pixels` counts them),
+    which the fixtures of a few MiB would otherwise hide GDAL's reads behind."""
+    from rrsis_cli.inputs import find_scenes
+
+    server.reset_counts()
+    find_scenes([f"{server.url}/{name}"])
+    assert {path for path, *_ in server.ranges} == {f"/{name}"}
+    server.reset_counts()
 
 
 def test_aoi_on_a_corner_fetches_a_small_part_and_is_georeferenced(site, local_mask, tmp_path):
     server, root = site
-    server.reset_counts()
+    warm_fingerprint(server, "corner.tif")
     aoi = f"{ORIGIN[0]},{ORIGIN[1] - 200},{ORIGIN[0] + 200},{ORIGIN[1]},EPSG:32618"  # top-left 200 x 200 m
     manifest = run([f"{server.url}/corner.tif"], tmp_path, aoi=aoi)
     assert manifest.exit_code == 0
     file_size = (root / "corner.tif").stat().st_size
-    assert server.bytes_sent < file_size / 8, (server.bytes_sent, file_size)
+    assert server.bytes_sent < file_size / 8, (server.bytes_sent, file_size)  # GDAL's reads + 1 byte (warm key)
     data, transform, crs, *_ = pixels(only_mask(tmp_path))
     assert data.shape == (1, 200, 200) and transform == from_origin(*ORIGIN, 1, 1) and crs == "EPSG:32618"
     np.testing.assert_array_equal(data, local_mask[0][:, :200, :200])  # per-pixel model: the crop of the scene
@@ -155,7 +306,7 @@ def test_a_whole_remote_scene_is_fetched_once(site, local_mask, tmp_path):
     fetched twice (a handle per thread fetched this scene 1.25 times: their caches are separate and overlapping
     tiles share blocks), the overviews are not fetched, and the mask is the local file's."""
     server, root = site
-    server.reset_counts()
+    warm_fingerprint(server, "whole.tif")  # the fingerprint's samples are read apart from GDAL, not counted here
     manifest = run([f"{server.url}/whole.tif"], tmp_path, read_workers=2)
     assert manifest.exit_code == 0
     sent, distinct = server.bytes_sent, server.distinct_bytes()
@@ -346,6 +497,40 @@ def test_s3_prefix_listing_and_a_missing_key(site, local_mask, tmp_path, monkeyp
         replaced = json.loads((tmp_path / "prefix" / "manifest.json").read_text())
         status = {r["scene"]: r["status"] for r in replaced["results"]}
         assert status == {"s3://scenes/in/a.tif": "done", "s3://scenes/in/sub/b.TIF": "skipped-existing"}, status
+
+
+def test_s3_object_is_keyed_as_the_local_file_and_cached(site, tmp_path, monkeypatch):
+    """An S3 object: the local file's key, fingerprint and outputs (but ``rrsis_scene``), from two ranged
+    GetObject calls; a rerun asks HeadObject only; a replaced object gets its new content's fingerprint."""
+    from rrsis_cli import remote
+    from rrsis_cli.inputs import content_fingerprint, find_scenes
+
+    _, root = site
+    sampled = []
+    real_samples = remote.s3_samples
+    monkeypatch.setattr(remote, "s3_samples", lambda *args: sampled.append(args[0]) or real_samples(*args))
+    with moto_s3() as (client, env):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        client.create_bucket(Bucket="fingerprints")
+        client.upload_file(str(root / "scene.tif"), "fingerprints", "in/scene.tif")
+        local = run([root / "scene.tif"], tmp_path / "local")
+        on_s3 = run(["s3://fingerprints/in/scene.tif"], tmp_path / "s3")
+        assert local.exit_code == on_s3.exit_code == 0 and sampled == ["/vsis3/fingerprints/in/scene.tif"]
+        assert (on_s3.inputs[0]["key"], on_s3.inputs[0]["fingerprint"]) == (local.inputs[0]["key"],
+                                                                              local.inputs[0]["fingerprint"])
+        local_mask, local_tags = mask_and_tags(tmp_path / "local")
+        s3_mask, s3_tags = mask_and_tags(tmp_path / "s3")
+        assert s3_mask == local_mask and s3_tags.pop("rrsis_scene") == "s3://fingerprints/in/scene.tif"
+        local_tags.pop("rrsis_scene")
+        assert s3_tags == local_tags
+        again = find_scenes(["s3://fingerprints/in/scene.tif"])[0]
+        assert again.fingerprint == local.inputs[0]["fingerprint"] and len(sampled) == 1  # the cache answered
+        other = tmp_path / "other.tif"
+        other.write_bytes(np.random.default_rng(5).bytes(5000))
+        client.upload_file(str(other), "fingerprints", "in/scene.tif")
+        replaced = find_scenes(["s3://fingerprints/in/scene.tif"])[0]
+        assert replaced.fingerprint == content_fingerprint(other)[0] and len(sampled) == 2
 
 
 def test_s3_prefix_with_glob_and_an_empty_prefix(site, tmp_path, monkeypatch):
