@@ -15,8 +15,7 @@ reading them, the listing of object-store prefixes, cheap fingerprints, and secr
   ``GDAL_HTTP_*``), with no second configuration to keep in step as fsspec/s3fs or obstore would need.
 * **Fingerprints** (:func:`remote_fingerprint`): for ``http(s)`` and S3 the *content fingerprint* a local copy of
   the same bytes gets (:func:`rrsis_cli.inputs.sampled_fingerprint`: size, first and last MiB), so a scene keeps
-  its key, and its outputs their bytes (but the tag ``rrsis_scene``, the input as given), wherever it is read
-  from. It costs two ranged reads of at most 1 MiB
+  its key, and its outputs their bytes, wherever it is read from. It costs two ranged reads of at most 1 MiB
   (one for an object of at most 1 MiB): ``Range`` GETs (transient answers retried as GDAL retries them), or
   ``GetObject(Range=…)`` through boto3 (:func:`s3_client`: the endpoint and credentials variables GDAL reads).
   The first answer also gives size, ETag and Last-Modified. :class:`FingerprintCache` (a JSON file in

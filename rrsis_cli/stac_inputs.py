@@ -19,7 +19,7 @@
   (size, transform, CRS).
 * The scene key (:func:`rrsis_cli.inputs.find_scenes`) is the item id (characters outside ``A-Za-z0-9._-``
   replaced by ``-``) then ``-<8 hex>`` of a fingerprint of the item id, the asset keys and each asset's own
-  fingerprint (for a remote asset what its server says: :mod:`rrsis_cli.remote`).
+  fingerprint (for a remote asset its content fingerprint: :mod:`rrsis_cli.remote`).
 * The scene keeps the source Item's absolute self href, id, collection id and asset keys
   (:class:`~rrsis_cli.inputs.Scene`), for outputs that link back to it.
 """

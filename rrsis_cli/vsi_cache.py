@@ -7,8 +7,10 @@ after the object was replaced — a long-lived dask worker (``--scheduler ADDR``
 Python session calling :func:`rrsis_cli.predict.predict` twice — would read the old header and blocks mixed with
 new ones: a wrong result with exit code 0.
 
-Each scene carries the fingerprint its run computed from the server (:mod:`rrsis_cli.remote`), which changes when
-the object does. :func:`forget_if_replaced` remembers the last fingerprint this process opened each remote name
+Each scene carries the fingerprint its run computed (:mod:`rrsis_cli.remote`: size, first and last MiB of the
+object's content), which changes when the object does — except for an object rewritten in place with the same
+size, first and last MiB, which rrsis treats as the same scene everywhere (its key and skip-existing too), as
+for local files. :func:`forget_if_replaced` remembers the last fingerprint this process opened each remote name
 with, and when a scene comes with another one it drops GDAL's cache of that name
 (``VSICurlPartialClearCache``, GDAL's C API: rasterio does not bind it, so it is called through ctypes in the
 GDAL library rasterio has loaded). Within one run the fingerprint does not change, so nothing is fetched twice.
@@ -30,17 +32,31 @@ _opened_with: dict[str, str] = {}  # remote GDAL name -> fingerprint this proces
 _lock = threading.Lock()
 
 
+def rasterio_gdal_first(paths: set[str], rasterio_libs: Path) -> list[str]:
+    """GDAL libraries mapped in this process, rasterio's first: the one in its wheel's ``rasterio.libs`` folder,
+    then a system GDAL (a rasterio built from source), and last the copies other wheels bundle (pyogrio's, in
+    ``pyogrio.libs``), whose caches rasterio's reads do not use."""
+    def rank(path: str) -> tuple[int, str]:
+        folder = Path(path).parent
+        if folder == rasterio_libs:
+            return 0, path
+        return (2 if folder.name.endswith(".libs") else 1), path
+
+    return sorted(paths, key=rank)
+
+
 @functools.cache
 def loaded_gdal_library() -> ctypes.CDLL | None:
-    """The GDAL shared library this process has loaded (rasterio's), or None when it cannot be found."""
-    import rasterio  # noqa: F401 - loads GDAL
+    """The GDAL shared library rasterio uses in this process, or None when it cannot be found (several may be
+    mapped: pyogrio's wheel bundles its own)."""
+    import rasterio  # loads GDAL
 
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return None
     paths = {line.split()[-1] for line in maps.splitlines() if "libgdal" in line.rsplit("/", 1)[-1]}
-    for path in sorted(paths):
+    for path in rasterio_gdal_first(paths, Path(rasterio.__file__).resolve().parent.parent / "rasterio.libs"):
         try:
             return ctypes.CDLL(path)
         except OSError:

@@ -5,6 +5,7 @@ moto's S3 server on loopback (tests/loopback.py), started and stopped here; the 
 from __future__ import annotations
 
 import numpy as np
+import pyogrio  # noqa: F401 - maps a second GDAL library into the process, as predict's vector writing does
 import pytest
 import rasterio
 from rasterio.io import MemoryFile
@@ -74,3 +75,12 @@ def test_the_cache_is_cleared_only_when_the_fingerprint_changes(monkeypatch, tmp
 def test_gdals_clear_function_is_reachable():
     assert vsi_cache.loaded_gdal_library() is not None
     assert vsi_cache.clear_gdal_cache("/vsicurl/http://127.0.0.1:9/never-read.tif")
+
+
+def test_rasterios_gdal_is_chosen_among_several(tmp_path):
+    """pyogrio's wheel maps its own GDAL too (imported at the top of this file): clearing that one's cache left
+    rasterio's stale (the replaced-object test failed after any test that had used pyogrio)."""
+    libs = tmp_path / "site" / "rasterio.libs"
+    paths = {"/site/pyogrio.libs/libgdal-1.so.36", str(libs / "libgdal-2.so.36"), "/usr/lib/libgdal.so.32"}
+    assert vsi_cache.rasterio_gdal_first(paths, libs) == [str(libs / "libgdal-2.so.36"), "/usr/lib/libgdal.so.32",
+                                                          "/site/pyogrio.libs/libgdal-1.so.36"]

@@ -85,13 +85,15 @@ def reusable_prob(prob_path: Path, reader: SceneReader, scene: Scene, prompt: st
 
 def output_tags(model, scene: Scene, prompt: str, options: PredictOptions, tile: int) -> dict[str, str]:
     """Tags of ``mask.tif`` and ``prob.tif``: what produced them, and the hashes that let a later run skip the
-    pair (``rrsis_config_hash``) or re-threshold its ``prob.tif`` (``rrsis_prob_hash``)."""
+    pair (``rrsis_config_hash``) or re-threshold its ``prob.tif`` (``rrsis_prob_hash``). The scene is named by its
+    file name and content fingerprint, never by where it was read from (the manifest has the path or URL), so the
+    same scene read from another mount, a URL or an object store gives the same bytes."""
     tags = {"prompt": prompt, "model": str(model.config.get("name")), "model_sha256": str(model.sha256),
             "rrsis_version": __version__, "tile_size": str(tile), "overlap": str(options.overlap),
             "threshold": str(options.threshold),
             "rrsis_config_hash": config_hash(model.sha256, scene, prompt, options, tile),
             "rrsis_prob_hash": config_hash(model.sha256, scene, prompt, options, tile, threshold=False),
-            "rrsis_scene": str(scene.path), "rrsis_scene_fingerprint": scene.fingerprint}
+            "rrsis_scene": scene.path.name, "rrsis_scene_fingerprint": scene.fingerprint}
     if options.gsd is not None:
         tags["gsd"] = str(options.gsd)
     return tags
