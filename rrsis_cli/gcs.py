@@ -117,17 +117,15 @@ def gcs_stat(gdal_name: str) -> dict[str, Any] | None:
             "last_modified": blob.updated.isoformat() if blob.updated is not None else None}
 
 
-def gcs_read(gdal_name: str, start: int, end: int, generation: str | int | None = None) -> bytes | None:
+def gcs_read(gdal_name: str, start: int, end: int) -> bytes | None:
     """Bytes ``start`` to ``end`` **inclusive** (HTTP Range semantics, as ``bytes=start-end``) of the object behind
-    ``/vsigs/bucket/key`` (or ``gs://…``); fewer when the object is shorter. ``generation`` (from
-    :func:`gcs_stat`) pins the version read, so two reads cannot mix an object with its replacement (a replaced
-    object then gives None). None when it cannot be read."""
+    ``/vsigs/bucket/key`` (or ``gs://…``); fewer when the object is shorter. None when it cannot be read. To tell
+    an object replaced between two reads, compare :func:`gcs_stat`'s ``generation`` before and after them."""
     location = gcs_location(gdal_name)
     if location is None or start < 0 or end < start:
         return None
     try:
-        blob = gcs_client().bucket(location[0]).blob(location[1],
-                                                     generation=int(generation) if generation else None)
-        return blob.download_as_bytes(start=start, end=end, timeout=TIMEOUT)
+        return gcs_client().bucket(location[0]).blob(location[1]).download_as_bytes(start=start, end=end,
+                                                                                    timeout=TIMEOUT)
     except Exception:  # noqa: BLE001 - as gcs_stat
         return None
