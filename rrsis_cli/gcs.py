@@ -19,6 +19,7 @@ One set of variables serves both:
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -76,18 +77,24 @@ def anonymous() -> bool:
 
 def gcs_client():
     """A ``google.cloud.storage.Client`` configured as the module says (UsageError when the package is
-    missing). Application Default Credentials are looked up here, not at import."""
+    missing); one per configuration, reused (Application Default Credentials are looked up once, not per
+    object)."""
     require_client()
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT") or None
+    return _client(api_endpoint(), anonymous(), project)
+
+
+@functools.lru_cache(maxsize=4)
+def _client(endpoint: str | None, anonymous_access: bool, project: str | None):
     from google.cloud import storage
 
-    endpoint = api_endpoint()
     options = {"api_endpoint": endpoint} if endpoint else None
-    if anonymous():
+    if anonymous_access:
         from google.auth.credentials import AnonymousCredentials
 
-        project = os.environ.get("GOOGLE_CLOUD_PROJECT") or "anonymous"
-        return storage.Client(project=project, credentials=AnonymousCredentials(), client_options=options)
-    return storage.Client(client_options=options)
+        return storage.Client(project=project or "anonymous", credentials=AnonymousCredentials(),
+                              client_options=options)
+    return storage.Client(project=project, client_options=options)
 
 
 def gcs_location(name: str) -> tuple[str, str] | None:

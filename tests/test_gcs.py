@@ -223,3 +223,18 @@ def test_emulator_host_alone_sets_gdal_endpoint_and_anonymous_access(monkeypatch
     monkeypatch.setenv("CPL_GS_ENDPOINT", "https://storage.example.org/")
     monkeypatch.setenv("GS_NO_SIGN_REQUEST", "YES")
     assert gcs_config.api_endpoint() == "https://storage.example.org" and gcs_config.anonymous()
+
+
+def test_the_emulator_stops_with_its_test():
+    """As moto's server: leaving the context ends the emulator itself, not only its ``timeout`` wrapper."""
+    import socket
+
+    from loopback import gcs_emulator
+
+    with gcs_emulator() as (client, env):
+        port = int(env["STORAGE_EMULATOR_HOST"].rsplit(":", 1)[1])
+        client.create_bucket("alive")
+        assert [bucket.name for bucket in client.list_buckets()] == ["alive"]
+    with socket.socket() as probe:  # binding succeeds only once no server listens there (TIME_WAIT is fine)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
