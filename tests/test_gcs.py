@@ -126,6 +126,11 @@ def test_gs_output_is_the_local_output_and_a_rerun_skips(tmp_path, gcs, capsys):
     assert rerun.returncode == 0, rerun.stderr
     second = json.loads(gcs.blob("runs/one/manifest.json").download_as_bytes())
     assert [r["status"] for r in second["results"]] == ["skipped-existing"] * len(first.results)
+    # `rrsis publish gs://…` later: the manifest downloaded, the STAC files written again from the store
+    gcs.blob("runs/one/catalog.json").delete()
+    code, _, err = run_cli(capsys, "publish", url)
+    assert code == 0, err
+    assert json.loads(gcs.blob("runs/one/catalog.json").download_as_bytes()) == catalog
 
 
 def test_gs_killed_or_failed_mask_upload_leaves_no_mask_and_is_redone(tmp_path, gcs, monkeypatch):
