@@ -245,8 +245,8 @@ class RemoteOutput:
         scheme = next((s for s in BACKENDS if url.startswith(s)), None)
         if scheme is None:
             raise UsageError(f"--out {url}: only s3:// and gs:// object stores are supported for outputs (az:// "
-                             "is not: it could not be tested here); write locally and copy, or use an "
-                             "S3-compatible endpoint")
+                             "is not: no Azure emulator runs in rrsis's tests, so its uploads would ship untested); "
+                             "write locally and copy, or use an S3-compatible endpoint")
         bucket, _, prefix = url[len(scheme):].partition("/")
         if not bucket:
             raise UsageError(f"--out {url}: no bucket name")
