@@ -64,9 +64,13 @@ FINGERPRINT_TIMEOUT = 30.0
 
 
 def apply_gdal_defaults() -> None:
-    """Put :data:`GDAL_REMOTE_DEFAULTS` into the environment where the user has not set them."""
+    """Put :data:`GDAL_REMOTE_DEFAULTS` into the environment where the user has not set them, and GDAL's GCS
+    endpoint for ``STORAGE_EMULATOR_HOST`` (:func:`rrsis_cli.gcs.apply_gdal_defaults`)."""
+    from rrsis_cli.gcs import apply_gdal_defaults as apply_gcs_defaults
+
     for name, value in GDAL_REMOTE_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    apply_gcs_defaults()
 
 
 apply_gdal_defaults()

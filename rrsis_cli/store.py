@@ -1,27 +1,34 @@
-"""``rrsis predict --out s3://bucket/prefix/``: outputs in an object store.
+"""``rrsis predict --out s3://bucket/prefix/`` (or ``gs://bucket/prefix/``): outputs in an object store.
 
 A run works in a local *staging folder* exactly as in a local ``--out`` (journals, temporary files, renames),
 then uploads each finished pair's files, ``mask.tif`` **last**: the mask is the completion marker, so a pair
 whose upload was cut has no mask in the store and is recomputed by the next run, and skip-existing reads the
-mask's tags (configuration hash, scene fingerprint, prompt) from the store through GDAL's ``/vsis3/``. The
-published STAC files (``--publish``; the catalog last of them) are uploaded after the pairs, the manifest last. A pair's staged files are removed once uploaded; the journals of unfinished pairs stay, so a killed run
-resumes on the same machine.
+mask's tags (configuration hash, scene fingerprint, prompt) from the store through GDAL (``/vsis3/``,
+``/vsigs/``). The published STAC files (``--publish``; the catalog last of them) are uploaded after the pairs, the
+manifest last. A pair's staged files are removed once uploaded; the journals of unfinished pairs stay, so a
+killed run resumes on the same machine.
 
 Decisions:
 
 * **Staging folder**: ``$TMPDIR/rrsis-out-<12 hex of the URL>`` (:func:`tempfile.gettempdir`): the same for every
   run into the same URL on one machine, so an interrupted run's journals are found again; point ``TMPDIR`` at a
   large scratch disk for big scenes.
-* **Writes with boto3**: the maintained AWS client (multipart uploads, retries, every S3-compatible store through
-  an endpoint URL), testable against moto's server. GDAL's VSI writes are not exposed by rasterio for plain
-  files (vectors, JSON), and fsspec would need s3fs as well. **Reads with GDAL** (``/vsis3/``): the mask's tags
-  and headers are range requests, as for inputs.
-* **Endpoint**: boto3 reads ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; otherwise GDAL's
-  ``AWS_S3_ENDPOINT`` (host[:port]), ``AWS_HTTPS`` and ``AWS_VIRTUAL_HOSTING`` are translated, so one set of
-  variables serves reads and writes. Credentials come from the usual AWS chain; none is ever printed.
-* Errors name the ``s3://`` URL in the message (a ``Path`` would fold its ``//``), never credentials.
-* Only ``s3://`` so far (AWS and S3-compatible stores: MinIO, Ceph, R2, GCS's S3 interoperability); ``gs://``
-  and ``az://`` outputs are refused with a usage error.
+* **One backend per scheme** (:data:`BACKENDS`): the few store operations (check the bucket, modification time
+  of an object, upload, delete, download) and the GDAL prefix; :class:`RemoteOutput` holds everything else
+  (names, upload order, skip-existing), so both stores follow one contract.
+* **Writes with the store's own client**: boto3 for ``s3://`` (multipart uploads, retries, every S3-compatible
+  store through an endpoint URL; tested against moto's server), ``google-cloud-storage`` for ``gs://`` (the
+  optional extra ``rrsis[gcs]``, resumable uploads, retried; tested against ``gcp-storage-emulator``). GDAL's VSI
+  writes are not exposed by rasterio for plain files (vectors, JSON), and fsspec would need s3fs/gcsfs as well.
+  **Reads with GDAL** (``/vsis3/``, ``/vsigs/``): the mask's tags and headers are range requests, as for inputs.
+* **Endpoint and credentials**: one set of variables serves reads and writes. S3: boto3 reads
+  ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; otherwise GDAL's ``AWS_S3_ENDPOINT`` (host[:port]), ``AWS_HTTPS``
+  and ``AWS_VIRTUAL_HOSTING`` are translated (:func:`rrsis_cli.remote.s3_client`); credentials from the usual AWS
+  chain. GCS: :mod:`rrsis_cli.gcs` (``STORAGE_EMULATOR_HOST``, ``CPL_GS_ENDPOINT``, Application Default
+  Credentials, ``GS_NO_SIGN_REQUEST``). None is ever printed.
+* Errors name the ``s3://`` / ``gs://`` URL in the message (a ``Path`` would fold its ``//``), never credentials.
+* ``az://`` (and ``abfs://``, ``gcs://``) outputs are refused with a usage error: no Azure emulator can run in
+  this project's tests, and untested upload code is not shipped; write locally and copy (``azcopy``).
 """
 
 from __future__ import annotations
@@ -34,7 +41,6 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from rrsis_cli import console
 from rrsis_cli.errors import OutputError, UsageError
@@ -52,55 +58,215 @@ def staging_dir(url: str) -> Path:
     return Path(tempfile.gettempdir()) / f"rrsis-out-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
 
 
-def s3_client():
-    """A boto3 S3 client for the uploads (:func:`rrsis_cli.remote.s3_client`: the variables GDAL reads)."""
-    try:
-        import boto3  # noqa: F401 - a clear error before anything is staged
-    except ImportError as exc:
-        raise UsageError("--out s3://... needs boto3: pip install boto3") from exc
-    from rrsis_cli.remote import s3_client as client
+class StoreFailure(Exception):
+    """A backend's failure, with a short reason (an error code or an exception's class; never a credential or a
+    signed URL) that :class:`RemoteOutput` puts into a one-line OutputError naming the object."""
 
-    return client()
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class S3Backend:
+    """``s3://`` (AWS and S3-compatible stores) through boto3 (:func:`rrsis_cli.remote.s3_client`: the
+    variables GDAL reads); GDAL reads through ``/vsis3/``."""
+
+    scheme = "s3"
+    gdal_prefix = "/vsis3/"
+
+    def __init__(self, bucket: str):
+        self.bucket = bucket
+        self._client = None
+
+    @staticmethod
+    def require() -> None:
+        try:
+            import boto3  # noqa: F401 - a clear error before anything is staged
+        except ImportError as exc:
+            raise UsageError("--out s3://... needs boto3: pip install boto3") from exc
+
+    def client(self):
+        if self._client is None:
+            self.require()
+            from rrsis_cli.remote import s3_client
+
+            self._client = s3_client()
+        return self._client
+
+    def check_bucket(self) -> None:
+        """StoreFailure when the bucket does not exist or the endpoint cannot be reached. A 403 passes: a key
+        limited to its prefix may not list the bucket yet may write there."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client().head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _s3_code(exc) not in ("403", "AccessDenied", "Forbidden"):
+                raise StoreFailure(_s3_reason(exc)) from None
+        except BotoCoreError as exc:
+            raise StoreFailure(_s3_reason(exc)) from None
+
+    def head(self, key: str) -> datetime | None:
+        """The object's last modification time; None when there is no such object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client().head_object(Bucket=self.bucket, Key=key)["LastModified"]
+        except ClientError as exc:
+            if _s3_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def upload(self, local: Path, key: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client().upload_file(str(local), self.bucket, key,
+                                      Config=TransferConfig(multipart_threshold=64 * 2**20))
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreFailure(_s3_reason(exc)) from None
+
+    def delete(self, key: str) -> None:
+        self.client().delete_object(Bucket=self.bucket, Key=key)
+
+    def download(self, key: str, local: Path) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client().download_file(self.bucket, key, str(local))
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreFailure(_s3_reason(exc)) from None
+
+
+class GCSBackend:
+    """``gs://`` through ``google-cloud-storage`` (:func:`rrsis_cli.gcs.gcs_client`: the variables GDAL reads);
+    GDAL reads through ``/vsigs/``. Uploads are retried (``DEFAULT_RETRY``): rewriting an output with the same
+    file is idempotent."""
+
+    scheme = "gs"
+    gdal_prefix = "/vsigs/"
+
+    def __init__(self, bucket: str):
+        self.bucket = bucket
+        self._bucket = None
+
+    @staticmethod
+    def require() -> None:
+        from rrsis_cli.gcs import require_client
+
+        require_client()
+
+    def handle(self):
+        """The client's bucket object (no request)."""
+        if self._bucket is None:
+            from rrsis_cli.gcs import gcs_client
+
+            try:
+                self._bucket = gcs_client().bucket(self.bucket)
+            except UsageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - google.auth's DefaultCredentialsError and kin
+                raise StoreFailure(_gcs_reason(exc)) from None
+        return self._bucket
+
+    def check_bucket(self) -> None:
+        """StoreFailure when the bucket does not exist or the endpoint cannot be reached; a 403 passes (as S3)."""
+        from rrsis_cli.gcs import TIMEOUT
+
+        try:
+            self.handle().reload(timeout=TIMEOUT)
+        except StoreFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - google.api_core's errors, requests' connection errors
+            if getattr(exc, "code", None) != 403:
+                raise StoreFailure(_gcs_reason(exc)) from None
+
+    def head(self, key: str) -> datetime | None:
+        from rrsis_cli.gcs import TIMEOUT
+
+        try:
+            blob = self.handle().get_blob(key, timeout=TIMEOUT)
+        except StoreFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as check_bucket (a missing object is None, not an error)
+            raise StoreFailure(_gcs_reason(exc)) from None
+        return None if blob is None else blob.updated
+
+    def upload(self, local: Path, key: str) -> None:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        from rrsis_cli.gcs import TIMEOUT
+
+        try:
+            self.handle().blob(key).upload_from_filename(str(local), timeout=TIMEOUT, retry=DEFAULT_RETRY)
+        except StoreFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as check_bucket
+            raise StoreFailure(_gcs_reason(exc)) from None
+
+    def delete(self, key: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        from rrsis_cli.gcs import TIMEOUT
+
+        try:
+            self.handle().blob(key).delete(timeout=TIMEOUT)
+        except NotFound:
+            pass  # already gone (as S3's DeleteObject)
+
+    def download(self, key: str, local: Path) -> None:
+        from rrsis_cli.gcs import TIMEOUT
+
+        try:
+            self.handle().blob(key).download_to_filename(str(local), timeout=TIMEOUT)
+        except StoreFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as check_bucket
+            raise StoreFailure(_gcs_reason(exc)) from None
+
+
+BACKENDS = {"s3://": S3Backend, "gs://": GCSBackend}
 
 
 @dataclass
 class RemoteOutput:
-    """An ``s3://bucket/prefix/`` output: where it stages, how it reads (GDAL) and writes (boto3)."""
+    """An object-store output (``s3://bucket/prefix/``, ``gs://bucket/prefix/``): where it stages, how it reads
+    (GDAL) and writes (its scheme's backend: :class:`S3Backend`, :class:`GCSBackend`)."""
 
     url: str
     bucket: str
     prefix: str  # without leading or trailing "/"
     staging: Path
-    client: Any = None
+    backend: S3Backend | GCSBackend
 
     @classmethod
     def parse(cls, url: str) -> RemoteOutput:
-        if not url.startswith("s3://"):
-            raise UsageError(f"--out {url}: only s3:// object stores are supported for outputs (gs:// and az:// "
-                             "are not yet); write locally and copy, or use an S3-compatible endpoint")
-        bucket, _, prefix = url[len("s3://"):].partition("/")
+        scheme = next((s for s in BACKENDS if url.startswith(s)), None)
+        if scheme is None:
+            raise UsageError(f"--out {url}: only s3:// and gs:// object stores are supported for outputs (az:// "
+                             "is not: no Azure emulator runs in rrsis's tests, so its uploads would ship untested); "
+                             "write locally and copy, or use an S3-compatible endpoint")
+        bucket, _, prefix = url[len(scheme):].partition("/")
         if not bucket:
             raise UsageError(f"--out {url}: no bucket name")
-        return cls(url, bucket, prefix.strip("/"), staging_dir(url.rstrip("/") + "/"))
+        backend = BACKENDS[scheme](bucket)
+        backend.require()
+        return cls(url, bucket, prefix.strip("/"), staging_dir(url.rstrip("/") + "/"), backend)
 
     # -------------------------------------------------------------------------------------------- names
     def key(self, relative: str) -> str:
         return posixpath.join(self.prefix, relative) if self.prefix else relative
 
     def vsi(self, relative: str = "") -> str:
-        """``/vsis3/bucket/prefix[/relative]``: the GDAL name of an output."""
-        return posixpath.join(f"/vsis3/{self.bucket}", self.key(relative)).rstrip("/")
+        """``/vsis3/bucket/prefix[/relative]`` (``/vsigs/…``): the GDAL name of an output."""
+        return posixpath.join(f"{self.backend.gdal_prefix}{self.bucket}", self.key(relative)).rstrip("/")
 
     def uri(self, relative: str) -> str:
-        return f"s3://{self.bucket}/{self.key(relative)}"
+        return f"{self.backend.scheme}://{self.bucket}/{self.key(relative)}"
 
     def relative(self, vsi_path: str) -> str:
         return posixpath.relpath(vsi_path, self.vsi())
-
-    def s3(self):
-        if self.client is None:
-            self.client = s3_client()
-        return self.client
 
     def gdal_env(self):
         """GDAL settings for reading outputs: no directory listing on open, no stale cache of this prefix (a mask
@@ -114,36 +280,27 @@ class RemoteOutput:
     def check_writable(self) -> None:
         """OutputError naming the URL when the bucket does not exist or the endpoint cannot be reached (before any
         model loads). A 403 passes: a key limited to its prefix may not list the bucket yet may write there."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
-            self.s3().head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("403", "AccessDenied", "Forbidden"):
-                raise OutputError(f"{self.url}: the output bucket cannot be reached ({_reason(exc)})") from None
-        except BotoCoreError as exc:
-            raise OutputError(f"{self.url}: the output bucket cannot be reached ({_reason(exc)})") from None
+            self.backend.check_bucket()
+        except StoreFailure as exc:
+            raise OutputError(f"{self.url}: the output bucket cannot be reached ({exc.reason})") from None
 
-    def _head(self, relative: str) -> dict[str, Any] | None:
-        from botocore.exceptions import ClientError
-
+    def _modified(self, relative: str) -> datetime | None:
+        """The object's modification time, None when it is not in the store."""
         try:
-            return self.s3().head_object(Bucket=self.bucket, Key=self.key(relative))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
+            return self.backend.head(self.key(relative))
+        except StoreFailure as exc:
+            raise OutputError(f"{self.uri(relative)}: cannot be read ({exc.reason})") from None
 
     def has(self, relative: str) -> bool:
-        return self._head(relative) is not None
+        return self._modified(relative) is not None
 
     def exists(self, vsi_path: str) -> bool:
-        """Publishing's file test, on ``/vsis3/`` names."""
+        """Publishing's file test, on ``/vsis3/`` (``/vsigs/``) names."""
         return self.has(self.relative(vsi_path))
 
     def modified(self, vsi_path: str) -> datetime | None:
-        head = self._head(self.relative(vsi_path))
-        return None if head is None else head["LastModified"]
+        return self._modified(self.relative(vsi_path))
 
     def tags(self, relative: str) -> dict[str, str] | None:
         """The tags of the raster at ``relative`` in the store (range reads); None when it is not there."""
@@ -158,17 +315,13 @@ class RemoteOutput:
 
     # -------------------------------------------------------------------------------------------- writes
     def upload(self, local: Path, relative: str) -> None:
-        from boto3.s3.transfer import TransferConfig
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
-            self.s3().upload_file(str(local), self.bucket, self.key(relative),
-                                  Config=TransferConfig(multipart_threshold=64 * 2**20))
-        except (ClientError, BotoCoreError) as exc:
-            raise OutputError(f"{self.uri(relative)}: upload failed ({_reason(exc)})") from None
+            self.backend.upload(local, self.key(relative))
+        except StoreFailure as exc:
+            raise OutputError(f"{self.uri(relative)}: upload failed ({exc.reason})") from None
 
     def delete(self, relative: str) -> None:
-        self.s3().delete_object(Bucket=self.bucket, Key=self.key(relative))
+        self.backend.delete(self.key(relative))
 
     def upload_pair(self, out: Path, result) -> None:
         """Upload one finished pair's staged files (``result.outputs``: kind -> local path), ``mask.tif`` last,
@@ -202,7 +355,7 @@ class RemoteOutput:
         is not in the store, so the next run redoes it)."""
         for result in results:
             if result.status not in UPLOADED or "mask" not in result.outputs or \
-                    result.outputs["mask"].startswith("s3://"):
+                    result.outputs["mask"].startswith(f"{self.backend.scheme}://"):
                 continue
             try:
                 self.upload_pair(out, result)
@@ -221,15 +374,13 @@ class RemoteOutput:
 
     def download(self, relative: str, local: Path) -> None:
         """The object at ``relative`` into ``local`` (atomically); OutputError naming it when it is missing."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.tmp")
         try:
-            self.s3().download_file(self.bucket, self.key(relative), str(tmp))
-        except (ClientError, BotoCoreError) as exc:
+            self.backend.download(self.key(relative), tmp)
+        except StoreFailure as exc:
             tmp.unlink(missing_ok=True)
-            raise OutputError(f"{self.uri(relative)}: cannot download ({_reason(exc)})") from None
+            raise OutputError(f"{self.uri(relative)}: cannot download ({exc.reason})") from None
         os.replace(tmp, local)
 
 
@@ -250,7 +401,17 @@ def _tags_of(path: Path) -> dict[str, str]:
         return ds.tags()
 
 
-def _reason(exc: Exception) -> str:
+def _s3_code(exc: Exception) -> str | None:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+
+
+def _s3_reason(exc: Exception) -> str:
     """A short reason without credentials or signed URLs: the S3 error code, or the exception's class."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+    code = _s3_code(exc)
     return f"S3 error {code}" if code else type(exc).__name__
+
+
+def _gcs_reason(exc: Exception) -> str:
+    """As :func:`_s3_reason`: the HTTP status of a GCS API error, or the exception's class."""
+    code = getattr(exc, "code", None)
+    return f"GCS error {code}" if isinstance(code, int) else type(exc).__name__

@@ -6,8 +6,13 @@
   listings (Apache-style index pages, which GDAL's /vsicurl/ parses): pyogrio's listing holds the GIL, so an
   in-process server thread could not answer it.
 * :func:`moto_s3`: moto's S3 server on 127.0.0.1 (a subprocess), with GDAL's S3 settings in the environment.
+* :func:`gcs_emulator`: ``gcp-storage-emulator`` (a GCS server, JSON API and downloads) on 127.0.0.1 (a
+  subprocess), with the variables of GDAL's ``/vsigs/`` and of ``google-cloud-storage`` in the environment. The
+  emulator does not answer the XML API's bucket listing that GDAL's ``/vsigs/`` directory listing sends
+  (``GET /bucket/?prefix=…``: 501), so its subprocess (``python tests/loopback.py --gcs PORT``) adds that one
+  route, answering a ``ListBucketResult`` from the emulator's own object list (:func:`xml_listing`).
 
-Both stop themselves after :data:`LIFETIME` seconds whatever happens to the test.
+All stop themselves after :data:`LIFETIME` seconds whatever happens to the test.
 """
 
 from __future__ import annotations
@@ -247,7 +252,63 @@ def moto_s3():
         stop_server(process)
 
 
+@contextmanager
+def gcs_emulator():
+    """``gcp-storage-emulator`` (in memory) on 127.0.0.1:<free port>, with the XML listing route
+    (:func:`xml_listing`); yields (google-cloud-storage client, environment for GDAL and rrsis). The process is
+    killed on exit, and by ``timeout`` after :data:`LIFETIME` seconds in any case."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
 
-if __name__ == "__main__":  # folder_server's subprocess: python loopback.py ROOT PORT
-    served = RangeServer(Path(sys.argv[1]), int(sys.argv[2])).start()
-    served._thread.join()
+    port = free_port()
+    process = start_server([sys.executable, __file__, "--gcs", str(port)])
+    try:
+        wait_for_port(port, process, "GCS emulator")
+        endpoint = f"http://127.0.0.1:{port}"
+        env = {"STORAGE_EMULATOR_HOST": endpoint, "CPL_GS_ENDPOINT": endpoint + "/", "GS_NO_SIGN_REQUEST": "YES",
+               "GOOGLE_CLOUD_PROJECT": "test"}
+        client = storage.Client(project="test", credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": endpoint})
+        yield client, env
+    finally:
+        stop_server(process)
+
+
+def xml_listing(request, response, storage) -> None:
+    """``GET /bucket/?prefix=P&delimiter=D``: the XML API's ListBucketResult (what GDAL's /vsigs/ parses), built
+    from the emulator's object list; one page (no ``IsTruncated``)."""
+    from http import HTTPStatus
+    from xml.sax.saxutils import escape
+
+    query = {key: values[0] for key, values in request.query.items()}
+    prefix = query.get("prefix", "")
+    try:
+        objects, prefixes = storage.get_file_list(request.params["bucket_name"], prefix or None,
+                                                  query.get("delimiter") or None)
+    except Exception:  # noqa: BLE001 - the emulator's NotFound: no such bucket
+        response.status = HTTPStatus.NOT_FOUND
+        return
+    contents = "".join(f"<Contents><Key>{escape(o['name'])}</Key><Generation>{o['generation']}</Generation>"
+                       f"<LastModified>{o['updated']}</LastModified><ETag>\"{o.get('md5Hash', '')}\"</ETag>"
+                       f"<Size>{o['size']}</Size></Contents>" for o in objects)
+    folders = "".join(f"<CommonPrefixes><Prefix>{escape(p)}</Prefix></CommonPrefixes>" for p in prefixes)
+    response.write_file(f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult '
+                        f'xmlns="http://doc.s3.amazonaws.com/2006-03-01"><Name>{request.params["bucket_name"]}'
+                        f'</Name><Prefix>{escape(prefix)}</Prefix><IsTruncated>false</IsTruncated>{contents}'
+                        f'{folders}</ListBucketResult>'.encode(), "application/xml")
+
+
+def run_gcs_emulator(port: int) -> None:
+    """The emulator in memory on 127.0.0.1:``port``, with :func:`xml_listing` as its last route."""
+    from gcp_storage_emulator import server
+
+    server.HANDLERS = (*server.HANDLERS, (r"^/(?P<bucket_name>[-.\w]+)/?$", {"GET": xml_listing}))
+    server.create_server("127.0.0.1", port, in_memory=True).run()
+
+
+if __name__ == "__main__":  # subprocesses: python loopback.py ROOT PORT (folder_server) or --gcs PORT
+    if sys.argv[1] == "--gcs":
+        run_gcs_emulator(int(sys.argv[2]))
+    else:
+        served = RangeServer(Path(sys.argv[1]), int(sys.argv[2])).start()
+        served._thread.join()
