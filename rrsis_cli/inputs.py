@@ -20,9 +20,9 @@ processed once, with a warning; so is a second file with the same content at the
 Remote scenes (:mod:`rrsis_cli.remote`): a URL (``https://``, ``s3://``, ``gs://``, ``az://``) or a GDAL ``/vsi…/``
 path, on the command line or in a ``.txt`` list, is a :class:`~rrsis_cli.remote.RemotePath` (never a
 :class:`~pathlib.Path`); one that ends in ``/`` is a prefix, listed recursively with the rules of folders. An
-``http(s)`` or S3 object has the content fingerprint of a local copy (:func:`sampled_fingerprint` of two ranged
-reads, cached: :func:`rrsis_cli.remote.remote_fingerprint`), so a URL and the downloaded file share their key;
-other file systems (``gs://``, ``az://``, ``/vsi…``) a hash of the name. Its scene key is built as for a local
+``http(s)``, S3 or GCS object has the content fingerprint of a local copy (:func:`sampled_fingerprint` of two
+ranged reads, cached: :func:`rrsis_cli.remote.remote_fingerprint`), so a URL and the downloaded file share their
+key; other file systems (``az://``, ``/vsi…``; ``gs://`` without ``google-cloud-storage``) a hash of the name. Its scene key is built as for a local
 file (relative folder under the prefix, stem, 8 hex). STAC inputs (``.json`` items,
 ItemCollections, catalogs, on the command line or in a ``.txt`` list, and ``--stac-search``) become scenes in
 :mod:`rrsis_cli.stac_inputs`, keyed by item id.

@@ -21,9 +21,11 @@ reading them, the listing of object-store prefixes, cheap fingerprints, and secr
   The first answer also gives size, ETag and Last-Modified. :class:`FingerprintCache` (a JSON file in
   :func:`cache_dir`) keeps the fingerprint by (name without query string, size, ETag, Last-Modified), so a
   rerun asks one byte (``http(s)``) or a ``HeadObject`` (S3) per scene, and an object replaced under the same
-  name (new ETag) is sampled again. GDAL's ``VSIStatL``/``VSIFReadL`` are not reachable from Python without the
-  ``osgeo`` bindings, so for ``/vsigs/``, ``/vsiaz/`` and other ``/vsi`` paths the fingerprint is a hash of the
-  name alone: a changed object under the same name is then not noticed by skip-existing (use ``--overwrite``).
+  name (new ETag) is sampled again. GCS objects (``/vsigs/``) are sampled through
+  ``google-cloud-storage`` (:mod:`rrsis_cli.gcs`, the ``rrsis[gcs]`` extra) in the same way. GDAL's
+  ``VSIStatL``/``VSIFReadL`` are not reachable from Python without the ``osgeo`` bindings, so for ``/vsiaz/``,
+  other ``/vsi`` paths (and ``/vsigs/`` without the client) the fingerprint is a hash of the name alone: a
+  changed object under the same name is then not noticed by skip-existing (use ``--overwrite``).
   An object whose samples cannot be read (a server without ranges) is fingerprinted by its name and what its
   server says (size, ETag, Last-Modified). The S3 prefix listing goes through GDAL (names only), so the
   listing's sizes and ETags are not used: the cache makes the per-object ``HeadObject`` the whole cost.
@@ -467,20 +469,50 @@ def read_cache_file(path: Path) -> dict[tuple, tuple[str, float]]:
         return {}
 
 
+def gcs_object_info(gdal: str) -> ObjectInfo | None:
+    """Size, ETag and update time of the GCS object behind a ``/vsigs/bucket/key`` name
+    (:func:`rrsis_cli.gcs.gcs_stat`), or None when they cannot be read."""
+    from rrsis_cli.gcs import gcs_stat
+
+    stat = gcs_stat(gdal)
+    return None if stat is None else ObjectInfo(stat["size"], stat["etag"], stat["last_modified"])
+
+
+def gcs_samples(gdal: str, sample: int) -> tuple[ObjectInfo, bytes, bytes] | None:
+    """As :func:`http_samples` for the GCS object behind a ``/vsigs/`` name (:func:`rrsis_cli.gcs.gcs_read`): None
+    when it cannot be read or was replaced between the reads."""
+    from rrsis_cli.gcs import gcs_read
+
+    info = gcs_object_info(gdal)
+    if info is None or info.size is None:
+        return None
+    head = gcs_read(gdal, 0, sample - 1) if info.size else b""
+    tail = gcs_read(gdal, tail_start(info.size, sample), info.size - 1) if info.size > sample else b""
+    if head is None or tail is None or gcs_object_info(gdal) != info:
+        return None
+    return info, head, tail
+
+
 def sampled_object(path: RemotePath, sample: int) -> tuple[ObjectInfo, bytes, bytes] | None:
-    """:func:`http_samples` or :func:`s3_samples` of a remote dataset; None for other file systems."""
+    """:func:`http_samples`, :func:`s3_samples` or :func:`gcs_samples` of a remote dataset; None for other file
+    systems."""
     url = http_url(path)
     if url:
         return http_samples(url, sample)
-    return s3_samples(path.gdal, sample) if path.gdal.startswith("/vsis3/") else None
+    if path.gdal.startswith("/vsis3/"):
+        return s3_samples(path.gdal, sample)
+    return gcs_samples(path.gdal, sample) if path.gdal.startswith("/vsigs/") else None
 
 
 def object_info(path: RemotePath) -> ObjectInfo | None:
-    """:func:`server_stat` or :func:`s3_stat` of a remote dataset; None for other file systems."""
+    """:func:`server_stat`, :func:`s3_stat` or :func:`gcs_object_info` of a remote dataset; None for other file
+    systems."""
     url = http_url(path)
     if url:
         return server_stat(url)
-    return s3_stat(path.gdal) if path.gdal.startswith("/vsis3/") else None
+    if path.gdal.startswith("/vsis3/"):
+        return s3_stat(path.gdal)
+    return gcs_object_info(path.gdal) if path.gdal.startswith("/vsigs/") else None
 
 
 def remote_fingerprint(path: RemotePath, cache: FingerprintCache | None = None) -> tuple[str, int | None]:

@@ -93,6 +93,32 @@ def test_gs_object_and_prefix_give_the_local_pixels(tmp_path, gcs):
     assert [r.status for r in again.results] == ["skipped-existing"] * 2
 
 
+def test_gs_object_is_keyed_and_written_as_the_local_file(tmp_path, gcs, monkeypatch):
+    """A GCS object gets the content fingerprint of a local copy (two ranged reads through the client), so its
+    key and its mask's bytes are the local run's; a rerun finds the fingerprint in the cache (no sampling); an
+    object replaced under the same name is sampled again and gets its new content's fingerprint."""
+    from rrsis_cli import remote
+    from rrsis_cli.inputs import content_fingerprint, find_scenes
+
+    local_scene, other_scene = scenes(tmp_path / "in")
+    gcs.blob("in/a.tif").upload_from_filename(str(local_scene))
+    sampled = []
+    real = remote.gcs_samples
+    monkeypatch.setattr(remote, "gcs_samples", lambda *args: sampled.append(args[0]) or real(*args))
+    local = predict([local_scene], "null", PROMPTS[:1], tmp_path / "local", PredictOptions(**OPTIONS))
+    on_gcs = predict(["gs://bucket/in/a.tif"], "null", PROMPTS[:1], tmp_path / "gs", PredictOptions(**OPTIONS))
+    assert local.exit_code == on_gcs.exit_code == 0 and sampled == ["/vsigs/bucket/in/a.tif"]
+    assert on_gcs.inputs[0]["key"] == local.inputs[0]["key"]
+    mask = local.results[0].output_dir + "/mask.tif"
+    assert on_gcs.results[0].output_dir + "/mask.tif" == mask
+    assert (tmp_path / "gs" / mask).read_bytes() == (tmp_path / "local" / mask).read_bytes()
+    assert find_scenes(["gs://bucket/in/a.tif"])[0].fingerprint == local.inputs[0]["fingerprint"]
+    assert len(sampled) == 1  # the cache answered
+    gcs.blob("in/a.tif").upload_from_filename(str(other_scene))  # replaced: new generation and ETag
+    assert find_scenes(["gs://bucket/in/a.tif"])[0].fingerprint == content_fingerprint(other_scene)[0]
+    assert len(sampled) == 2
+
+
 # ---------------------------------------------------------------------------------------------- outputs
 def test_gs_output_is_the_local_output_and_a_rerun_skips(tmp_path, gcs, capsys):
     inputs = scenes(tmp_path / "in")

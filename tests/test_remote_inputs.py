@@ -234,14 +234,17 @@ def test_cache_merges_writers_and_keeps_the_newest(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_other_file_systems_keep_the_name_fingerprint():
-    """``/vsigs/``, ``/vsiaz/`` and other ``/vsi`` names: no bytes can be read here without ``osgeo``, so their
-    fingerprint is a hash of the name (documented; ``--overwrite`` for an object replaced under its name)."""
+def test_other_file_systems_keep_the_name_fingerprint(monkeypatch):
+    """``/vsiaz/`` and other ``/vsi`` names, and ``/vsigs/`` without ``google-cloud-storage``: no bytes can be read
+    here without ``osgeo``, so their fingerprint is a hash of the name (documented; ``--overwrite`` for an object
+    replaced under its name). GCS objects with the client: tests/test_gcs.py."""
     import hashlib
 
     from rrsis_cli.inputs import content_fingerprint
 
-    for given, gdal in (("gs://b/x.tif", "/vsigs/b/x.tif"), ("az://c/x.tif?sig=1", "/vsiaz/c/x.tif")):
+    monkeypatch.setitem(sys.modules, "google.cloud.storage", None)  # the rrsis[gcs] extra not installed
+    for given, gdal in (("gs://b/x.tif", "/vsigs/b/x.tif"), ("az://c/x.tif?sig=1", "/vsiaz/c/x.tif"),
+                        ("/vsizip//data/a.zip/x.tif", "/vsizip//data/a.zip/x.tif")):
         assert content_fingerprint(RemotePath(given)) == (hashlib.sha256(f"remote:{gdal}".encode()).hexdigest(), None)
 
 
