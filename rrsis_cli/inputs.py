@@ -37,6 +37,7 @@ from pathlib import Path
 
 from rrsis_cli import console
 from rrsis_cli.errors import InputError, UsageError
+from rrsis_cli.fingerprint import SAMPLE_BYTES, sampled_fingerprint, tail_start
 from rrsis_cli.remote import (
     FingerprintCache,
     RemotePath,
@@ -45,12 +46,10 @@ from rrsis_cli.remote import (
     is_remote,
     list_prefix,
     remote_fingerprint,
-    tail_start,
 )
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 WORK_DIR = ".rrsis-work"
-SAMPLE_BYTES = 1 << 20
 SLUG_CHARS = 48
 
 
@@ -109,17 +108,6 @@ def short_hash(text: str | bytes) -> str:
 def prompt_key(prompt: str) -> str:
     """``<slug>-<8 hex of the exact prompt>``: readable, and distinct for distinct prompts."""
     return f"{slugify(prompt)}-{short_hash(prompt)}"
-
-
-def sampled_fingerprint(size: int, head: bytes, tail: bytes) -> str:
-    """The content fingerprint of a file or object of ``size`` bytes: sha256 hex of its size, its first
-    :data:`SAMPLE_BYTES` (``head``) and its bytes from ``max(SAMPLE_BYTES, size - SAMPLE_BYTES)`` to the end
-    (``tail``, empty when ``size <= SAMPLE_BYTES``). Local files and remote objects (:mod:`rrsis_cli.remote`)
-    are both hashed here, so a URL and a local copy of the same bytes share their fingerprint."""
-    digest = hashlib.sha256(str(size).encode())
-    digest.update(head)
-    digest.update(tail)
-    return digest.hexdigest()
 
 
 def content_fingerprint(path: Path | RemotePath, cache: FingerprintCache | None = None) -> tuple[str, int | None]:

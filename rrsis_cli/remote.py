@@ -14,7 +14,7 @@ reading them, the listing of object-store prefixes, cheap fingerprints, and secr
   listing uses the same credentials, endpoint and settings as the reads (``AWS_*``, ``GS_*``, ``AZURE_*``,
   ``GDAL_HTTP_*``), with no second configuration to keep in step as fsspec/s3fs or obstore would need.
 * **Fingerprints** (:func:`remote_fingerprint`): for ``http(s)`` and S3 the *content fingerprint* a local copy of
-  the same bytes gets (:func:`rrsis_cli.inputs.sampled_fingerprint`: size, first and last MiB), so a scene keeps
+  the same bytes gets (:func:`rrsis_cli.fingerprint.sampled_fingerprint`: size, first and last MiB), so a scene keeps
   its key, and its outputs their bytes, wherever it is read from. It costs two ranged reads of at most 1 MiB
   (one for an object of at most 1 MiB): ``Range`` GETs (transient answers retried as GDAL retries them), or
   ``GetObject(Range=…)`` through boto3 (:func:`s3_client`: the endpoint and credentials variables GDAL reads).
@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
+
+from rrsis_cli.fingerprint import SAMPLE_BYTES, sampled_fingerprint, tail_start
 
 SCHEMES = {"https": "/vsicurl/", "http": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/"}
 
@@ -303,12 +305,6 @@ def http_samples(url: str, sample: int) -> tuple[ObjectInfo, bytes, bytes] | Non
     return info, answer[2], tail[2]
 
 
-def tail_start(size: int, sample: int) -> int:
-    """Where the sampled tail of an object of ``size`` bytes starts: the last ``sample`` bytes, never overlapping
-    the first ``sample`` (so a file of less than two samples is hashed once, whole)."""
-    return max(sample, size - sample)
-
-
 TRUE_VALUES = ("YES", "TRUE", "ON", "1")
 
 
@@ -517,12 +513,10 @@ def object_info(path: RemotePath) -> ObjectInfo | None:
 
 def remote_fingerprint(path: RemotePath, cache: FingerprintCache | None = None) -> tuple[str, int | None]:
     """(sha256 hex, size or None) of a remote object. ``http(s)`` and S3: its content fingerprint, the one a
-    local copy gets (:func:`rrsis_cli.inputs.sampled_fingerprint`), from two ranged reads; found in ``cache``
+    local copy gets (:func:`rrsis_cli.fingerprint.sampled_fingerprint`), from two ranged reads; found in ``cache``
     after one cheap question (:func:`object_info`) when the object was sampled before. Other file systems, or
     an object whose samples cannot be read: a hash of the name and of what the server says (see the module's
     notes). The name's query string is left out, so a re-signed URL of the same object keeps its fingerprint."""
-    from rrsis_cli.inputs import SAMPLE_BYTES, sampled_fingerprint  # inputs imports this module
-
     name = re.split(r"[?#]", path.gdal, maxsplit=1)[0]
     if cache is not None and cache.knows(name):
         info = object_info(path)

@@ -1,6 +1,6 @@
 """STAC inputs: scenes from STAC Items, ItemCollections, Catalogs / Collections and STAC API searches.
 
-* An INPUT whose name ends in ``.json`` (a local file, an ``http(s)://`` URL or an ``s3://`` object, given on the
+* An INPUT whose name ends in ``.json`` (a local file, an ``http(s)://`` URL, an ``s3://`` or ``gs://`` object, given on the
   command line or listed in a ``.txt`` file) is read with pystac: a ``Feature`` is one Item, a
   ``FeatureCollection`` an ItemCollection, a ``Catalog`` or ``Collection`` is walked for all its items (recursive,
   through child catalogs). ``--stac-search URL`` (with ``--collections``, ``--bbox``, ``--datetime``,
@@ -8,10 +8,11 @@
 * Reading the JSON (:func:`stac_reader`): local files and ``http(s)`` as pystac reads them; S3 through boto3 with
   the one client configuration of the S3 metadata reads and uploads (:func:`rrsis_cli.remote.s3_client`, from the
   variables GDAL's ``/vsis3/`` reads), so a catalog's relative links and assets on S3 resolve to ``s3://`` objects.
-  STAC JSON on ``gs://``, ``az://`` or another ``/vsi`` file system is refused with one line: pystac needs the
-  file's text, which GDAL could read but rasterio and pyogrio do not expose (no ``osgeo`` bindings), and the
-  Google or Azure SDKs would be a second credentials configuration to keep in step with GDAL's. Give such a
-  file's ``https://`` URL (public or signed) or a local copy; rasters on those stores are read as usual.
+  GCS (``gs://``) through google-cloud-storage with the configuration :mod:`rrsis_cli.gcs` shares with GDAL's
+  ``/vsigs/`` (the ``rrsis[gcs]`` extra). STAC JSON on ``az://`` or another ``/vsi`` file system is refused
+  with one line: pystac needs the file's text, which GDAL could read but rasterio and pyogrio do not expose (no
+  ``osgeo`` bindings). Give such a file's ``https://`` URL (public or signed) or a local copy; rasters on those
+  stores are read as usual.
 * Each Item is one scene. Its raster is the asset ``--asset KEY`` (default ``visual``), or, with
   ``--stac-bands red,green,blue``, single-band assets chosen by their ``eo:bands`` common names (STAC 1.0
   ``eo:bands``, or STAC 1.1 ``bands`` with ``eo:common_name``) and stacked, in that order, into an in-memory VRT
@@ -33,6 +34,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from rrsis_cli.errors import InputError, UsageError
+from rrsis_cli.gcs import gcs_client, gcs_location
 from rrsis_cli.remote import RemotePath, dataset_path, is_remote, redact, s3_client
 
 DEFAULT_ASSET = "visual"
@@ -112,19 +114,24 @@ def s3_location(href: str) -> tuple[str, str] | None:
 
 def read_stac_text(href: str, read_default) -> str:
     """The text of a STAC file: an S3 object (``s3://``, ``/vsis3/``) through boto3
-    (:func:`rrsis_cli.remote.s3_client`); a local file or an ``http(s)`` URL (also as ``/vsicurl/…``) by
+    (:func:`rrsis_cli.remote.s3_client`); a GCS object (``gs://``, ``/vsigs/``) through google-cloud-storage
+    (:func:`rrsis_cli.gcs.gcs_client`, the ``rrsis[gcs]`` extra); a local file or an ``http(s)`` URL (also as ``/vsicurl/…``) by
     ``read_default`` (pystac's own reader). InputError for another object store (see the module's notes)."""
     location = s3_location(href)
     if location is not None:
         bucket, key = location
         body = s3_client(STAC_READ_TIMEOUT).get_object(Bucket=bucket, Key=key)["Body"]
         return body.read().decode("utf-8")
+    location = gcs_location(href)
+    if location is not None:
+        bucket, key = location
+        return gcs_client().bucket(bucket).blob(key).download_as_bytes(timeout=STAC_READ_TIMEOUT).decode("utf-8")
     if href.startswith("/vsicurl/"):
         href = href[len("/vsicurl/"):]
     if is_remote(href) and not href.startswith(("http://", "https://")):
-        raise InputError("STAC JSON is read from local files, http(s):// and s3:// only (pystac needs its text, "
-                         "which GDAL's other file systems do not give Python here): give its https:// URL or a "
-                         "local copy", RemotePath(href))
+        raise InputError("STAC JSON is read from local files, http(s)://, s3:// and gs:// only (pystac needs its "
+                         "text, which GDAL's other file systems do not give Python here): give its https:// URL or "
+                         "a local copy", RemotePath(href))
     return read_default(href)
 
 

@@ -119,6 +119,35 @@ def test_gs_object_is_keyed_and_written_as_the_local_file(tmp_path, gcs, monkeyp
     assert len(sampled) == 2
 
 
+def test_stac_catalog_on_gcs_resolves_relative_links_to_gs_objects(tmp_path, gcs):
+    """A catalog on GCS (read with the client): its item and the item's relative asset become gs:// names."""
+    import datetime
+
+    import pystac
+
+    local_scene = scenes(tmp_path / "in")[0]
+    catalog = pystac.Catalog("cat", "on gcs")
+    item = pystac.Item("first", {"type": "Point", "coordinates": [-75.0, 36.1]}, [-75.0, 36.1, -74.9, 36.2],
+                       datetime.datetime(2024, 6, 1, tzinfo=datetime.timezone.utc), {})
+    catalog.add_item(item)
+    catalog.normalize_hrefs(str(tmp_path / "cat"))
+    item.add_asset("visual", pystac.Asset(str(tmp_path / "cat" / "first" / "scene.tif"),
+                                          media_type=pystac.MediaType.COG))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    for path in sorted((tmp_path / "cat").rglob("*.json")):
+        gcs.blob(f"cat/{path.relative_to(tmp_path / 'cat').as_posix()}").upload_from_filename(str(path))
+    gcs.blob("cat/first/scene.tif").upload_from_filename(str(local_scene))
+    local = predict([local_scene], "null", PROMPTS[:1], tmp_path / "local", PredictOptions(**OPTIONS))
+    manifest = predict(["gs://bucket/cat/catalog.json"], "null", PROMPTS[:1], tmp_path / "out",
+                       PredictOptions(**OPTIONS))
+    assert manifest.exit_code == 0
+    assert [(i["stac_item_id"], i["path"]) for i in manifest.inputs] == [("first", "gs://bucket/cat/first/scene.tif")]
+    got = pixels(tmp_path / "out" / manifest.results[0].output_dir / "mask.tif")
+    want = pixels(tmp_path / "local" / local.results[0].output_dir / "mask.tif")
+    np.testing.assert_array_equal(got[0], want[0])
+
+
 # ---------------------------------------------------------------------------------------------- outputs
 def test_gs_output_is_the_local_output_and_a_rerun_skips(tmp_path, gcs, capsys):
     inputs = scenes(tmp_path / "in")
