@@ -34,6 +34,7 @@ reading them, the listing of object-store prefixes, cheap fingerprints, and secr
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -308,26 +309,40 @@ def http_samples(url: str, sample: int) -> tuple[ObjectInfo, bytes, bytes] | Non
 TRUE_VALUES = ("YES", "TRUE", "ON", "1")
 
 
+S3_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                           "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+
+
 def s3_client(timeout: float | None = None):
     """A boto3 S3 client configured from the variables GDAL's ``/vsis3/`` reads: endpoint (``AWS_ENDPOINT_URL[_S3]``,
     or ``AWS_S3_ENDPOINT`` with ``AWS_HTTPS``), addressing (``AWS_VIRTUAL_HOSTING``), region, and
-    ``AWS_NO_SIGN_REQUEST`` for public buckets. ``timeout`` bounds connecting and reading (seconds)."""
-    import boto3
-    from botocore import UNSIGNED
-    from botocore.config import Config
-
+    ``AWS_NO_SIGN_REQUEST`` for public buckets. ``timeout`` bounds connecting and reading (seconds). One client
+    per configuration is kept and reused (boto3 clients are thread-safe; making one costs ~10 ms, a run over
+    thousands of S3 scenes asks for one or two per scene)."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if not endpoint and os.environ.get("AWS_S3_ENDPOINT"):
         secure = os.environ.get("AWS_HTTPS", "YES").upper() not in ("NO", "FALSE", "OFF", "0")
         endpoint = f"{'https' if secure else 'http'}://{os.environ['AWS_S3_ENDPOINT']}"
     path_style = os.environ.get("AWS_VIRTUAL_HOSTING", "TRUE").upper() in ("NO", "FALSE", "OFF", "0")
+    unsigned = os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in TRUE_VALUES
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    credentials = tuple(os.environ.get(name) for name in S3_CREDENTIAL_VARIABLES)
+    return _s3_client(endpoint, path_style, unsigned, region, timeout, credentials)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_client(endpoint: str | None, path_style: bool, unsigned: bool, region: str, timeout: float | None,
+               credentials: tuple):  # noqa: ARG001 - part of the cache key: other credentials, another client
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
     settings: dict[str, Any] = {"s3": {"addressing_style": "path" if path_style else "auto"},
                                 "retries": {"max_attempts": 5, "mode": "standard"}}
     if timeout is not None:
         settings.update(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 3, "mode": "standard"})
-    if os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in TRUE_VALUES:
+    if unsigned:
         settings["signature_version"] = UNSIGNED
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return boto3.client("s3", endpoint_url=endpoint, config=Config(**settings), region_name=region)
 
 

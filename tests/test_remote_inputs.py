@@ -782,3 +782,22 @@ def test_loopback_servers_stop_with_their_tests(tmp_path):
         with socket.socket() as probe:  # binding succeeds only once no server listens there (TIME_WAIT is fine)
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port))
+
+
+def test_one_s3_client_per_configuration(monkeypatch):
+    """The client is made once per configuration (a run asks for one or two per scene) and not shared across
+    endpoints or credentials."""
+    from rrsis_cli.remote import s3_client
+
+    monkeypatch.setenv("AWS_S3_ENDPOINT", "127.0.0.1:9")
+    monkeypatch.setenv("AWS_HTTPS", "NO")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "one")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    first = s3_client(5)
+    assert s3_client(5) is first and s3_client() is not first  # another timeout, another client
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "two")
+    assert s3_client(5) is not first
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "one")
+    monkeypatch.setenv("AWS_S3_ENDPOINT", "127.0.0.1:10")
+    other = s3_client(5)
+    assert other is not first and other.meta.endpoint_url == "http://127.0.0.1:10"
