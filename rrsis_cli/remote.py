@@ -346,10 +346,13 @@ def _s3_client(endpoint: str | None, path_style: bool, unsigned: bool, region: s
     return boto3.client("s3", endpoint_url=endpoint, config=Config(**settings), region_name=region)
 
 
-def s3_location(gdal: str) -> tuple[str, str] | None:
-    """(bucket, key) of a ``/vsis3/bucket/key`` name, else None."""
-    bucket, _, key = gdal[len("/vsis3/"):].partition("/")
-    return (bucket, key) if gdal.startswith("/vsis3/") and bucket and key else None
+def s3_location(name: str) -> tuple[str, str] | None:
+    """(bucket, key) of a ``/vsis3/bucket/key`` or ``s3://bucket/key`` name, else None."""
+    for prefix in ("/vsis3/", "s3://"):
+        if name.startswith(prefix):
+            bucket, _, key = name[len(prefix):].partition("/")
+            return (bucket, key) if bucket and key else None
+    return None
 
 
 def s3_info(answer: dict) -> ObjectInfo:

@@ -35,7 +35,7 @@ from xml.sax.saxutils import escape
 
 from rrsis_cli.errors import InputError, UsageError
 from rrsis_cli.gcs import gcs_client, gcs_location
-from rrsis_cli.remote import RemotePath, dataset_path, is_remote, redact, s3_client
+from rrsis_cli.remote import RemotePath, dataset_path, is_remote, redact, s3_client, s3_location
 
 DEFAULT_ASSET = "visual"
 GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
@@ -101,15 +101,6 @@ def is_stac_input(item: str | Path | RemotePath) -> bool:
     """An INPUT read as STAC: a name whose path part ends in ``.json``."""
     text = item.given if isinstance(item, RemotePath) else str(item)
     return re.split(r"[?#]", text, maxsplit=1)[0].lower().endswith(".json")
-
-
-def s3_location(href: str) -> tuple[str, str] | None:
-    """(bucket, key) of ``s3://bucket/key`` or ``/vsis3/bucket/key``, else None."""
-    for prefix in ("s3://", "/vsis3/"):
-        if href.startswith(prefix):
-            bucket, _, key = href[len(prefix):].partition("/")
-            return (bucket, key) if bucket and key else None
-    return None
 
 
 def read_stac_text(href: str, read_default) -> str:
