@@ -19,11 +19,13 @@ there is one; ``bf16``/``fp16`` autocast applies on CUDA only (the CPU trains in
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import math
 import os
 import random
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,6 +236,7 @@ class Trainer:
         self.options = options
         self.info = init_distributed("cuda" if options.device.startswith("cuda") or
                                      (options.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.ddp: weakref.ref | None = None  # the DDP wrapper, while it lives
         try:
             self.build(model, train_set, val_set)
         except BaseException:
@@ -269,6 +272,7 @@ class Trainer:
             step = torch.nn.parallel.DistributedDataParallel(
                 step, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
+            self.ddp = weakref.ref(step)
         self.loss_step: torch.nn.Module | None = torch.compile(step) if options.compile else step
         self.step = 0
         self.epoch = 0
@@ -364,11 +368,22 @@ class Trainer:
             return self.loss_step(*tensors)
 
     def leave_process_group(self) -> None:
-        """Drop the DDP wrapper (it holds the process group), then destroy the group this trainer created: see
-        :func:`leave_distributed`. A trainer that created a group cannot run again afterwards."""
-        if self.info.created_group:
-            self.loss_step = None
-            leave_distributed(self.info)
+        """Drop the DDP wrapper, then destroy the group this trainer created (:func:`leave_distributed`); a
+        trainer that created a group cannot run again afterwards.
+
+        The wrapper must be gone first: its reducer holds the group, and a group destroyed later by the reducer's
+        destructor joins gloo's threads while holding the GIL, which one of them may need (to release the last
+        collective's tensors): a deadlock at exit. So while the wrapper lives on (something else references it)
+        the group is left to interpreter exit."""
+        if not self.info.created_group:
+            return
+        self.loss_step = None
+        if self.ddp is not None and self.ddp() is not None:
+            gc.collect()  # reference cycles
+        if self.ddp is not None and self.ddp() is not None:
+            console.warn("the DDP wrapper outlives training: its process group is left to the interpreter's exit")
+            return
+        leave_distributed(self.info)
 
     def run(self) -> dict[str, Any]:
         """Train, then leave the process group this trainer created, also when training fails."""
