@@ -19,11 +19,13 @@ there is one; ``bf16``/``fp16`` autocast applies on CUDA only (the CPU trains in
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import math
 import os
 import random
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,7 @@ class DistInfo:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    created_group: bool = False  # init_distributed created the process group: leave_distributed destroys it
 
     @property
     def is_main(self) -> bool:
@@ -95,9 +98,25 @@ def init_distributed(device_kind: str) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), created)
+
+
+def leave_distributed(info: DistInfo) -> None:
+    """Destroy the process group :func:`init_distributed` created (a group the caller created is left alone).
+
+    Called on success and on error, while the interpreter is fully alive. Left to the interpreter's exit, a gloo
+    worker thread that was still releasing the last collective's tensors needed the GIL after finalization had
+    begun, and the finalizing interpreter ended that thread: "terminate called without an active exception",
+    SIGABRT, a failed torchrun job although training had finished. Destroying the group joins its worker threads
+    first (with the GIL released, so they can finish). No barrier: nothing collective follows the last
+    validation, gloo's destroy is local, and on the error path a barrier would wait for the rank that failed.
+    The caller must drop its own references to the group first (the DDP wrapper): the group's threads are
+    joined only when its last reference goes."""
+    if info.created_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def pick_device(spec: str, info: DistInfo) -> torch.device:
@@ -217,6 +236,16 @@ class Trainer:
         self.options = options
         self.info = init_distributed("cuda" if options.device.startswith("cuda") or
                                      (options.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.ddp: weakref.ref | None = None  # the DDP wrapper, while it lives
+        try:
+            self.build(model, train_set, val_set)
+        except BaseException:
+            self.leave_process_group()
+            raise
+
+    def build(self, model: ReferringSegmenter, train_set: ReferringTrainSet,
+              val_set: ReferringTrainSet | None) -> None:
+        options = self.options
         self.device = pick_device(options.device, self.info)
         self.precision = inference.resolve_precision(options.precision, self.device)  # reduced on CUDA only
         self.model = sync_batchnorm(model, self.info, self.device, options.sync_bn).to(self.device).train()
@@ -243,7 +272,8 @@ class Trainer:
             step = torch.nn.parallel.DistributedDataParallel(
                 step, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        self.loss_step = torch.compile(step) if options.compile else step
+            self.ddp = weakref.ref(step)
+        self.loss_step: torch.nn.Module | None = torch.compile(step) if options.compile else step
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -337,7 +367,32 @@ class Trainer:
         with inference.autocast(self.device, self.precision):
             return self.loss_step(*tensors)
 
+    def leave_process_group(self) -> None:
+        """Drop the DDP wrapper, then destroy the group this trainer created (:func:`leave_distributed`); a
+        trainer that created a group cannot run again afterwards.
+
+        The wrapper must be gone first: its reducer holds the group, and a group destroyed later by the reducer's
+        destructor joins gloo's threads while holding the GIL, which one of them may need (to release the last
+        collective's tensors): a deadlock at exit. So while the wrapper lives on (something else references it)
+        the group is left to interpreter exit."""
+        if not self.info.created_group:
+            return
+        self.loss_step = None
+        if self.ddp is not None and self.ddp() is not None:
+            gc.collect()  # reference cycles
+        if self.ddp is not None and self.ddp() is not None:
+            console.warn("the DDP wrapper outlives training: its process group is left to the interpreter's exit")
+            return
+        leave_distributed(self.info)
+
     def run(self) -> dict[str, Any]:
+        """Train, then leave the process group this trainer created, also when training fails."""
+        try:
+            return self.fit()
+        finally:
+            self.leave_process_group()
+
+    def fit(self) -> dict[str, Any]:
         opts = self.options
         self.prepare_output()
         if opts.resume and (self.out / "last" / STATE_FILE).is_file():
