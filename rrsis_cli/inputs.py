@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from rrsis_cli.remote import (
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 WORK_DIR = ".rrsis-work"
 SLUG_CHARS = 48
+FINGERPRINT_THREADS = 16  # remote scenes fingerprinted at once (I/O-bound: round trips to their servers)
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,17 @@ def find_scenes(inputs: list[str | Path], glob: str | None = None,
     return scenes
 
 
+def fingerprint_remote(paths: list, cache: FingerprintCache) -> dict[RemotePath, tuple[str, int | None]]:
+    """The fingerprints of the remote scenes among ``paths``, asked of their servers by up to
+    :data:`FINGERPRINT_THREADS` threads at once (each costs one or two round trips: a run over thousands of
+    remote scenes would otherwise wait for them one by one before any work starts)."""
+    remote = list(dict.fromkeys(path for path in paths if isinstance(path, RemotePath)))
+    if len(remote) < 2:
+        return {}
+    with ThreadPoolExecutor(min(FINGERPRINT_THREADS, len(remote)), thread_name_prefix="rrsis-fingerprint") as pool:
+        return dict(zip(remote, pool.map(lambda path: content_fingerprint(path, cache), remote), strict=True))
+
+
 def keyed_scenes(inputs: list[str | Path], glob: str | None, duplicates: list[dict[str, str]], stac,
                  cache: FingerprintCache) -> list[Scene]:
     """The scenes of :func:`find_scenes`, remote fingerprints looked up in and added to ``cache``."""
@@ -295,6 +308,7 @@ def keyed_scenes(inputs: list[str | Path], glob: str | None, duplicates: list[di
     found = [(source.path, "", stac_scene(source, cache))
              for source in stac_inputs.find_stac_sources(stac_given, stac)]
     found += [(path, folder, None) for path, folder in _candidates(rasters, glob)] if rasters else []
+    remote = fingerprint_remote([path for path, _, stac_scene_ in found if stac_scene_ is None], cache)
     for path, folder, stac_scene_ in found:
         identity = _file_identity(path)
         if identity is not None and identity in seen_files:
@@ -304,7 +318,7 @@ def keyed_scenes(inputs: list[str | Path], glob: str | None, duplicates: list[di
         if stac_scene_ is not None:
             scene = stac_scene_
         else:
-            fingerprint, size = content_fingerprint(path, cache)
+            fingerprint, size = remote[path] if path in remote else content_fingerprint(path, cache)
             scene = Scene(path, key_in_folder(folder, path.stem, fingerprint), fingerprint, size)
         if scene.key in seen_keys:
             first = seen_keys[scene.key]

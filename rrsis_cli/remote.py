@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -426,28 +427,33 @@ class FingerprintCache:
         self._entries: dict[tuple, tuple[str, float]] | None = None  # key -> (fingerprint, when it was sampled)
         self._names: set[str] = set()
         self.new: dict[tuple, tuple[str, float]] = {}
+        self._lock = threading.RLock()  # scenes are fingerprinted by several threads (inputs.fingerprint_remote)
 
     @property
     def entries(self) -> dict[tuple, tuple[str, float]]:
         """(name, size, etag, last_modified) -> (fingerprint, time it was sampled); read from the file once."""
-        if self._entries is None:
-            self._entries = read_cache_file(self.path)
-            self._names = {key[0] for key in self._entries}
-        return self._entries
+        with self._lock:
+            if self._entries is None:
+                self._entries = read_cache_file(self.path)
+                self._names = {key[0] for key in self._entries}
+            return self._entries
 
     def knows(self, name: str) -> bool:
         """An object of this name was sampled before (asking for its validators first may spare the samples)."""
-        return bool(self.entries) and name in self._names
+        with self._lock:
+            return bool(self.entries) and name in self._names
 
     def lookup(self, name: str, info: ObjectInfo) -> str | None:
-        entry = self.entries.get((name, info.size, info.etag, info.last_modified)) if info.validated else None
+        with self._lock:
+            entry = self.entries.get((name, info.size, info.etag, info.last_modified)) if info.validated else None
         return entry[0] if entry else None
 
     def remember(self, name: str, info: ObjectInfo, fingerprint: str) -> None:
         if info.validated:
             key = (name, info.size, info.etag, info.last_modified)
-            self.entries[key] = self.new[key] = (fingerprint, time.time())
-            self._names.add(name)
+            with self._lock:
+                self.entries[key] = self.new[key] = (fingerprint, time.time())
+                self._names.add(name)
 
     def save(self) -> None:
         """Write the new entries, merged with the file as it is now; nothing when there are none or when the

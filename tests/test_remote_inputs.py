@@ -801,3 +801,30 @@ def test_one_s3_client_per_configuration(monkeypatch):
     monkeypatch.setenv("AWS_S3_ENDPOINT", "127.0.0.1:10")
     other = s3_client(5)
     assert other is not first and other.meta.endpoint_url == "http://127.0.0.1:10"
+
+
+def test_remote_scenes_are_fingerprinted_several_at_once(tmp_path, monkeypatch):
+    """Cold fingerprints of many remote scenes overlap their round trips (a nightly list of thousands would
+    otherwise wait for each server answer in turn before any work starts); keys are those of a serial run."""
+    from rrsis_cli import inputs
+    from rrsis_cli.inputs import find_scenes
+
+    root = tmp_path / "served"
+    root.mkdir()
+    for i in range(6):
+        (root / f"s{i}.tif").write_bytes(np.random.default_rng(i).bytes(3000))
+    server = RangeServer(root).start()
+    try:
+        server.latency = 0.2  # a round trip: requests that overlap are seen in flight together
+        urls = [f"{server.url}/s{i}.tif" for i in range(6)]
+        parallel = find_scenes(urls)
+        assert server.max_in_flight >= 2, server.max_in_flight
+        monkeypatch.setattr(inputs, "FINGERPRINT_THREADS", 1)
+        monkeypatch.setenv("RRSIS_CACHE_DIR", str(tmp_path / "cold"))  # sampled again, one at a time
+        server.max_in_flight = 0
+        serial = find_scenes(urls)
+        assert server.max_in_flight == 1
+        assert [(s.key, s.fingerprint) for s in parallel] == [(s.key, s.fingerprint) for s in serial]
+        assert [str(s.path) for s in parallel] == urls  # input order kept
+    finally:
+        server.stop()
