@@ -14,14 +14,17 @@ for local files. :func:`forget_if_replaced` remembers the last fingerprint this 
 with, and when a scene comes with another one it drops GDAL's cache of that name
 (``VSICurlPartialClearCache``, GDAL's C API: rasterio does not bind it, so it is called through ctypes in the
 GDAL library rasterio has loaded). Within one run the fingerprint does not change, so nothing is fetched twice.
-Names fingerprinted by name alone (``gs://``, ``az://``, other ``/vsi`` paths: see :mod:`rrsis_cli.inputs`)
-cannot tell a replaced object and keep GDAL's cache.
+Names fingerprinted by name alone (``az://``, other ``/vsi`` paths: see :mod:`rrsis_cli.inputs`) cannot tell a
+replaced object and keep GDAL's cache. A scene of stacked STAC band assets (an in-memory VRT) clears the cache of
+each of its sources.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import html
+import re
 import threading
 from pathlib import Path
 
@@ -89,4 +92,13 @@ def forget_if_replaced(path, fingerprint: str) -> bool:
     if before is None or before == fingerprint:
         return False
     console.debug(f"{path}: changed since this process last read it; GDAL's cache of it is cleared")
-    return clear_gdal_cache(path.gdal)
+    return all([clear_gdal_cache(name) for name in cached_names(path)])
+
+
+def cached_names(path: RemotePath) -> list[str]:
+    """The names GDAL caches for scene ``path``: its own, or for an in-memory VRT (STAC band assets stacked,
+    :func:`rrsis_cli.stac_inputs.stack_vrt`) those of its sources."""
+    if not path.gdal.lstrip().startswith("<VRTDataset"):
+        return [path.gdal]
+    return list(dict.fromkeys(html.unescape(name) for name in
+                              re.findall(r"<SourceFilename[^>]*>([^<]+)</SourceFilename>", path.gdal)))

@@ -72,6 +72,18 @@ def test_the_cache_is_cleared_only_when_the_fingerprint_changes(monkeypatch, tmp
     assert not vsi_cache.forget_if_replaced(tmp_path / "local.tif", "f3")  # local files: GDAL caches nothing
 
 
+def test_a_stack_of_band_assets_clears_each_source():
+    """A STAC scene of stacked band assets is an in-memory VRT: the names GDAL caches are its sources'."""
+    xml = ('<VRTDataset rasterXSize="2" rasterYSize="2"><VRTRasterBand band="1"><SimpleSource>'
+           '<SourceFilename relativeToVRT="0">/vsicurl/https://h/B04.tif?a=1&amp;b=2</SourceFilename>'
+           '</SimpleSource></VRTRasterBand><VRTRasterBand band="2"><SimpleSource>'
+           '<SourceFilename relativeToVRT="0">/vsis3/b/B03.tif</SourceFilename></SimpleSource></VRTRasterBand>'
+           '</VRTDataset>')
+    assert vsi_cache.cached_names(RemotePath(xml, label="item [B04,B03]")) == [
+        "/vsicurl/https://h/B04.tif?a=1&b=2", "/vsis3/b/B03.tif"]
+    assert vsi_cache.cached_names(RemotePath("s3://b/x.tif")) == ["/vsis3/b/x.tif"]
+
+
 def test_gdals_clear_function_is_reachable():
     assert vsi_cache.loaded_gdal_library() is not None
     assert vsi_cache.clear_gdal_cache("/vsicurl/http://127.0.0.1:9/never-read.tif")
