@@ -40,7 +40,7 @@ class RangeServer:
     """Serves ``root`` on 127.0.0.1 (``url``) with Range support; ``bytes_sent`` counts file bytes sent,
     ``ranges`` lists them (path, first byte, last byte), :meth:`distinct_bytes` counts those sent at least once;
     ``requests`` logs (method, path, query, body) of every request; ``latency`` delays every answer (``max_in_flight``:
-    the most requests answered at once); ``routes`` maps a path to a function
+    the most requests waiting out their latency at once); ``routes`` maps a path to a function
     (query dict, JSON body or None) -> JSON-able answer; ``failures`` makes the next requests of a path answer
     503, ``forbidden`` paths answer 403; a folder's URL ending in ``/`` answers an Apache-style index."""
 
@@ -53,7 +53,7 @@ class RangeServer:
         self.failures: dict[str, int] = {}  # path -> how many more requests answer 503 (a transient error)
         self.forbidden: set[str] = set()  # paths that answer 403
         self.latency = 0.0  # seconds each request waits before its answer (a network's round trip)
-        self.in_flight = self.max_in_flight = 0  # requests being answered now / at most at once so far
+        self.in_flight = self.max_in_flight = 0  # requests in their latency wait now / at most at once so far
         self._lock = threading.Lock()
         server = self
 
@@ -62,6 +62,18 @@ class RangeServer:
 
             def log_message(self, *args):  # quiet
                 pass
+
+            def _wait_latency(self):
+                """The round trip, counted in ``in_flight`` while it lasts: it ends before any answer is sent, so
+                a client that waits for each answer never has two requests counted at once."""
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    time.sleep(server.latency)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
 
             def do_HEAD(self):
                 self._answer(send_body=False)
@@ -75,20 +87,10 @@ class RangeServer:
                 self._answer(send_body=True, body=body)
 
             def _answer(self, send_body: bool, body: Any = None):
-                with server._lock:
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    self._respond(send_body, body)
-                finally:
-                    with server._lock:
-                        server.in_flight -= 1
-
-            def _respond(self, send_body: bool, body: Any = None):
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)
                 if server.latency:
-                    time.sleep(server.latency)
+                    self._wait_latency()
                 with server._lock:
                     server.requests.append((self.command, parts.path, query, body))
                 with server._lock:
