@@ -44,8 +44,16 @@ def _mask(out: Path) -> Path:
     return output_dir(out, find_scenes([SCENE])[0], "the river") / "mask.tif"
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT as a terminal would deliver it. A process started in the background by a shell without
+    job control (``cmd &`` in a script, as CI may run the suite) inherits SIGINT *ignored*, and Python then never
+    turns it into KeyboardInterrupt: the run would finish as if no Ctrl-C had come."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_and_wait_for_bands(cmd, out, batches: int) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=_default_sigint)
     deadline = time.time() + 240
     while time.time() < deadline:
         journal = _journal(out)
