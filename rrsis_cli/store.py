@@ -174,10 +174,9 @@ class GCSBackend:
         """StoreFailure when the bucket does not exist or the endpoint cannot be reached; a 403 passes (as S3)."""
         from rrsis_cli.gcs import TIMEOUT
 
+        bucket = self.handle()
         try:
-            self.handle().reload(timeout=TIMEOUT)
-        except StoreFailure:
-            raise
+            bucket.reload(timeout=TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - google.api_core's errors, requests' connection errors
             if getattr(exc, "code", None) != 403:
                 raise StoreFailure(_gcs_reason(exc)) from None
@@ -185,10 +184,9 @@ class GCSBackend:
     def head(self, key: str) -> datetime | None:
         from rrsis_cli.gcs import TIMEOUT
 
+        bucket = self.handle()
         try:
-            blob = self.handle().get_blob(key, timeout=TIMEOUT)
-        except StoreFailure:
-            raise
+            blob = bucket.get_blob(key, timeout=TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - as check_bucket (a missing object is None, not an error)
             raise StoreFailure(_gcs_reason(exc)) from None
         return None if blob is None else blob.updated
@@ -198,10 +196,9 @@ class GCSBackend:
 
         from rrsis_cli.gcs import TIMEOUT
 
+        blob = self.handle().blob(key)
         try:
-            self.handle().blob(key).upload_from_filename(str(local), timeout=TIMEOUT, retry=DEFAULT_RETRY)
-        except StoreFailure:
-            raise
+            blob.upload_from_filename(str(local), timeout=TIMEOUT, retry=DEFAULT_RETRY)
         except Exception as exc:  # noqa: BLE001 - as check_bucket
             raise StoreFailure(_gcs_reason(exc)) from None
 
@@ -218,10 +215,9 @@ class GCSBackend:
     def download(self, key: str, local: Path) -> None:
         from rrsis_cli.gcs import TIMEOUT
 
+        blob = self.handle().blob(key)
         try:
-            self.handle().blob(key).download_to_filename(str(local), timeout=TIMEOUT)
-        except StoreFailure:
-            raise
+            blob.download_to_filename(str(local), timeout=TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - as check_bucket
             raise StoreFailure(_gcs_reason(exc)) from None
 
