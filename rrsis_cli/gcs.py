@@ -136,3 +136,16 @@ def gcs_read(gdal_name: str, start: int, end: int) -> bytes | None:
                                                                                     timeout=TIMEOUT)
     except Exception:  # noqa: BLE001 - as gcs_stat
         return None
+
+
+def gcs_names(gdal_name: str, prefix: str, limit: int) -> list[str] | None:
+    """Up to ``limit`` object names starting with ``prefix`` in the bucket of ``gdal_name`` (one listing request),
+    or None when they cannot be listed (no client, no credentials, no permission)."""
+    location = gcs_location(gdal_name)
+    if location is None:
+        return None
+    try:
+        return [blob.name for blob in gcs_client().list_blobs(location[0], prefix=prefix, max_results=limit,
+                                                              timeout=TIMEOUT)]
+    except Exception:  # noqa: BLE001 - as gcs_stat
+        return None

@@ -43,6 +43,7 @@ from rrsis_cli.remote import (
     FingerprintCache,
     RemotePath,
     dataset_path,
+    find_sidecars,
     is_prefix,
     is_remote,
     list_prefix,
@@ -256,6 +257,8 @@ def stac_scene(source, cache: FingerprintCache | None = None) -> Scene:
     """The scene of a :class:`~rrsis_cli.stac_inputs.StacSource`: keyed by its item id; fingerprint of the item
     id, the asset keys and each asset's fingerprint (:func:`content_fingerprint`)."""
     digest = hashlib.sha256(f"stac:{source.item_id}|{','.join(source.asset_keys)}".encode())
+    if isinstance(source.path, RemotePath):
+        find_sidecars(source.path)
     for asset in source.asset_paths:
         digest.update(content_fingerprint(asset, cache)[0].encode())
     fingerprint = digest.hexdigest()
@@ -285,14 +288,25 @@ def find_scenes(inputs: list[str | Path], glob: str | None = None,
 
 
 def fingerprint_remote(paths: list, cache: FingerprintCache) -> dict[RemotePath, tuple[str, int | None]]:
-    """The fingerprints of the remote scenes among ``paths``, asked of their servers by up to
-    :data:`FINGERPRINT_THREADS` threads at once (each costs one or two round trips: a run over thousands of
-    remote scenes would otherwise wait for them one by one before any work starts)."""
+    """The fingerprints of the remote scenes among ``paths``, and whether each has side-car files
+    (:func:`~rrsis_cli.remote.find_sidecars`, noted on the path), asked of their servers by up to
+    :data:`FINGERPRINT_THREADS` threads at once (each costs a few round trips: a run over thousands of remote
+    scenes would otherwise wait for them one by one before any work starts)."""
     remote = list(dict.fromkeys(path for path in paths if isinstance(path, RemotePath)))
-    if len(remote) < 2:
+    if not remote:
         return {}
+
+    def examine(path: RemotePath) -> tuple[str, int | None]:
+        find_sidecars(path)
+        return content_fingerprint(path, cache)
+
     with ThreadPoolExecutor(min(FINGERPRINT_THREADS, len(remote)), thread_name_prefix="rrsis-fingerprint") as pool:
-        return dict(zip(remote, pool.map(lambda path: content_fingerprint(path, cache), remote), strict=True))
+        found = dict(zip(remote, pool.map(examine, remote), strict=True))
+    examined = {path: path for path in remote}
+    for path in paths:  # the same name given twice: both copies know its side-cars
+        if isinstance(path, RemotePath):
+            path.sidecars = examined[path].sidecars
+    return found
 
 
 def keyed_scenes(inputs: list[str | Path], glob: str | None, duplicates: list[dict[str, str]], stac,
@@ -318,7 +332,7 @@ def keyed_scenes(inputs: list[str | Path], glob: str | None, duplicates: list[di
         if stac_scene_ is not None:
             scene = stac_scene_
         else:
-            fingerprint, size = remote[path] if path in remote else content_fingerprint(path, cache)
+            fingerprint, size = remote[path] if isinstance(path, RemotePath) else content_fingerprint(path, cache)
             scene = Scene(path, key_in_folder(folder, path.stem, fingerprint), fingerprint, size)
         if scene.key in seen_keys:
             first = seen_keys[scene.key]

@@ -59,8 +59,9 @@ GDAL_REMOTE_DEFAULTS = {
     "GDAL_HTTP_CONNECTTIMEOUT": "30",
     "GDAL_HTTP_TIMEOUT": "120",  # seconds for one request (a tile or a header), not for a scene
 }
-# Set only while a remote dataset is opened: EMPTY_DIR stops GDAL from listing the object's "folder" and probing
-# side-car files (.ovr, .msk, .aux.xml) on the server; applying it to local files would hide their .msk masks.
+# Set only while a remote dataset is opened. GDAL_DISABLE_READDIR_ON_OPEN is chosen per scene
+# (:func:`readdir_setting`): EMPTY_DIR (no listing of the object's "folder", no probes for side-car files) unless
+# the scene is known to have side-cars, then YES (GDAL probes each side-car name it knows, as for a local file).
 GDAL_REMOTE_OPEN_DEFAULTS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "VSI_CACHE": "TRUE",
@@ -82,10 +83,19 @@ def apply_gdal_defaults() -> None:
 apply_gdal_defaults()
 
 
-def remote_open_options() -> dict[str, str]:
-    """GDAL configuration for opening a remote dataset: :data:`GDAL_REMOTE_OPEN_DEFAULTS`, the user's environment
-    winning."""
-    return {name: os.environ.get(name, value) for name, value in GDAL_REMOTE_OPEN_DEFAULTS.items()}
+def remote_open_options(path: RemotePath | None = None) -> dict[str, str]:
+    """GDAL configuration for opening a remote dataset: :data:`GDAL_REMOTE_OPEN_DEFAULTS` with
+    :func:`readdir_setting` of ``path``, the user's environment winning."""
+    defaults = {**GDAL_REMOTE_OPEN_DEFAULTS, "GDAL_DISABLE_READDIR_ON_OPEN": readdir_setting(path)}
+    return {name: os.environ.get(name, value) for name, value in defaults.items()}
+
+
+def readdir_setting(path: RemotePath | None) -> str:
+    """``GDAL_DISABLE_READDIR_ON_OPEN`` for opening ``path``: ``YES`` when side-car files were found next to it
+    (``path.sidecars``, :func:`find_sidecars`), so that GDAL reads its ``.msk`` mask, ``.aux.xml``, RPC and world
+    files as it does for a local file; else ``EMPTY_DIR`` (no request for side-cars: GDAL probes ~45 names, a
+    round trip each)."""
+    return "YES" if path is not None and path.sidecars else "EMPTY_DIR"
 
 
 def is_remote(name: str | Path | RemotePath) -> bool:
@@ -131,14 +141,16 @@ class RemotePath:
     ``os.fspath()`` is ``gdal`` (so ``rasterio.open(path)`` opens it). ``name``, ``stem``, ``suffix`` are those of
     the last component of the URL's path (query string left out), as for a :class:`pathlib.Path`. Equality and
     hash follow ``gdal``. ``label``, when set, replaces ``given`` in ``str()`` (an in-memory VRT shows the item and
-    bands it stacks, not its XML)."""
+    bands it stacks, not its XML). ``sidecars``: whether side-car files were found next to it (True/False), None
+    when not looked for (:func:`find_sidecars`; decides :func:`readdir_setting`)."""
 
-    __slots__ = ("given", "gdal", "label")
+    __slots__ = ("given", "gdal", "label", "sidecars")
 
-    def __init__(self, given: str, label: str | None = None):
+    def __init__(self, given: str, label: str | None = None, sidecars: bool | None = None):
         self.given = given
         self.gdal = gdal_name(given)
         self.label = label
+        self.sidecars = sidecars
 
     def __fspath__(self) -> str:
         return self.gdal
@@ -155,8 +167,8 @@ class RemotePath:
     def __hash__(self) -> int:
         return hash(self.gdal)
 
-    def __reduce__(self):  # dask workers get the full name (they open it)
-        return (RemotePath, (self.given, self.label))
+    def __reduce__(self):  # dask workers get the full name (they open it) and what is known of its side-cars
+        return (RemotePath, (self.given, self.label, self.sidecars))
 
     @property
     def name(self) -> str:
@@ -345,6 +357,19 @@ def _s3_client(endpoint: str | None, path_style: bool, unsigned: bool, region: s
     if unsigned:
         settings["signature_version"] = UNSIGNED
     return boto3.client("s3", endpoint_url=endpoint, config=Config(**settings), region_name=region)
+
+
+def s3_names(gdal: str, prefix: str, limit: int, timeout: float = FINGERPRINT_TIMEOUT) -> list[str] | None:
+    """Up to ``limit`` keys starting with ``prefix`` in the bucket of a ``/vsis3/`` name (one ``ListObjectsV2``),
+    or None when they cannot be listed (no credentials, no ``s3:ListBucket`` permission, the endpoint)."""
+    location = s3_location(gdal)
+    if location is None:
+        return None
+    try:
+        answer = s3_client(timeout).list_objects_v2(Bucket=location[0], Prefix=prefix, MaxKeys=limit)
+    except Exception:  # noqa: BLE001 - botocore's errors: nothing known
+        return None
+    return [entry["Key"] for entry in answer.get("Contents", [])]
 
 
 def s3_location(name: str) -> tuple[str, str] | None:
@@ -566,3 +591,67 @@ def described_fingerprint(name: str, info: ObjectInfo | None) -> tuple[str, int 
         return hashlib.sha256(f"remote:{name}".encode()).hexdigest(), None
     text = f"remote:{name}|{info.size}|{info.etag}|{info.last_modified}"
     return hashlib.sha256(text.encode()).hexdigest(), info.size
+
+
+# ------------------------------------------------------------------------------------------------ side-cars
+SIDECAR_LISTING = 100  # names listed at most per scene (an object store: one request)
+HTTP_SIDECARS = (".msk", ".aux.xml")  # probed over plain HTTP(S), appended to the file name
+SCENE_SUFFIXES = (".tif", ".tiff", ".vrt")  # a sibling that is another scene, not a side-car
+
+
+def find_sidecars(path: RemotePath) -> bool | None:
+    """Whether the remote scene ``path`` has side-car files, which GDAL reads next to a local file and the remote
+    default (``EMPTY_DIR``) would skip: a ``.msk`` validity mask, ``.aux.xml`` (nodata, georeferencing, RPCs),
+    ``.ovr``, RPC (``.RPB``, ``_rpc.txt``) and world files (``.tfw``, ``.wld``). Set on ``path.sidecars`` and
+    returned; None when it cannot be told (the scene is then opened without side-cars):
+
+    * S3, and GCS with ``rrsis[gcs]``: one listing of the names that start with the scene's stem in its folder
+      (``folder/scene`` for ``folder/scene.tif``): any but the scene itself and other scenes
+      (``*.tif|*.tiff|*.vrt``) whose remainder starts with ``.`` or ``_`` is a side-car. This finds every side-car
+      GDAL names after the scene; None without list permission (``s3:ListBucket``, ``storage.objects.list``).
+    * http(s): a one-byte request for each of :data:`HTTP_SIDECARS` (a web server cannot be listed); None for a
+      URL with a query string (a pre-signed URL signs one object, never its side-cars).
+    * Other ``/vsi`` names and in-memory VRTs: None.
+
+    Not looked for when the user set ``GDAL_DISABLE_READDIR_ON_OPEN`` (their setting decides; no request)."""
+    if "GDAL_DISABLE_READDIR_ON_OPEN" in os.environ:
+        return None
+    path.sidecars = _sidecars(path)
+    return path.sidecars
+
+
+def _sidecars(path: RemotePath) -> bool | None:
+    url = http_url(path)
+    if url is not None:
+        if re.search(r"[?#]", url):
+            return None
+        return any([http_range(url + suffix, 0, 0) is not None for suffix in HTTP_SIDECARS])
+    if path.gdal.startswith("/vsis3/"):
+        location, list_names = s3_location(path.gdal), s3_names
+    elif path.gdal.startswith("/vsigs/"):
+        from rrsis_cli.gcs import gcs_location, gcs_names
+
+        location, list_names = gcs_location(path.gdal), gcs_names
+    else:
+        return None
+    if location is None:
+        return None
+    listed = list_names(path.gdal, stem_key(location[1]), SIDECAR_LISTING)
+    if listed is None:
+        return None
+    return len(listed) >= SIDECAR_LISTING or any(is_sidecar(name, location[1]) for name in listed)
+
+
+def stem_key(key: str) -> str:
+    """``folder/scene`` for ``folder/scene.tif``: what every side-car name of the scene starts with."""
+    folder, _, name = key.rpartition("/")
+    stem = name[:name.rfind(".")] if "." in name.lstrip(".") else name
+    return f"{folder}/{stem}" if folder else stem
+
+
+def is_sidecar(name: str, key: str) -> bool:
+    """``name``, listed next to the scene ``key``, is one of its side-car files: the scene's stem followed by ``.``
+    or ``_``, neither the scene nor another scene."""
+    stem = stem_key(key)
+    return (name != key and name.startswith(stem) and name[len(stem):][:1] in (".", "_")
+            and not name.lower().endswith(SCENE_SUFFIXES))

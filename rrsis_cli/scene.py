@@ -97,12 +97,12 @@ def resample_to_gsd(ds, gsd: float, path: Path):
 
 def open_raster(path):
     """``rasterio.open(path)``; a remote name (:class:`~rrsis_cli.remote.RemotePath`) with the remote GDAL
-    settings (:func:`rrsis_cli.remote.remote_open_options`, the user's environment winning)."""
+    settings for it (:func:`rrsis_cli.remote.remote_open_options`, the user's environment winning)."""
     import rasterio
 
     if not isinstance(path, RemotePath):
         return rasterio.open(path)
-    with rasterio.Env(**remote_open_options()):
+    with rasterio.Env(**remote_open_options(path)):
         return rasterio.open(path)
 
 

@@ -1,10 +1,12 @@
 """Loopback servers for the remote-input tests, started and stopped by the tests (never any other network):
 
 * :class:`RangeServer`: a static file server with HTTP Range support (single ranges, as GDAL's /vsicurl/ asks)
-  that counts the bytes of file content it sends, plus JSON routes (a tiny STAC API) and a log of requests.
-* :func:`folder_server`: a :class:`RangeServer` in a subprocess (``python tests/loopback.py ROOT PORT``), for folder
-  listings (Apache-style index pages, which GDAL's /vsicurl/ parses): pyogrio's listing holds the GIL, so an
-  in-process server thread could not answer it.
+  that counts the bytes of file content it sends, plus JSON routes (a tiny STAC API), a log of requests, injected
+  latency and failures, and Apache-style folder indexes (which GDAL's /vsicurl/ parses to list a folder). It runs in
+  a **subprocess** (``python tests/loopback.py --range ROOT PORT``) and the test reads and sets its state through a
+  control route: GDAL asks for some files (side-cars such as ``.msk`` and ``.aux.xml``, folder listings through
+  pyogrio) while its caller holds the GIL, which an in-process server thread would need to answer (a deadlock).
+* :func:`folder_server`: a :class:`RangeServer` as a context manager yielding its URL.
 * :func:`moto_s3`: moto's S3 server on 127.0.0.1 (a subprocess), with GDAL's S3 settings in the environment.
 * :func:`gcs_emulator`: ``gcp-storage-emulator`` (a GCS server, JSON API and downloads) on 127.0.0.1 (a
   subprocess), with the variables of GDAL's ``/vsigs/`` and of ``google-cloud-storage`` in the environment. The
@@ -34,15 +36,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 LIFETIME = 300.0  # seconds: a server left running by a crashed test stops itself
+CONTROL = "/__loopback__"  # the route through which a test reads and sets a RangeServer's state
 
 
-class RangeServer:
-    """Serves ``root`` on 127.0.0.1 (``url``) with Range support; ``bytes_sent`` counts file bytes sent,
-    ``ranges`` lists them (path, first byte, last byte), :meth:`distinct_bytes` counts those sent at least once;
+class RangeServerCore:
+    """What :class:`RangeServer` runs in its subprocess. Serves ``root`` on 127.0.0.1 (``url``) with Range
+    support; ``bytes_sent`` counts file bytes sent, ``ranges`` lists them (path, first byte, last byte);
     ``requests`` logs (method, path, query, body) of every request; ``latency`` delays every answer (``max_in_flight``:
-    the most requests waiting out their latency at once); ``routes`` maps a path to a function
-    (query dict, JSON body or None) -> JSON-able answer; ``failures`` makes the next requests of a path answer
-    503, ``forbidden`` paths answer 403; a folder's URL ending in ``/`` answers an Apache-style index."""
+    the most requests waiting out their latency at once); ``routes`` maps a path to the JSON it answers;
+    ``failures`` makes the next requests of a path answer 503, ``forbidden`` paths answer 403; a folder's URL ending
+    in ``/`` answers an Apache-style index. :data:`CONTROL` (not logged, never delayed): ``GET`` answers the state,
+    ``POST`` a JSON object sets some of it (``reset: true`` clears the counts)."""
 
     def __init__(self, root: Path, port: int = 0):
         self.root = Path(root)
@@ -89,6 +93,11 @@ class RangeServer:
             def _answer(self, send_body: bool, body: Any = None):
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)
+                if parts.path == CONTROL:
+                    if body is not None:
+                        server.control(body)
+                    self._json(server.state(), send_body)
+                    return
                 if server.latency:
                     self._wait_latency()
                 with server._lock:
@@ -101,7 +110,7 @@ class RangeServer:
                     self.send_error(503 if failing else 403)
                     return
                 if parts.path in server.routes:
-                    self._json(server.routes[parts.path](query, body), send_body)
+                    self._json(server.routes[parts.path], send_body)
                     return
                 target = (server.root / parts.path.lstrip("/")).resolve()
                 if parts.path.endswith("/") and target.is_dir() and (target == server.root.resolve()
@@ -163,7 +172,7 @@ class RangeServer:
         self._timer = threading.Timer(LIFETIME, self.stop)
         self._timer.daemon = True
 
-    def start(self) -> RangeServer:
+    def start(self) -> RangeServerCore:
         self._thread.start()
         self._timer.start()
         return self
@@ -173,12 +182,105 @@ class RangeServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return {"bytes_sent": self.bytes_sent, "requests": list(self.requests), "ranges": list(self.ranges),
+                    "failures": dict(self.failures), "forbidden": sorted(self.forbidden), "latency": self.latency,
+                    "max_in_flight": self.max_in_flight}
+
+    def control(self, changes: dict[str, Any]) -> None:
+        with self._lock:
+            if changes.get("reset"):
+                self.bytes_sent = 0
+                self.requests.clear()
+                self.ranges.clear()
+            self.failures.update(changes.get("failures", {}))
+            self.forbidden.update(changes.get("forbid", []))
+            self.forbidden.difference_update(changes.get("allow", []))
+            self.routes.update(changes.get("routes", {}))
+            self.latency = changes.get("latency", self.latency)
+            self.max_in_flight = changes.get("max_in_flight", self.max_in_flight)
+
+
+class RangeServer:
+    """A :class:`RangeServerCore` of ``root`` in a subprocess on 127.0.0.1 (``url``), killed by :meth:`stop` and by
+    ``timeout`` after :data:`LIFETIME` seconds in any case. Its state reads and sets as if it were in this process:
+    ``bytes_sent``, ``ranges``, ``requests`` (lists of tuples), :meth:`distinct_bytes`, :meth:`reset_counts`,
+    ``latency`` and ``max_in_flight`` (settable), ``failures[path] = n`` (the next n requests answer 503),
+    ``forbidden.add(path)``/``.discard(path)`` (403), ``routes[path] = json`` (answered as JSON)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.failures = _Remote(self, "failures")
+        self.routes = _Remote(self, "routes")
+        self.forbidden = _Remote(self, "forbidden")
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> RangeServer:
+        self._process = start_server([sys.executable, __file__, "--range", str(self.root), str(self.port)])
+        try:
+            wait_for_port(self.port, self._process, "range server")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop_server(self._process)
+
+    def _control(self, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            payload = None if changes is None else json.dumps(changes).encode()
+            connection.request("GET" if payload is None else "POST", CONTROL, body=payload,
+                               headers={"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            if answer.status != 200:
+                raise RuntimeError(f"range server control answered {answer.status}")
+            return json.loads(answer.read())
+        finally:
+            connection.close()
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._control()["bytes_sent"]
+
+    @property
+    def ranges(self) -> list[tuple[str, int, int]]:
+        return [tuple(r) for r in self._control()["ranges"]]
+
+    @property
+    def requests(self) -> list[tuple[str, str, dict[str, list[str]], Any]]:
+        return [tuple(r) for r in self._control()["requests"]]
+
+    @property
+    def latency(self) -> float:
+        return self._control()["latency"]
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self._control({"latency": seconds})
+
+    @property
+    def max_in_flight(self) -> int:
+        return self._control()["max_in_flight"]
+
+    @max_in_flight.setter
+    def max_in_flight(self, value: int) -> None:
+        self._control({"max_in_flight": value})
+
+    def reset_counts(self) -> None:
+        self._control({"reset": True})
+
     def distinct_bytes(self) -> int:
         """How many distinct bytes of the files were sent (a byte sent twice counts once)."""
-        with self._lock:
-            ranges = sorted(self.ranges)
         total, last_path, end = 0, None, -1
-        for path, first, last in ranges:
+        for path, first, last in sorted(self.ranges):
             if path != last_path:
                 last_path, end = path, -1
             if last > end:
@@ -186,11 +288,30 @@ class RangeServer:
                 end = last
         return total
 
-    def reset_counts(self) -> None:
-        with self._lock:
-            self.bytes_sent = 0
-            self.requests.clear()
-            self.ranges.clear()
+
+class _Remote:
+    """``failures``, ``routes`` or ``forbidden`` of a :class:`RangeServer`, read and set through its control route."""
+
+    def __init__(self, server: RangeServer, name: str):
+        self.server, self.name = server, name
+
+    def __getitem__(self, key: str) -> Any:
+        return self.server._control()[self.name][key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.server._control()[self.name].get(key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.server._control({self.name: {key: value}})
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.server._control()[self.name]
+
+    def add(self, path: str) -> None:
+        self.server._control({"forbid": [path]})
+
+    def discard(self, path: str) -> None:
+        self.server._control({"allow": [path]})
 
 
 def free_port() -> int:
@@ -235,15 +356,12 @@ def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
 
 @contextmanager
 def folder_server(root: Path):
-    """A :class:`RangeServer` of ``root`` in a subprocess on 127.0.0.1:<free port>; yields its URL. Killed on exit,
-    and by ``timeout`` after :data:`LIFETIME` seconds in any case."""
-    port = free_port()
-    process = start_server([sys.executable, __file__, str(root), str(port)])
+    """A :class:`RangeServer` of ``root``; yields its URL and stops it on exit."""
+    server = RangeServer(root).start()
     try:
-        wait_for_port(port, process, "folder server")
-        yield f"http://127.0.0.1:{port}"
+        yield server.url
     finally:
-        stop_server(process)
+        server.stop()
 
 
 @contextmanager
@@ -320,9 +438,9 @@ def run_gcs_emulator(port: int) -> None:
     server.create_server("127.0.0.1", port, in_memory=True).run()
 
 
-if __name__ == "__main__":  # subprocesses: python loopback.py ROOT PORT (folder_server) or --gcs PORT
+if __name__ == "__main__":  # subprocesses: python loopback.py --range ROOT PORT or --gcs PORT
     if sys.argv[1] == "--gcs":
         run_gcs_emulator(int(sys.argv[2]))
     else:
-        served = RangeServer(Path(sys.argv[1]), int(sys.argv[2])).start()
+        served = RangeServerCore(Path(sys.argv[2]), int(sys.argv[3])).start()
         served._thread.join()

@@ -119,6 +119,29 @@ def test_gs_object_is_keyed_and_written_as_the_local_file(tmp_path, gcs, monkeyp
     assert len(sampled) == 2
 
 
+def test_gs_scene_side_car_mask_is_read_as_next_to_a_local_file(tmp_path, gcs, monkeypatch):
+    """A ``.msk`` side-car next to a GCS object (found by one listing of the scene's stem) is read as GDAL reads
+    it next to the local file: the same mask, byte for byte; a scene without one is listed as such."""
+    from test_remote_sidecars import masked_pixels, write_plain, write_with_msk
+
+    from rrsis_cli.remote import RemotePath, find_sidecars
+
+    monkeypatch.delenv("GDAL_DISABLE_READDIR_ON_OPEN", raising=False)
+    (tmp_path / "in").mkdir()
+    scene = write_with_msk(tmp_path / "in" / "field.tif", seed=4)
+    plain = write_plain(tmp_path / "in" / "plain.tif", seed=5)
+    for path in (scene, scene.with_name("field.tif.msk"), plain):
+        gcs.blob(f"in/{path.name}").upload_from_filename(str(path))
+    assert find_sidecars(RemotePath("gs://bucket/in/field.tif")) is True
+    assert find_sidecars(RemotePath("gs://bucket/in/plain.tif")) is False
+    local = predict([scene], "null", PROMPTS[:1], tmp_path / "local", PredictOptions(**OPTIONS))
+    on_gcs = predict(["gs://bucket/in/field.tif"], "null", PROMPTS[:1], tmp_path / "gs", PredictOptions(**OPTIONS))
+    assert local.exit_code == on_gcs.exit_code == 0
+    mask = local.results[0].output_dir + "/mask.tif"
+    assert on_gcs.results[0].output_dir + "/mask.tif" == mask and masked_pixels(tmp_path / "local" / mask) > 0
+    assert (tmp_path / "gs" / mask).read_bytes() == (tmp_path / "local" / mask).read_bytes()
+
+
 def test_stac_catalog_on_gcs_resolves_relative_links_to_gs_objects(tmp_path, gcs):
     """A catalog on GCS (read with the client): its item and the item's relative asset become gs:// names."""
     import datetime
