@@ -1,7 +1,8 @@
 """How long finding and keying N remote scenes takes before any work starts: ``find_scenes`` over N URLs of a
 loopback Range server (tests/loopback.py) that waits ``--latency-ms`` before each answer, as a network's round
 trip would. Cold (no fingerprint cache: two ranged GETs of at most 1 MiB per scene) and warm (cache present: one
-1-byte GET per scene), with 1 thread (one scene after another) and with ``inputs.FINGERPRINT_THREADS``.
+1-byte GET per scene), with 1 thread (one scene after another) and with ``inputs.FINGERPRINT_THREADS``; both also
+ask one byte of ``<name>.msk`` and ``<name>.aux.xml`` per scene (the side-car check, :func:`remote.find_sidecars`).
 
 Usage: python benchmarks/remote_fingerprints.py [--scenes 200] [--latency-ms 30] [--json FILE]
 
