@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 # override, e.g. make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv install install-test system-deps test lint quickstart clean
+.PHONY: venv install install-test system-deps emulators test lint quickstart clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -32,10 +32,20 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gdal-bin python3-gdal >/dev/null; \
 	else echo "gdal-bin missing: install it (apt-get install gdal-bin python3-gdal) for the COG validation tests"; exit 1; fi
 
+# Azurite, Microsoft's Azure Storage emulator (an npm package), for the az:// tests (tests/test_azure.py), installed
+# into .emulators/ with the npm that comes with Node.js. Without npm the Azure tests are reported as skipped.
+AZURITE_VERSION ?= 3.37.0
+emulators:
+	@if [ -x .emulators/node_modules/.bin/azurite-blob ]; then echo "azurite present"; \
+	elif command -v npm >/dev/null 2>&1; then \
+	  npm install --prefix .emulators --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION) >/dev/null \
+	    || echo "WARNING: npm could not install azurite: the Azure tests will be reported as skipped"; \
+	else echo "WARNING: npm missing (apt-get install nodejs npm): the Azure tests will be reported as skipped"; fi
+
 # One pytest worker per core, a test file per worker (--dist loadfile keeps module fixtures to one process), one
 # torch thread per worker (more would oversubscribe the cores); then the tests marked `alone`, with nothing else running.
 PYTEST_ARGS ?= -n auto --dist loadfile
-test: install-test system-deps
+test: install-test system-deps emulators
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) -m "not alone"
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m alone
 
@@ -46,4 +56,4 @@ quickstart: install
 	HF_HUB_OFFLINE=1 PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/quickstart.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info .emulators

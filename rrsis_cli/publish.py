@@ -303,9 +303,10 @@ def crs_label(crs) -> str:
     return f"EPSG-{epsg}" if epsg else f"crs-{hashlib.sha256(crs.to_wkt().encode()).hexdigest()[:8]}"
 
 
-def vrt_xml(sources: list[tuple[str, MaskInfo]]) -> str:
-    """A GDAL VRT (one Byte band, nodata 255) over ``sources`` (relative path, mask) of one CRS, on the finest
-    pixel size among them; each mask is a ComplexSource placed by its georeference (north-up grids only)."""
+def vrt_xml(sources: list[tuple[str, MaskInfo]], relative: bool = True) -> str:
+    """A GDAL VRT (one Byte band, nodata 255) over ``sources`` (path relative to the VRT, or an absolute GDAL name
+    when not ``relative``; mask) of one CRS, on the finest pixel size among them; each mask is a ComplexSource
+    placed by its georeference (north-up grids only)."""
     infos = [info for _, info in sources]
     res_x = min(abs(i.transform[0]) for i in infos)
     res_y = min(abs(i.transform[4]) for i in infos)
@@ -327,7 +328,7 @@ def vrt_xml(sources: list[tuple[str, MaskInfo]]) -> str:
         x_size = info.width * abs(info.transform[0]) / res_x
         y_size = info.height * abs(info.transform[4]) / res_y
         lines += ["    <ComplexSource>",
-                  f'      <SourceFilename relativeToVRT="1">{escape(href)}</SourceFilename>',
+                  f'      <SourceFilename relativeToVRT="{int(relative)}">{escape(href)}</SourceFilename>',
                   "      <SourceBand>1</SourceBand>",
                   f'      <SourceProperties RasterXSize="{info.width}" RasterYSize="{info.height}" '
                   f'DataType="Byte" BlockXSize="{info.block[1]}" BlockYSize="{info.block[0]}" />',
@@ -339,23 +340,28 @@ def vrt_xml(sources: list[tuple[str, MaskInfo]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_mosaics(out: Path, prompt_dir: str, masks: list[tuple[Pair, MaskInfo]], report: PublishReport
-                  ) -> None:
+def write_mosaics(out: Path, prompt_dir: str, masks: list[tuple[Pair, MaskInfo]], report: PublishReport,
+                  store: str | None = None) -> None:
     """``OUT/mosaic/<prompt key>/mask-<CRS>.vrt`` per CRS of the prompt's masks; stale VRTs of CRSs no longer
-    present are removed."""
+    present are removed. Sources are relative to the VRT (``../../<scene>/<prompt>/mask.tif``: the folder can be
+    moved), except for an output in an object store (``store``: its ``/vsis3/``, ``/vsigs/`` or ``/vsiaz/``
+    prefix), where they are the masks' GDAL names in the store: GDAL would join a relative source into
+    ``…/mosaic/<prompt>/../../…``, and a store whose requests are signed refuses such a name (Azure answers 403:
+    the signature covers the name with its ``..``, the HTTP client sends it resolved)."""
     folder = out / MOSAIC_DIR / prompt_dir
     groups: dict[str, list[tuple[str, MaskInfo]]] = {}
     for pair, info in masks:
         if info.crs is None or info.transform[1] or info.transform[3]:
             report.notes.append(f"{pair.output_dir}/mask.tif: no CRS or a rotated grid; left out of the mosaic")
             continue
-        href = posixpath.relpath(f"{pair.output_dir}/mask.tif", f"{MOSAIC_DIR}/{prompt_dir}")
+        href = (posixpath.relpath(f"{pair.output_dir}/mask.tif", f"{MOSAIC_DIR}/{prompt_dir}") if store is None
+                else f"{store.rstrip('/')}/{pair.output_dir}/mask.tif")
         groups.setdefault(crs_label(info.crs), []).append((href, info))
     folder.mkdir(parents=True, exist_ok=True)
     for label, sources in groups.items():
         path = folder / f"mask-{label}.vrt"
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(vrt_xml(sources))
+        tmp.write_text(vrt_xml(sources, relative=store is None))
         os.replace(tmp, path)
         report.mosaics.append(path.relative_to(out).as_posix())
     for stale in folder.glob("mask-*.vrt"):
@@ -437,7 +443,7 @@ def publish(out: str | Path, source: str | None = None, files=None) -> PublishRe
         report.written.append(href)
         by_prompt.setdefault(pair.output_dir.rsplit("/", 1)[1], []).append((pair, info, vectors))
     for prompt_dir, entries in by_prompt.items():
-        write_mosaics(out, prompt_dir, [(pair, info) for pair, info, _ in entries], report)
+        write_mosaics(out, prompt_dir, [(pair, info) for pair, info, _ in entries], report, source)
         merged = out / MOSAIC_DIR / prompt_dir / MERGED_VECTORS
         with_vectors = [(pair, vectors) for pair, _, vectors in entries if vectors is not None]
         if with_vectors:

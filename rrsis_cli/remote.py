@@ -21,11 +21,12 @@ reading them, the listing of object-store prefixes, cheap fingerprints, and secr
   The first answer also gives size, ETag and Last-Modified. :class:`FingerprintCache` (a JSON file in
   :func:`cache_dir`) keeps the fingerprint by (name without query string, size, ETag, Last-Modified), so a
   rerun asks one byte (``http(s)``) or a ``HeadObject`` (S3) per scene, and an object replaced under the same
-  name (new ETag) is sampled again. GCS objects (``/vsigs/``) are sampled through
-  ``google-cloud-storage`` (:mod:`rrsis_cli.gcs`, the ``rrsis[gcs]`` extra) in the same way. GDAL's
-  ``VSIStatL``/``VSIFReadL`` are not reachable from Python without the ``osgeo`` bindings, so for ``/vsiaz/``,
-  other ``/vsi`` paths (and ``/vsigs/`` without the client) the fingerprint is a hash of the name alone: a
-  changed object under the same name is then not noticed by skip-existing (use ``--overwrite``).
+  name (new ETag) is sampled again. GCS objects (``/vsigs/``) and Azure blobs (``/vsiaz/``) are sampled through
+  their store's client in the same way (:mod:`rrsis_cli.gcs`, the ``rrsis[gcs]`` extra; :mod:`rrsis_cli.azure`,
+  ``rrsis[azure]``). GDAL's ``VSIStatL``/``VSIFReadL`` are not reachable from Python without the ``osgeo``
+  bindings, so for other ``/vsi`` paths (and ``/vsigs/``, ``/vsiaz/`` without the client) the fingerprint is a
+  hash of the name alone: a changed object under the same name is then not noticed by skip-existing (use
+  ``--overwrite``).
   An object whose samples cannot be read (a server without ranges) is fingerprinted by its name and what its
   server says (size, ETag, Last-Modified). The S3 prefix listing goes through GDAL (names only), so the
   listing's sizes and ETags are not used: the cache makes the per-object ``HeadObject`` the whole cost.
@@ -514,50 +515,64 @@ def read_cache_file(path: Path) -> dict[tuple, tuple[str, float]]:
         return {}
 
 
-def gcs_object_info(gdal: str) -> ObjectInfo | None:
-    """Size, ETag and update time of the GCS object behind a ``/vsigs/bucket/key`` name
-    (:func:`rrsis_cli.gcs.gcs_stat`), or None when they cannot be read."""
-    from rrsis_cli.gcs import gcs_stat
+def client_stat(gdal: str) -> ObjectInfo | None:
+    """Size, ETag and modification time of the GCS object or Azure blob behind a ``/vsigs/`` or ``/vsiaz/`` name,
+    through the store's client (:func:`rrsis_cli.gcs.gcs_stat`, :func:`rrsis_cli.azure.azure_stat`); None when
+    they cannot be read or for another name."""
+    if path_scheme(gdal) == "gs":
+        from rrsis_cli.gcs import gcs_stat as stat
+    elif path_scheme(gdal) == "az":
+        from rrsis_cli.azure import azure_stat as stat
+    else:
+        return None
+    found = stat(gdal)
+    return None if found is None else ObjectInfo(found["size"], found["etag"], found["last_modified"])
 
-    stat = gcs_stat(gdal)
-    return None if stat is None else ObjectInfo(stat["size"], stat["etag"], stat["last_modified"])
 
-
-def gcs_samples(gdal: str, sample: int) -> tuple[ObjectInfo, bytes, bytes] | None:
-    """As :func:`http_samples` for the GCS object behind a ``/vsigs/`` name (:func:`rrsis_cli.gcs.gcs_read`): None
+def client_samples(gdal: str, sample: int) -> tuple[ObjectInfo, bytes, bytes] | None:
+    """As :func:`http_samples` for the GCS object or Azure blob behind a ``/vsigs/`` or ``/vsiaz/`` name (ranged
+    reads through the store's client: :func:`rrsis_cli.gcs.gcs_read`, :func:`rrsis_cli.azure.azure_read`): None
     when it cannot be read or was replaced between the reads."""
-    from rrsis_cli.gcs import gcs_read
-
-    info = gcs_object_info(gdal)
+    if path_scheme(gdal) == "gs":
+        from rrsis_cli.gcs import gcs_read as read
+    elif path_scheme(gdal) == "az":
+        from rrsis_cli.azure import azure_read as read
+    else:
+        return None
+    info = client_stat(gdal)
     if info is None or info.size is None:
         return None
-    head = gcs_read(gdal, 0, sample - 1) if info.size else b""
-    tail = gcs_read(gdal, tail_start(info.size, sample), info.size - 1) if info.size > sample else b""
-    if head is None or tail is None or gcs_object_info(gdal) != info:
+    head = read(gdal, 0, sample - 1) if info.size else b""
+    tail = read(gdal, tail_start(info.size, sample), info.size - 1) if info.size > sample else b""
+    if head is None or tail is None or client_stat(gdal) != info:
         return None
     return info, head, tail
 
 
+def path_scheme(gdal: str) -> str | None:
+    """``s3``, ``gs`` or ``az`` for a ``/vsis3/``, ``/vsigs/`` or ``/vsiaz/`` name, else None."""
+    for scheme in ("s3", "gs", "az"):
+        if gdal.startswith(SCHEMES[scheme]):
+            return scheme
+    return None
+
+
 def sampled_object(path: RemotePath, sample: int) -> tuple[ObjectInfo, bytes, bytes] | None:
-    """:func:`http_samples`, :func:`s3_samples` or :func:`gcs_samples` of a remote dataset; None for other file
-    systems."""
+    """:func:`http_samples`, :func:`s3_samples` or :func:`client_samples` (GCS, Azure) of a remote dataset; None
+    for other file systems."""
     url = http_url(path)
     if url:
         return http_samples(url, sample)
-    if path.gdal.startswith("/vsis3/"):
-        return s3_samples(path.gdal, sample)
-    return gcs_samples(path.gdal, sample) if path.gdal.startswith("/vsigs/") else None
+    return s3_samples(path.gdal, sample) if path_scheme(path.gdal) == "s3" else client_samples(path.gdal, sample)
 
 
 def object_info(path: RemotePath) -> ObjectInfo | None:
-    """:func:`server_stat`, :func:`s3_stat` or :func:`gcs_object_info` of a remote dataset; None for other file
-    systems."""
+    """:func:`server_stat`, :func:`s3_stat` or :func:`client_stat` (GCS, Azure) of a remote dataset; None for other
+    file systems."""
     url = http_url(path)
     if url:
         return server_stat(url)
-    if path.gdal.startswith("/vsis3/"):
-        return s3_stat(path.gdal)
-    return gcs_object_info(path.gdal) if path.gdal.startswith("/vsigs/") else None
+    return s3_stat(path.gdal) if path_scheme(path.gdal) == "s3" else client_stat(path.gdal)
 
 
 def remote_fingerprint(path: RemotePath, cache: FingerprintCache | None = None) -> tuple[str, int | None]:
@@ -605,7 +620,8 @@ def find_sidecars(path: RemotePath) -> bool | None:
     ``.ovr``, RPC (``.RPB``, ``_rpc.txt``) and world files (``.tfw``, ``.wld``). Set on ``path.sidecars`` and
     returned; None when it cannot be told (the scene is then opened without side-cars):
 
-    * S3, and GCS with ``rrsis[gcs]``: one listing of the names that start with the scene's stem in its folder
+    * S3, GCS (with ``rrsis[gcs]``) and Azure (with ``rrsis[azure]``): one listing of the names that start with
+      the scene's stem in its folder
       (``folder/scene`` for ``folder/scene.tif``): any but the scene itself and other scenes
       (``*.tif|*.tiff|*.vrt``) whose remainder starts with ``.`` or ``_`` is a side-car. This finds every side-car
       GDAL names after the scene; None without list permission (``s3:ListBucket``, ``storage.objects.list``).
@@ -626,12 +642,17 @@ def _sidecars(path: RemotePath) -> bool | None:
         if re.search(r"[?#]", url):
             return None
         return any([http_range(url + suffix, 0, 0) is not None for suffix in HTTP_SIDECARS])
-    if path.gdal.startswith("/vsis3/"):
+    scheme = path_scheme(path.gdal)
+    if scheme == "s3":
         location, list_names = s3_location(path.gdal), s3_names
-    elif path.gdal.startswith("/vsigs/"):
+    elif scheme == "gs":
         from rrsis_cli.gcs import gcs_location, gcs_names
 
         location, list_names = gcs_location(path.gdal), gcs_names
+    elif scheme == "az":
+        from rrsis_cli.azure import azure_location, azure_names
+
+        location, list_names = azure_location(path.gdal), azure_names
     else:
         return None
     if location is None:

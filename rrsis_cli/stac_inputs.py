@@ -9,7 +9,8 @@
   the one client configuration of the S3 metadata reads and uploads (:func:`rrsis_cli.remote.s3_client`, from the
   variables GDAL's ``/vsis3/`` reads), so a catalog's relative links and assets on S3 resolve to ``s3://`` objects.
   GCS (``gs://``) through google-cloud-storage with the configuration :mod:`rrsis_cli.gcs` shares with GDAL's
-  ``/vsigs/`` (the ``rrsis[gcs]`` extra). STAC JSON on ``az://`` or another ``/vsi`` file system is refused
+  ``/vsigs/`` (the ``rrsis[gcs]`` extra), Azure (``az://``) through azure-storage-blob (:mod:`rrsis_cli.azure`, the
+  ``rrsis[azure]`` extra). STAC JSON on another ``/vsi`` file system is refused
   with one line: pystac needs the file's text, which GDAL could read but rasterio and pyogrio do not expose (no
   ``osgeo`` bindings). Give such a file's ``https://`` URL (public or signed) or a local copy; rasters on those
   stores are read as usual.
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from rrsis_cli.azure import azure_location, service_client
 from rrsis_cli.errors import InputError, UsageError
 from rrsis_cli.gcs import gcs_client, gcs_location
 from rrsis_cli.remote import RemotePath, dataset_path, is_remote, redact, s3_client, s3_location
@@ -106,7 +108,8 @@ def is_stac_input(item: str | Path | RemotePath) -> bool:
 def read_stac_text(href: str, read_default) -> str:
     """The text of a STAC file: an S3 object (``s3://``, ``/vsis3/``) through boto3
     (:func:`rrsis_cli.remote.s3_client`); a GCS object (``gs://``, ``/vsigs/``) through google-cloud-storage
-    (:func:`rrsis_cli.gcs.gcs_client`, the ``rrsis[gcs]`` extra); a local file or an ``http(s)`` URL (also as ``/vsicurl/…``) by
+    (:func:`rrsis_cli.gcs.gcs_client`, the ``rrsis[gcs]`` extra); an Azure blob (``az://``, ``/vsiaz/``) through
+    azure-storage-blob (:func:`rrsis_cli.azure.service_client`, ``rrsis[azure]``); a local file or an ``http(s)`` URL (also as ``/vsicurl/…``) by
     ``read_default`` (pystac's own reader). InputError for another object store (see the module's notes)."""
     location = s3_location(href)
     if location is not None:
@@ -117,10 +120,14 @@ def read_stac_text(href: str, read_default) -> str:
     if location is not None:
         bucket, key = location
         return gcs_client().bucket(bucket).blob(key).download_as_bytes(timeout=STAC_READ_TIMEOUT).decode("utf-8")
+    location = azure_location(href)
+    if location is not None:
+        blob = service_client().get_blob_client(*location)
+        return blob.download_blob(timeout=STAC_READ_TIMEOUT).readall().decode("utf-8")
     if href.startswith("/vsicurl/"):
         href = href[len("/vsicurl/"):]
     if is_remote(href) and not href.startswith(("http://", "https://")):
-        raise InputError("STAC JSON is read from local files, http(s)://, s3:// and gs:// only (pystac needs its "
+        raise InputError("STAC JSON is read from local files, http(s)://, s3://, gs:// and az:// only (pystac needs its "
                          "text, which GDAL's other file systems do not give Python here): give its https:// URL or "
                          "a local copy", RemotePath(href))
     return read_default(href)

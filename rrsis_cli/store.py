@@ -1,4 +1,4 @@
-"""``rrsis predict --out s3://bucket/prefix/`` (or ``gs://bucket/prefix/``): outputs in an object store.
+"""``rrsis predict --out s3://bucket/prefix/`` (or ``gs://``, ``az://``): outputs in an object store.
 
 A run works in a local *staging folder* exactly as in a local ``--out`` (journals, temporary files, renames),
 then uploads each finished pair's files, ``mask.tif`` **last**: the mask is the completion marker, so a pair
@@ -27,8 +27,9 @@ Decisions:
   chain. GCS: :mod:`rrsis_cli.gcs` (``STORAGE_EMULATOR_HOST``, ``CPL_GS_ENDPOINT``, Application Default
   Credentials, ``GS_NO_SIGN_REQUEST``). None is ever printed.
 * Errors name the ``s3://`` / ``gs://`` URL in the message (a ``Path`` would fold its ``//``), never credentials.
-* ``az://`` (and ``abfs://``, ``gcs://``) outputs are refused with a usage error: no Azure emulator can run in
-  this project's tests, and untested upload code is not shipped; write locally and copy (``azcopy``).
+* ``az://container/prefix/`` through ``azure-storage-blob`` (the optional extra ``rrsis[azure]``; configuration in
+  :mod:`rrsis_cli.azure`, tested against the Azurite emulator); ``abfs://`` and ``gcs://`` outputs are refused with
+  a usage error naming the supported schemes.
 """
 
 from __future__ import annotations
@@ -222,7 +223,94 @@ class GCSBackend:
             raise StoreFailure(_gcs_reason(exc)) from None
 
 
-BACKENDS = {"s3://": S3Backend, "gs://": GCSBackend}
+class AzureBackend:
+    """``az://container/prefix/`` through ``azure-storage-blob`` (:func:`rrsis_cli.azure.service_client`: the
+    variables GDAL reads); GDAL reads through ``/vsiaz/``. The container plays the bucket. Uploads overwrite (the
+    same output file again is idempotent) and are retried by the client's retry policy."""
+
+    scheme = "az"
+    gdal_prefix = "/vsiaz/"
+
+    def __init__(self, bucket: str):
+        self.bucket = bucket
+        self._container = None
+
+    @staticmethod
+    def require() -> None:
+        from rrsis_cli.azure import require_client
+
+        require_client()
+
+    def handle(self):
+        """The client's container object (no request)."""
+        if self._container is None:
+            from rrsis_cli.azure import service_client
+
+            try:
+                self._container = service_client().get_container_client(self.bucket)
+            except UsageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a malformed connection string, azure-identity's errors
+                raise StoreFailure(_azure_reason(exc)) from None
+        return self._container
+
+    def check_bucket(self) -> None:
+        """StoreFailure when the container does not exist or the endpoint cannot be reached; a 403 passes (as S3:
+        a SAS limited to writing may not read the container's properties)."""
+        from rrsis_cli.azure import TIMEOUT
+
+        container = self.handle()
+        try:
+            container.get_container_properties(timeout=TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - azure.core's HttpResponseError family, connection errors
+            if getattr(exc, "status_code", None) != 403:
+                raise StoreFailure(_azure_reason(exc)) from None
+
+    def head(self, key: str) -> datetime | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from rrsis_cli.azure import TIMEOUT
+
+        blob = self.handle().get_blob_client(key)
+        try:
+            return blob.get_blob_properties(timeout=TIMEOUT).last_modified
+        except ResourceNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - as check_bucket
+            raise StoreFailure(_azure_reason(exc)) from None
+
+    def upload(self, local: Path, key: str) -> None:
+        from rrsis_cli.azure import TIMEOUT
+
+        blob = self.handle().get_blob_client(key)
+        try:
+            with local.open("rb") as data:
+                blob.upload_blob(data, overwrite=True, timeout=TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - as check_bucket
+            raise StoreFailure(_azure_reason(exc)) from None
+
+    def delete(self, key: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from rrsis_cli.azure import TIMEOUT
+
+        try:
+            self.handle().get_blob_client(key).delete_blob(timeout=TIMEOUT)
+        except ResourceNotFoundError:
+            pass  # already gone (as S3's DeleteObject)
+
+    def download(self, key: str, local: Path) -> None:
+        from rrsis_cli.azure import TIMEOUT
+
+        blob = self.handle().get_blob_client(key)
+        try:
+            with local.open("wb") as target:
+                blob.download_blob(timeout=TIMEOUT).readinto(target)
+        except Exception as exc:  # noqa: BLE001 - as check_bucket
+            raise StoreFailure(_azure_reason(exc)) from None
+
+
+BACKENDS = {"s3://": S3Backend, "gs://": GCSBackend, "az://": AzureBackend}
 
 
 @dataclass
@@ -234,14 +322,13 @@ class RemoteOutput:
     bucket: str
     prefix: str  # without leading or trailing "/"
     staging: Path
-    backend: S3Backend | GCSBackend
+    backend: S3Backend | GCSBackend | AzureBackend
 
     @classmethod
     def parse(cls, url: str) -> RemoteOutput:
         scheme = next((s for s in BACKENDS if url.startswith(s)), None)
         if scheme is None:
-            raise UsageError(f"--out {url}: only s3:// and gs:// object stores are supported for outputs (az:// "
-                             "is not: no Azure emulator runs in rrsis's tests, so its uploads would ship untested); "
+            raise UsageError(f"--out {url}: only s3://, gs:// and az:// object stores are supported for outputs; "
                              "write locally and copy, or use an S3-compatible endpoint")
         bucket, _, prefix = url[len(scheme):].partition("/")
         if not bucket:
@@ -411,3 +498,11 @@ def _gcs_reason(exc: Exception) -> str:
     """As :func:`_s3_reason`: the HTTP status of a GCS API error, or the exception's class."""
     code = getattr(exc, "code", None)
     return f"GCS error {code}" if isinstance(code, int) else type(exc).__name__
+
+
+def _azure_reason(exc: Exception) -> str:
+    """As :func:`_s3_reason`: Azure's error code (``ContainerNotFound``, ``AuthorizationFailure``…) or HTTP status,
+    or the exception's class."""
+    code = getattr(exc, "error_code", None)
+    status = getattr(exc, "status_code", None)
+    return f"Azure error {code or status}" if code or status else type(exc).__name__

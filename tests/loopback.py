@@ -8,6 +8,8 @@
   pyogrio) while its caller holds the GIL, which an in-process server thread would need to answer (a deadlock).
 * :func:`folder_server`: a :class:`RangeServer` as a context manager yielding its URL.
 * :func:`moto_s3`: moto's S3 server on 127.0.0.1 (a subprocess), with GDAL's S3 settings in the environment.
+* :func:`azurite`: Azurite's Blob service (Microsoft's Azure Storage emulator, an npm package that ``make
+  emulators`` installs) on 127.0.0.1 (a subprocess), with the connection string GDAL's ``/vsiaz/`` and rrsis read.
 * :func:`gcs_emulator`: ``gcp-storage-emulator`` (a GCS server, JSON API and downloads) on 127.0.0.1 (a
   subprocess), with the variables of GDAL's ``/vsigs/`` and of ``google-cloud-storage`` in the environment. The
   emulator does not answer the XML API's bucket listing that GDAL's ``/vsigs/`` directory listing sends
@@ -402,6 +404,40 @@ def gcs_emulator():
         client = storage.Client(project="test", credentials=AnonymousCredentials(),
                                 client_options={"api_endpoint": endpoint})
         yield client, env
+    finally:
+        stop_server(process)
+
+
+AZURITE_ACCOUNT = "devstoreaccount1"  # Azurite's well-known development account and key (public, documented)
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def azurite_binary() -> str | None:
+    """``azurite-blob`` installed by ``make emulators`` (``.emulators/``), else on PATH, else None."""
+    import shutil
+
+    local = Path(__file__).resolve().parents[1] / ".emulators" / "node_modules" / ".bin" / "azurite-blob"
+    return str(local) if local.is_file() else shutil.which("azurite-blob")
+
+
+@contextmanager
+def azurite():
+    """Azurite's Blob service (in memory, at most 512 MB) on 127.0.0.1:<free port>; yields (``BlobServiceClient``,
+    environment for GDAL's ``/vsiaz/`` and rrsis: the connection string). Killed on exit, and by ``timeout`` after
+    :data:`LIFETIME` seconds in any case."""
+    from azure.storage.blob import BlobServiceClient
+
+    binary = azurite_binary()
+    if binary is None:
+        raise RuntimeError("azurite-blob not found: run `make emulators`")
+    port = free_port()
+    process = start_server([binary, "--inMemoryPersistence", "--extentMemoryLimit", "512", "--blobHost", "127.0.0.1",
+                            "--blobPort", str(port), "--skipApiVersionCheck", "--silent", "--loose"])
+    try:
+        wait_for_port(port, process, "Azurite")
+        connection = (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                      f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
+        yield BlobServiceClient.from_connection_string(connection), {"AZURE_STORAGE_CONNECTION_STRING": connection}
     finally:
         stop_server(process)
 

@@ -103,8 +103,8 @@ def test_gs_object_is_keyed_and_written_as_the_local_file(tmp_path, gcs, monkeyp
     local_scene, other_scene = scenes(tmp_path / "in")
     gcs.blob("in/a.tif").upload_from_filename(str(local_scene))
     sampled = []
-    real = remote.gcs_samples
-    monkeypatch.setattr(remote, "gcs_samples", lambda *args: sampled.append(args[0]) or real(*args))
+    real = remote.client_samples
+    monkeypatch.setattr(remote, "client_samples", lambda *args: sampled.append(args[0]) or real(*args))
     local = predict([local_scene], "null", PROMPTS[:1], tmp_path / "local", PredictOptions(**OPTIONS))
     on_gcs = predict(["gs://bucket/in/a.tif"], "null", PROMPTS[:1], tmp_path / "gs", PredictOptions(**OPTIONS))
     assert local.exit_code == on_gcs.exit_code == 0 and sampled == ["/vsigs/bucket/in/a.tif"]
@@ -191,7 +191,7 @@ def test_gs_output_is_the_local_output_and_a_rerun_skips(tmp_path, gcs, capsys):
     catalog = json.loads(gcs.blob("runs/one/catalog.json").download_as_bytes())
     assert len([link for link in catalog["links"] if link["rel"] == "item"]) == len(inputs) * len(PROMPTS)
     vrt = next(name for name in stored if name.endswith(".vrt"))
-    with rasterio.open(f"/vsigs/bucket/{vrt}") as mosaic:  # the mosaic's relative sources resolve in the store
+    with rasterio.open(f"/vsigs/bucket/{vrt}") as mosaic:  # the mosaic names its sources by their store paths (no "..")
         assert mosaic.read(1).any()
 
     # the next run is the command line in a new process, with STORAGE_EMULATOR_HOST alone (GDAL's endpoint and
@@ -258,7 +258,7 @@ def test_gs_killed_or_failed_mask_upload_leaves_no_mask_and_is_redone(tmp_path, 
 
 def test_gs_output_errors_are_one_line(tmp_path, gcs, monkeypatch, capsys):
     """A bucket that does not exist: exit 1 before any model loads, the URL named, nothing written. Without
-    google-cloud-storage: a usage error naming the extra. az:// is refused."""
+    google-cloud-storage: a usage error naming the extra. abfs:// is refused."""
     scene = write_scene(tmp_path / "s.tif")
     common = ["-m", "null", "-p", "water", "--tile-size", "64", "--device", "cpu"]
     code, _, err = run_cli(capsys, "predict", scene, *common, "--out", "gs://nobucket/x/")
@@ -267,8 +267,8 @@ def test_gs_output_errors_are_one_line(tmp_path, gcs, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "google.cloud.storage", None)  # as if the package were not installed
     code, _, err = run_cli(capsys, "predict", scene, *common, "--out", "gs://bucket/x/")
     assert code == 2 and "pip install 'rrsis[gcs]'" in err and len(err.strip().splitlines()) == 1
-    with pytest.raises(UsageError, match="only s3:// and gs:// .*az://"):
-        predict([scene], "null", ["water"], "az://container/x/", PredictOptions(tile_size=64))
+    with pytest.raises(UsageError, match="only s3://, gs:// and az://"):
+        predict([scene], "null", ["water"], "abfs://container/x/", PredictOptions(tile_size=64))
     assert names(gcs) == set()
 
 

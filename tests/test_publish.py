@@ -369,5 +369,5 @@ def test_s3_output_refuses_a_cluster_and_other_stores(tmp_path, stub):
     scene = write_scene(tmp_path / "s.tif")
     with pytest.raises(UsageError, match="object-store outputs run in this process"):
         predict([scene], "m", ["water"], "s3://bucket/x/", PredictOptions(tile_size=64), cluster="local:1")
-    with pytest.raises(UsageError, match="only s3:// and gs://"):
-        predict([scene], "m", ["water"], "az://container/x/", PredictOptions(tile_size=64))
+    with pytest.raises(UsageError, match="only s3://, gs:// and az://"):
+        predict([scene], "m", ["water"], "abfs://container/x/", PredictOptions(tile_size=64))

@@ -240,14 +240,15 @@ def test_cache_merges_writers_and_keeps_the_newest(tmp_path, monkeypatch):
 
 
 def test_other_file_systems_keep_the_name_fingerprint(monkeypatch):
-    """``/vsiaz/`` and other ``/vsi`` names, and ``/vsigs/`` without ``google-cloud-storage``: no bytes can be read
+    """Other ``/vsi`` names, and ``/vsigs/`` and ``/vsiaz/`` without their store's client: no bytes can be read
     here without ``osgeo``, so their fingerprint is a hash of the name (documented; ``--overwrite`` for an object
-    replaced under its name). GCS objects with the client: tests/test_gcs.py."""
+    replaced under its name). With the clients: tests/test_gcs.py, tests/test_azure.py."""
     import hashlib
 
     from rrsis_cli.inputs import content_fingerprint
 
     monkeypatch.setitem(sys.modules, "google.cloud.storage", None)  # the rrsis[gcs] extra not installed
+    monkeypatch.setitem(sys.modules, "azure.storage.blob", None)  # nor rrsis[azure]
     for given, gdal in (("gs://b/x.tif", "/vsigs/b/x.tif"), ("az://c/x.tif?sig=1", "/vsiaz/c/x.tif"),
                         ("/vsizip//data/a.zip/x.tif", "/vsizip//data/a.zip/x.tif")):
         assert content_fingerprint(RemotePath(given)) == (hashlib.sha256(f"remote:{gdal}".encode()).hexdigest(), None)
@@ -669,10 +670,10 @@ def test_stac_on_s3_and_stac_entries_of_list_files(site, local_mask, tmp_path, m
         assert [s.stac_item_id for s in find_scenes(["/vsis3/stac/cat/first/first.json"])] == ["first"]
         with pytest.raises(InputError, match=r"s3://stac/none\.json: cannot read STAC JSON \(.*NoSuchKey"):
             find_scenes(["s3://stac/none.json"])
-    for name in ("az://container/item.json",):
-        with pytest.raises(InputError, match=r"^az://container/item\.json: STAC JSON is read from local files, "
-                                             r"http\(s\)://, s3:// and gs:// only .*: give its https:// URL or a "
-                                             r"local copy$"):
+    for name in ("/vsiadls/container/item.json",):
+        with pytest.raises(InputError, match=r"^/vsiadls/container/item\.json: STAC JSON is read from local files, "
+                                             r"http\(s\)://, s3://, gs:// and az:// only .*: give its https:// URL "
+                                             r"or a local copy$"):
             find_scenes([name])
 
 
